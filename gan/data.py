@@ -1,0 +1,134 @@
+"""Datasets as one in-memory tensor: images (N, C, H, W) float32 in [-1, 1], labels (N,) int64.
+
+No DataLoader and no per-sample transforms: the whole split is normalized once and indexed by
+batch on the training device.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gan.errors import UserError
+
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
+DATASETS = tuple(IMAGE_SHAPES)
+DIGITS_TEST_SIZE = 360  # the last 360 of scikit-learn's 1,797 digits (≈ 20 %) are the test split
+FASHION_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
+OFFLINE_ROUTES = (
+    "Offline routes: `dataset=digits` (bundled with scikit-learn), or `dataset=fashion_mnist` "
+    "with Debian's package (`apt-get install dataset-fashion-mnist`, files in "
+    "/usr/share/datasets/fashion-mnist)."
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1]
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+    if name not in IMAGE_SHAPES:
+        raise UserError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+    return IMAGE_SHAPES[name]
+
+
+def load(
+    name: str, root: Path, *, train: bool = True, download_timeout: float = 60.0,
+    offline_dir: Path = Path("/usr/share/datasets/fashion-mnist"),
+) -> Split:
+    """The train or test split of ``name``, downloading (with a timeout) when needed."""
+    image_shape(name)
+    if name == "digits":
+        return _digits(train)
+    if name == "fashion_mnist":
+        _unpack_offline_fashion(Path(offline_dir), Path(root) / "FashionMNIST" / "raw")
+    return _torchvision(name, Path(root), train, download_timeout)
+
+
+def _digits(train: bool) -> Split:
+    # Read the CSV scikit-learn ships rather than importing sklearn (~1 s of start-up).
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise UserError("dataset=digits needs scikit-learn: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise UserError(f"scikit-learn's digits file is missing at {path}; reinstall scikit-learn")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)  # (1797, 65): 64 pixels 0..16, label
+    table = table[:-DIGITS_TEST_SIZE] if train else table[-DIGITS_TEST_SIZE:]
+    images = torch.from_numpy(table[:, :64]).reshape(-1, 1, 8, 8) / 8.0 - 1.0
+    return Split(images.contiguous(), torch.from_numpy(table[:, 64]).long())
+
+
+def _unpack_offline_fashion(offline_dir: Path, raw_dir: Path) -> None:
+    """Gunzips Debian's Fashion-MNIST files into torchvision's raw folder (their md5 differ from
+    torchvision's list, so torchvision's own download check cannot take them)."""
+    sources = [offline_dir / f"{stem}.gz" for stem in FASHION_FILES]
+    if not all(p.is_file() for p in sources) or all((raw_dir / s).is_file() for s in FASHION_FILES):
+        return
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for source, stem in zip(sources, FASHION_FILES):
+        target = raw_dir / stem
+        if target.is_file():
+            continue
+        partial = target.with_suffix(".partial")
+        with gzip.open(source, "rb") as src, partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        partial.replace(target)  # atomic: a half-written file never carries the final name
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    # torchvision's downloader (urllib) sets no timeout of its own: bound every socket operation.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _torchvision(name: str, root: Path, train: bool, timeout: float) -> Split:
+    from torchvision import datasets  # imported here: ~1.5 s that digits runs do not need
+
+    cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+    raw_dir = root / cls.__name__ / "raw"
+    try:
+        dataset = cls(str(root), train=train, download=False)
+    except RuntimeError:  # not there yet: download once
+        before = set(raw_dir.glob("*")) if raw_dir.is_dir() else set()
+        try:
+            with _socket_timeout(timeout):
+                dataset = cls(str(root), train=train, download=True)
+        except (OSError, RuntimeError) as err:
+            for leftover in set(raw_dir.glob("*")) - before if raw_dir.is_dir() else ():
+                leftover.unlink(missing_ok=True)  # a partial file must not pass for the dataset
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(
+                f"could not download {cls.__name__} into {raw_dir} ({reason}). "
+                f"Run again with network access, or place its IDX files in {raw_dir}. "
+                f"{OFFLINE_ROUTES}"
+            ) from None
+    except (ValueError, AssertionError, OSError) as err:
+        raise UserError(
+            f"could not read {cls.__name__} from {raw_dir} ({err}); a file there may be truncated "
+            "or corrupted: delete it and run again to fetch it anew"
+        ) from None
+    images = dataset.data.unsqueeze(1).float().div_(127.5).sub_(1.0)  # uint8 0..255 → [-1, 1]
+    return Split(images, dataset.targets.long())

@@ -1,0 +1,146 @@
+"""Generator and discriminator architectures: an MLP GAN and a DCGAN sized from the image shape.
+
+Every network is an ``nn.Sequential`` with named stages and every nonlinearity is a module, so the
+init rule (``gan.init``) can read which nonlinearity each layer feeds. The discriminator returns
+logits; its sigmoid lives in the loss and is declared with ``SigmoidInLoss``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from gan.errors import UserError
+from gan.init import SigmoidInLoss
+
+MODELS = ("mlp", "dcgan")
+
+
+class Generator(nn.Sequential):
+    """z (B, z_dim) → image (B, C, H, W) in [-1, 1]."""
+
+    def __init__(self, stages: OrderedDict[str, nn.Module], z_dim: int, image_shape: Sequence[int]):
+        super().__init__(stages)
+        self.z_dim = z_dim
+        self.image_shape = tuple(image_shape)
+
+
+class Discriminator(nn.Sequential):
+    """image (B, C, H, W) → logit (B, 1); apply a sigmoid (or BCE-with-logits) outside."""
+
+    def __init__(self, stages: OrderedDict[str, nn.Module], image_shape: Sequence[int]):
+        super().__init__(stages)
+        self.image_shape = tuple(image_shape)
+
+
+def mlp(
+    image_shape: Sequence[int], z_dim: int, g_widths: Sequence[int], d_widths: Sequence[int],
+    slope: float,
+) -> tuple[Generator, Discriminator]:
+    """The classic fully connected GAN.
+
+    G: z → widths[0] → … → widths[-1] → C·H·W → tanh, Leaky ReLU between; BatchNorm (default
+    eps 1e-5, momentum 0.1) after every hidden Linear except the first, as customary.
+    D: C·H·W → widths … → 1, Leaky ReLU between, sigmoid in the loss.
+    """
+    pixels = math.prod(image_shape)
+    g: OrderedDict[str, nn.Module] = OrderedDict()
+    width_in = z_dim
+    for i, width in enumerate(g_widths, start=1):
+        g[f"fc{i}"] = nn.Linear(width_in, width)
+        if i > 1:
+            g[f"bn{i}"] = nn.BatchNorm1d(width)
+        g[f"act{i}"] = nn.LeakyReLU(slope)
+        width_in = width
+    g["out"] = nn.Linear(width_in, pixels)
+    g["tanh"] = nn.Tanh()
+    g["reshape"] = nn.Unflatten(1, tuple(image_shape))
+
+    d: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    width_in = pixels
+    for i, width in enumerate(d_widths, start=1):
+        d[f"fc{i}"] = nn.Linear(width_in, width)
+        d[f"act{i}"] = nn.LeakyReLU(slope)
+        width_in = width
+    d["out"] = nn.Linear(width_in, 1)
+    d["sigmoid"] = SigmoidInLoss()
+    return Generator(g, z_dim, image_shape), Discriminator(d, image_shape)
+
+
+def dcgan(
+    image_shape: Sequence[int], z_dim: int, g_widths: Sequence[int], d_widths: Sequence[int],
+    slope: float,
+) -> tuple[Generator, Discriminator]:
+    """A DCGAN for small square images; each stage halves (D) or doubles (G) the side.
+
+    G: Linear z → g_widths[0]×s×s (s = side / 2^len(g_widths)), BatchNorm, ReLU, then
+    ConvTranspose(k4, s2, p1) stages with BatchNorm + ReLU, the last to C channels and tanh.
+    A Linear projection (not a ConvTranspose on a 1×1 input) keeps every ConvTranspose's fan-in
+    equal to in·k²/stride², the fan the init rule uses.
+    D: Conv(k4, s2, p1) stages with Leaky ReLU (BatchNorm on all but the first), then Flatten and
+    a Linear to one logit.
+    """
+    channels, height, width = image_shape
+    for name, widths in (("generator", g_widths), ("discriminator", d_widths)):
+        factor = 2 ** len(widths)
+        if height != width or height % factor:
+            raise UserError(
+                f"model=dcgan: the {name} halves the image side {len(widths)} times, so it needs "
+                f"a square image whose side is divisible by {factor}; got {height}×{width}. "
+                "Change model.generator_widths/discriminator_widths or use model=mlp"
+            )
+    side = height // 2 ** len(g_widths)
+    g: OrderedDict[str, nn.Module] = OrderedDict()
+    g["project"] = nn.Linear(z_dim, g_widths[0] * side * side)
+    g["reshape"] = nn.Unflatten(1, (g_widths[0], side, side))
+    g["bn0"] = nn.BatchNorm2d(g_widths[0])
+    g["act0"] = nn.ReLU()
+    for i, (c_in, c_out) in enumerate(zip(g_widths, g_widths[1:]), start=1):
+        g[f"up{i}"] = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+        g[f"bn{i}"] = nn.BatchNorm2d(c_out)
+        g[f"act{i}"] = nn.ReLU()
+    g["out"] = nn.ConvTranspose2d(g_widths[-1], channels, 4, 2, 1)
+    g["tanh"] = nn.Tanh()
+
+    d: OrderedDict[str, nn.Module] = OrderedDict()
+    c_in = channels
+    for i, c_out in enumerate(d_widths, start=1):
+        d[f"conv{i}"] = nn.Conv2d(c_in, c_out, 4, 2, 1)
+        if i > 1:
+            d[f"bn{i}"] = nn.BatchNorm2d(c_out)
+        d[f"act{i}"] = nn.LeakyReLU(slope)
+        c_in = c_out
+    d["flatten"] = nn.Flatten()
+    d_side = height // 2 ** len(d_widths)
+    d["out"] = nn.Linear(c_in * d_side * d_side, 1)
+    d["sigmoid"] = SigmoidInLoss()
+    return Generator(g, z_dim, image_shape), Discriminator(d, image_shape)
+
+
+def build(
+    model: str, image_shape: Sequence[int], *, z_dim: int, g_widths: Sequence[int],
+    d_widths: Sequence[int], slope: float,
+) -> tuple[Generator, Discriminator]:
+    """Builds (G, D) on the CPU with PyTorch's default init, drawing from the global RNG."""
+    builders = {"mlp": mlp, "dcgan": dcgan}
+    if model not in builders:
+        raise UserError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
+    return builders[model](image_shape, z_dim, g_widths, d_widths, slope)
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@torch.no_grad()
+def generate(g: Generator, z: torch.Tensor) -> torch.Tensor:
+    """Samples in eval mode (BatchNorm running statistics), restoring the previous mode."""
+    was_training = g.training
+    g.eval()
+    images = g(z)
+    g.train(was_training)
+    return images

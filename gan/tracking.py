@@ -1,0 +1,149 @@
+"""Where a run's results go: Weights & Biases, metrics.jsonl, init_report.json, sample PNGs.
+
+metrics.jsonl is the W&B-independent record: one JSON object per log step, ``{"step": N, ...}``.
+W&B is imported only when a run actually logs to it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from gan.errors import UserError
+
+METRICS_FILE = "metrics.jsonl"
+INIT_REPORT_FILE = "init_report.json"
+SUMMARY_FILE = "summary.json"
+
+
+def has_wandb_credentials() -> bool:
+    """True when W&B could log in without asking: WANDB_API_KEY or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
+    try:
+        return bool(Path(path).is_file() and netrc.netrc(path).authenticators(host))
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(mode: str) -> tuple[str, str]:
+    """(W&B mode to use, why). ``auto``: a WANDB_MODE set in the environment, else online with
+    credentials and offline without. ``online`` without credentials is an error."""
+    if mode == "auto":
+        env = os.environ.get("WANDB_MODE", "").lower()
+        if env in ("online", "offline", "disabled"):
+            return resolve_mode(env)[0], f"WANDB_MODE={env}"
+        if env == "dryrun":
+            return "offline", "WANDB_MODE=dryrun"
+        if has_wandb_credentials():
+            return "online", "W&B credentials found"
+        return "offline", "no W&B credentials found"
+    if mode == "online" and not has_wandb_credentials():
+        raise UserError(
+            "logger.mode=online but no W&B credentials were found (WANDB_API_KEY or `wandb login`). "
+            "Log in, or use logger.mode=offline and upload later with `wandb sync`."
+        )
+    return mode, f"logger.mode={mode}"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes JSON atomically: a reader never sees a half-written file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    partial.replace(path)
+
+
+class RunLogger:
+    """Logs one run to metrics.jsonl, PNGs and (unless disabled) one W&B run; use as a context.
+
+    Leaving the context finishes the W&B run (exit code 1 on an exception), so each job of a
+    multirun is its own finished run.
+    """
+
+    def __init__(
+        self, out_dir: Path, *, mode: str, project: str, entity: str | None, name: str,
+        group: str, job_type: str, tags: Sequence[str], config: Mapping[str, Any],
+    ):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = (self.out_dir / METRICS_FILE).open("w")
+        self.wandb_run = None
+        self.mode = mode
+        if mode != "disabled":
+            import wandb
+
+            self._wandb = wandb
+            self.wandb_run = wandb.init(
+                project=project, entity=entity, name=name, group=group, job_type=job_type,
+                tags=list(tags), config=dict(config), mode=mode,
+                # Beside the run's other outputs unless the user chose a W&B dir.
+                dir=None if os.environ.get("WANDB_DIR") else str(self.out_dir),
+                settings=wandb.Settings(silent=True),  # our one line says where the run is
+            )
+
+    @property
+    def wandb_dir(self) -> Path | None:
+        """The W&B run's local folder (what `wandb sync` takes)."""
+        return Path(self.wandb_run.dir).parent if self.wandb_run else None
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._metrics.flush()
+        if self.wandb_run:
+            self.wandb_run.log(dict(metrics), step=step)
+
+    def log_samples(self, step: int, images: torch.Tensor) -> Path:
+        """Saves a grid of ``images`` (B, C, H, W) in [-1, 1] as PNG and to W&B as ``samples``."""
+        from torchvision.utils import make_grid, save_image
+
+        grid = make_grid(images.detach().cpu(), nrow=int(math.sqrt(images.shape[0])) or 1,
+                         normalize=True, value_range=(-1, 1), padding=1)
+        # Blow small grids (64 digits of 8×8 are 73 px wide) up to ≥ 256 px, pixels kept sharp.
+        scale = max(1, 256 // grid.shape[-1])
+        grid = grid.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
+        path = self.out_dir / "samples" / f"step_{step:07d}.png"
+        path.parent.mkdir(exist_ok=True)
+        save_image(grid, path)
+        if self.wandb_run:
+            self.wandb_run.log({"samples": self._wandb.Image(str(path), caption=f"step {step}")}, step=step)
+        return path
+
+    def log_table(self, key: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if self.wandb_run and rows:
+            columns = list(rows[0])
+            data = [[json.dumps(r[c]) if isinstance(r[c], list) else r[c] for c in columns] for r in rows]
+            self.wandb_run.log({key: self._wandb.Table(columns=columns, data=data)}, step=0)
+
+    def summarize(self, values: Mapping[str, Any]) -> None:
+        if self.wandb_run:
+            self.wandb_run.summary.update(dict(values))
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._metrics.close()
+        if self.wandb_run:
+            self.wandb_run.finish(exit_code=0 if exc_type is None else 1)
+
+
+def offline_hint(logger: RunLogger, why: str) -> str | None:
+    """One line saying where an offline run is and how to upload it."""
+    if logger.mode != "offline" or logger.wandb_dir is None:
+        return None
+    return f"W&B offline ({why}): run saved in {logger.wandb_dir}; upload with `wandb sync {logger.wandb_dir}`"
+
+
+def print_err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

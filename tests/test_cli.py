@@ -1,0 +1,67 @@
+"""`python train.py …` end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, wandb_records
+
+pytestmark = pytest.mark.slow
+QUICK = ["trainer.steps=20", "trainer.log_every=10", "trainer.sample_every=10"]
+
+
+def train(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_train_he_xavier_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    proc = train("init=he_xavier", *QUICK, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert "kaiming_normal" in proc.stdout and "xavier_normal" in proc.stdout  # the printed table
+    assert "W&B offline (WANDB_MODE=offline): run saved in" in proc.stdout
+    assert "done he_xavier-mlp-digits-s0: 20 steps" in proc.stdout
+    for name in ("metrics.jsonl", "init_report.json", "summary.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+
+
+def test_multirun_makes_one_finished_wandb_run_per_job(tmp_path, monkeypatch):
+    wandb_dir = tmp_path / "wandb"
+    wandb_dir.mkdir()
+    monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
+    proc = train("-m", "init=default,he_xavier", "seed=0,1", *QUICK, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
+    assert sorted((s["arm"], s["seed"]) for s in summaries) == [
+        ("default", 0), ("default", 1), ("he_xavier", 0), ("he_xavier", 1)]
+    assert all(s["status"] == "finished" for s in summaries)
+    assert len({s["wandb"]["id"] for s in summaries}) == 4
+    for summary in summaries:
+        records = wandb_records(wandb_dir / "wandb" / summary["wandb"]["dir"].rsplit("/", 1)[-1])
+        assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [0]
+        (run,) = [r["run"] for r in records if r["type"] == "run"]
+        assert run["run_group"] == summary["arm"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["init=he_xavir"], "Could not find 'init/he_xavir'\n\nAvailable options in 'init':\n\tdefault\n\the_xavier", 1),
+        (["trainer.stpes=5"], "Key 'stpes' is not in struct", 1),
+        (["trainer.batch_size=0"], "error: trainer.batch_size must be > 0, got 0", 2),
+        (["logger.mode=online"], "error: logger.mode=online but no W&B credentials were found", 2),
+        (["model=dcgan", "model.generator_widths=[8,8,8,8]"], "error: model=dcgan: the generator halves", 2),
+    ],
+)
+def test_bad_input_is_a_clear_message_and_writes_no_result(args, message, code, tmp_path):
+    out = tmp_path / "run"
+    proc = train(*args, f"hydra.run.dir={out}", timeout=60)
+    assert proc.returncode == code
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()

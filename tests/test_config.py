@@ -1,0 +1,69 @@
+"""Every config option composes and builds; bad values are clear errors naming the key."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from conftest import CONF_DIR, run_config
+
+from gan import data, nets
+from gan.errors import UserError
+from gan.run import build_networks
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_groups_have_the_public_options():
+    assert {"default", "he_xavier"} <= set(options("init"))
+    assert options("model") == ["dcgan", "mlp"]
+    assert options("dataset") == ["digits", "fashion_mnist", "mnist"]
+
+
+@pytest.mark.parametrize(
+    ("init", "model", "dataset"),
+    list(itertools.product(options("init"), options("model"), options("dataset"))),
+)
+def test_every_option_composes_and_builds(init, model, dataset, tmp_path):
+    cfg = run_config([f"init={init}", f"model={model}", f"dataset={dataset}"], tmp_path)
+    assert (cfg.init.arm, cfg.model.name, cfg.data.name) == (init, model, dataset)
+    assert cfg.run_name == f"{init}-{model}-{dataset}-s0"
+    g, d, records = build_networks(cfg)
+    z = g(__import__("torch").randn(2, cfg.model.z_dim))
+    assert tuple(z.shape[1:]) == data.image_shape(dataset)
+    assert d(z).shape == (2, 1)
+    assert len(records) == len(list(g.parameters())) + len(list(d.parameters()))
+
+
+def test_run_config_is_typed(tmp_path):
+    cfg = run_config(["trainer.steps=10", "trainer.lr=0.001", "logger.tags=[a,b]"], tmp_path)
+    assert cfg.trainer.steps == 10 and cfg.trainer.lr == 0.001 and cfg.trainer.betas == (0.5, 0.999)
+    assert cfg.logger.tags == ("a", "b") and cfg.model.generator_widths == (128, 256, 512, 1024)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.batch_size=0", "trainer.batch_size must be > 0, got 0"),
+        ("trainer.lr=-0.1", "trainer.lr must be > 0"),
+        ("trainer.steps=abc", "trainer.steps must be an integer, got 'abc'"),
+        ("trainer.betas=[0.5]", "trainer.betas must have 2 items"),
+        ("model.slope=1.5", r"model.slope must be in \[0, 1\)"),
+        ("model.generator_widths=[]", "model.generator_widths must be a non-empty list"),
+        ("logger.mode=cloud", "logger.mode must be one of auto, online, offline, disabled"),
+        ("seed=-1", "seed must be >= 0"),
+        ("init.discriminator=he_xavir", "unknown init scheme 'he_xavir'; valid: default, he_xavier"),
+        ("init.generator.weights.tanh.gain=-1", "gain must be a number > 0 or 'auto'"),
+        ("+init.generator.weights.selu=xavier_normal", r"unknown activation\(s\) \['selu'\]"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_key(override, message, tmp_path):
+    with pytest.raises(UserError, match=message):
+        run_config(["init=he_xavier", override], tmp_path)
+
+
+def test_dcgan_refuses_an_image_side_its_stages_cannot_halve():
+    with pytest.raises(UserError, match="side is divisible by 8; got 28×28"):
+        nets.build("dcgan", (1, 28, 28), z_dim=8, g_widths=[8, 8, 8], d_widths=[8], slope=0.2)

@@ -1,0 +1,44 @@
+"""Train one GAN: `python train.py init=he_xavier` (Hydra; `-m` sweeps, e.g. seed=0,1,2)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from gan.config import RunConfig, run_config
+from gan.errors import UserError
+from gan.run import run
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def to_run_config(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> RunConfig:
+    """The one conversion from Hydra's config to the typed objects the library takes."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return run_config(
+        OmegaConf.to_container(cfg, resolve=True),
+        out_dir=out_dir,
+        init_choice=hydra_cfg.runtime.choices["init"],
+        init_overrides=[o for o in hydra_cfg.overrides.task if o.startswith("init.")],
+        scheme_dir=CONF_DIR / "init",
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    try:
+        run(to_run_config(cfg, hydra_cfg, Path(hydra_cfg.runtime.output_dir)))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
