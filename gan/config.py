@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gan.errors import UserError
 from gan.init import Scheme
@@ -182,15 +183,18 @@ def scheme_names(scheme_dir: Path) -> list[str]:
 
 
 def load_init_file(name: str, scheme_dir: Path) -> dict[str, Any]:
-    """The mapping in ``<scheme_dir>/<name>.yaml`` (one ``init=`` option)."""
+    """The mapping in ``<scheme_dir>/<name>.yaml`` (one ``init=`` option), its own parameters
+    (such as ``dist``, used as ``${init.dist}``) resolved."""
     path = Path(scheme_dir) / f"{name}.yaml"
     if not isinstance(name, str) or not path.is_file():
         raise UserError(
             f"unknown init scheme {name!r}; valid: {', '.join(scheme_names(scheme_dir))} "
             f"(files in {scheme_dir})"
         )
-    with path.open() as f:
-        return yaml.safe_load(f) or {}
+    try:
+        return OmegaConf.to_container(OmegaConf.create({"init": OmegaConf.load(path)}), resolve=True)["init"]
+    except OmegaConfBaseException as err:
+        raise UserError(f"cannot read init option {name!r} ({path}): {err}") from None
 
 
 def resolve_scheme(spec: Any, network: str, scheme_dir: Path, name: str) -> Scheme:
@@ -230,9 +234,11 @@ def run_config(
     if seed < 0:
         raise UserError(f"seed must be >= 0, got {seed}")
     init_cfg = cfg.get("init") or {}
-    unknown = set(init_cfg) - set(NETWORKS)
-    if unknown:
-        raise UserError(f"unknown key(s) in init: {sorted(unknown)}; valid: {list(NETWORKS)}")
+    # Besides the two networks, an init option may hold scalar parameters (dist, gain, std…) that
+    # its sections use through ${init.<name>}; a mapping under any other key is a typo.
+    stray = [k for k, v in init_cfg.items() if k not in NETWORKS and isinstance(v, (Mapping, list))]
+    if stray:
+        raise UserError(f"unknown section(s) in init: {stray}; valid: {list(NETWORKS)}")
     schemes = {
         net: resolve_scheme(init_cfg.get(net, init_choice), net, scheme_dir, init_choice)
         for net in NETWORKS

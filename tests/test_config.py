@@ -24,7 +24,9 @@ def test_groups_have_the_public_options():
 
 @pytest.mark.parametrize(
     ("init", "model", "dataset"),
-    list(itertools.product(options("init"), options("model"), options("dataset"))),
+    # every init option on both models, and every model × dataset
+    sorted({*itertools.product(options("init"), options("model"), ["digits"]),
+            *itertools.product(["he_xavier"], options("model"), options("dataset"))}),
 )
 def test_every_option_composes_and_builds(init, model, dataset, tmp_path):
     cfg = run_config([f"init={init}", f"model={model}", f"dataset={dataset}"], tmp_path)
@@ -54,7 +56,7 @@ def test_run_config_is_typed(tmp_path):
         ("model.generator_widths=[]", "model.generator_widths must be a non-empty list"),
         ("logger.mode=cloud", "logger.mode must be one of auto, online, offline, disabled"),
         ("seed=-1", "seed must be >= 0"),
-        ("init.discriminator=he_xavir", "unknown init scheme 'he_xavir'; valid: default, he_xavier"),
+        ("init.discriminator=he_xavir", r"unknown init scheme 'he_xavir'; valid: .*default, .*he_xavier"),
         ("init.generator.weights.tanh.gain=-1", "gain must be a number > 0 or 'auto'"),
         ("+init.generator.weights.selu=xavier_normal", r"unknown activation\(s\) \['selu'\]"),
     ],
