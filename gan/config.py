@@ -62,11 +62,14 @@ class TrainerConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     log_every: int = 50  # metrics are averaged over this many steps
     sample_every: int = 500  # sample grid from fixed noise
+    diag_every: int = 500  # per-layer diagnostics (0: off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "lr", "log_every", "sample_every"):
             _positive(self, key, "trainer")
+        if self.diag_every < 0:
+            raise UserError(f"trainer.diag_every must be >= 0 (0 turns diagnostics off), got {self.diag_every}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"trainer.betas must be two numbers in [0, 1), got {list(self.betas)}")
 

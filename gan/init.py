@@ -24,7 +24,7 @@ from torch import nn
 
 from gan.errors import UserError
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softmax")
 FAMILIES = ("default", "zeros", "ones", "fixed", "xavier", "kaiming", "lecun", "orthogonal")
 DISTRIBUTIONS = ("normal", "uniform", "trunc_normal")
 
@@ -42,7 +42,11 @@ class SigmoidInLoss(nn.Identity):
     """
 
 
-_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd)
+class SoftmaxInLoss(nn.Identity):
+    """Declares that a softmax is applied to this point inside the loss (cross-entropy)."""
+
+
+WEIGHTED_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 # Modules a layer's output passes through unchanged in kind: the init rule looks past them.
 _TRANSPARENT = _NORMS + (nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten, nn.Identity)
@@ -75,6 +79,8 @@ def _activation(module: nn.Module) -> tuple[str, float | None] | None:
         return "tanh", None
     if isinstance(module, (nn.Sigmoid, SigmoidInLoss)):
         return "sigmoid", None
+    if isinstance(module, (nn.Softmax, SoftmaxInLoss)):
+        return "softmax", None
     return None
 
 
@@ -91,7 +97,7 @@ def trace_feeds(net: nn.Module) -> list[tuple[str, nn.Module, Feeds | None]]:
     leaves = _leaves(net)
     traced: list[tuple[str, nn.Module, Feeds | None]] = []
     for i, (path, module) in enumerate(leaves):
-        if not isinstance(module, _WEIGHTED + _NORMS):
+        if not isinstance(module, WEIGHTED_LAYERS + _NORMS):
             if any(True for _ in module.parameters(recurse=False)):
                 raise UserError(
                     f"layer '{path}' ({type(module).__name__}) has parameters the init rule does "
@@ -343,13 +349,14 @@ class InitRecord:
 
 
 def _gain(rule: Rule, feeds: Feeds) -> float:
-    if rule.gain == "auto":
-        return nn.init.calculate_gain(feeds.kind, feeds.slope if feeds.kind == "leaky_relu" else None)
+    if rule.gain == "auto":  # torch knows no softmax gain: like sigmoid, it gets 1
+        kind = "sigmoid" if feeds.kind == "softmax" else feeds.kind
+        return nn.init.calculate_gain(kind, feeds.slope if kind == "leaky_relu" else None)
     if rule.gain is not None:
         return float(rule.gain)
     if rule.family == "kaiming":
-        # He: sqrt(2/(1+a²)) with the layer's actual slope; a layer feeding tanh/sigmoid gets the
-        # ReLU gain (a = 0), as torch's kaiming_* defaults do.
+        # He: sqrt(2/(1+a²)) with the layer's actual slope; a layer feeding anything else
+        # (tanh, sigmoid, softmax) gets the ReLU gain (a = 0), as torch's kaiming_* defaults do.
         slope = feeds.slope if feeds.kind in ("relu", "leaky_relu") else 0.0
         return math.sqrt(2.0 / (1.0 + slope**2))
     return 1.0

@@ -71,11 +71,11 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         started = time.time()
         try:
             result = train(
-                g.to(device), d.to(device), split.images.to(device),
+                g.to(device), d.to(device), split.images.to(device), logger,
                 steps=cfg.trainer.steps, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
                 betas=cfg.trainer.betas, seed=cfg.seed, log_every=cfg.trainer.log_every,
-                sample_every=cfg.trainer.sample_every, on_log=logger.log,
-                on_samples=logger.log_samples, progress=progress,
+                sample_every=cfg.trainer.sample_every, diag_every=cfg.trainer.diag_every,
+                progress=progress,
             )
         except BaseException:
             summary.update(status="failed", seconds=time.time() - started)

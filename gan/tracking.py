@@ -119,6 +119,14 @@ class RunLogger:
             self.wandb_run.log({"samples": self._wandb.Image(str(path), caption=f"step {step}")}, step=step)
         return path
 
+    def log_diagnostics(self, step: int, values: Mapping[str, float],
+                        samples: Mapping[str, torch.Tensor]) -> None:
+        """Per-layer diagnostics to metrics.jsonl and W&B; activation samples as W&B histograms."""
+        self.log(step, values)
+        if self.wandb_run and samples:
+            self.wandb_run.log({f"{prefix.replace('diag/', 'hist/', 1)}/act": self._wandb.Histogram(s.numpy())
+                                for prefix, s in samples.items()}, step=step)
+
     def log_table(self, key: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if self.wandb_run and rows:
             columns = list(rows[0])

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
 from gan.nets import Discriminator, Generator, generate
 
@@ -66,10 +67,19 @@ def _adam(net: nn.Module, lr: float, betas: tuple[float, float], device: torch.d
     return torch.optim.Adam(net.parameters(), lr=lr, betas=betas, fused=fused)
 
 
+class Sink(Protocol):
+    """Where the loop's results go (``gan.tracking.RunLogger``)."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_samples(self, step: int, images: torch.Tensor) -> object: ...
+    def log_diagnostics(self, step: int, values: dict[str, float], samples: dict[str, torch.Tensor]) -> None: ...
+
+
 def train(
     generator: Generator,
     discriminator: Discriminator,
     images: torch.Tensor,
+    sink: Sink,
     *,
     steps: int,
     batch_size: int,
@@ -78,14 +88,15 @@ def train(
     seed: int,
     log_every: int,
     sample_every: int,
-    on_log: Callable[[int, dict[str, float]], None],
-    on_samples: Callable[[int, torch.Tensor], None],
+    diag_every: int = 0,
     progress: bool = True,
 ) -> TrainResult:
     """Trains in place. ``images`` (N, C, H, W) in [-1, 1] already sits on the training device.
 
     Batches are drawn without replacement from a fresh permutation each epoch; every random draw
     comes from one generator seeded with ``seed``, so a run is reproducible on the same device.
+    Diagnostics (``diag_every`` > 0) are recorded during steps 1, diag_every + 1, … and the last,
+    and logged at the number of updates made before them (0, diag_every, …).
     """
     device = images.device
     g_opt = _adam(generator, lr, betas, device)
@@ -93,27 +104,14 @@ def train(
     rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "train"))
     # Fixed noise for sample grids, from its own stream so sampling never shifts training draws.
     sample_rng = torch.Generator().manual_seed(derive_seed(seed, "samples"))
-    fixed_z = torch.randn(64, generator.z_dim, generator=sample_rng)
-    fixed_z = fixed_z.to(device)
+    fixed_z = torch.randn(64, generator.z_dim, generator=sample_rng).to(device)
     real_target = torch.ones(batch_size, 1, device=device)
     fake_target = torch.zeros(batch_size, 1, device=device)
-    n = images.shape[0]
-    order = torch.randperm(n, generator=rng, device=device)
-    cursor = 0
-    window = torch.zeros(len(METRICS), device=device)
-    window_steps = 0
-    last: dict[str, float] = {}
+    diagnostics = LayerDiagnostics({"G": generator, "D": discriminator}) if diag_every else None
 
-    bar = _progress(steps, progress)
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        if cursor + batch_size > n:  # new epoch; the incomplete tail batch is dropped
-            order = torch.randperm(n, generator=rng, device=device)
-            cursor = 0
-        real = images[order[cursor : cursor + batch_size]]
-        cursor += batch_size
-        z = torch.randn(batch_size, generator.z_dim, generator=rng, device=device)
-        fake = generator(z)
+    def gan_step(real: torch.Tensor) -> torch.Tensor:
+        """One D update and one G update; returns the step's METRICS as one device tensor."""
+        fake = generator(torch.randn(batch_size, generator.z_dim, generator=rng, device=device))
 
         # Discriminator: real → 1, fake → 0; fakes detached so G gets no gradient here.
         d_real = discriminator(real)
@@ -138,22 +136,44 @@ def train(
         with torch.no_grad():  # logits > 0 ⇔ D(x) > 0.5 ⇔ "real"
             acc_real = (d_real > 0).float().mean()
             acc_fake = (d_fake < 0).float().mean()
-            window += torch.stack((
+            return torch.stack((
                 loss_d.detach(), loss_g.detach(), 0.5 * (acc_real + acc_fake), acc_real, acc_fake,
                 (d_gen > 0).float().mean(), torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean(),
             ))
+
+    n = images.shape[0]
+    order = torch.randperm(n, generator=rng, device=device)
+    cursor = 0
+    window = torch.zeros(len(METRICS), device=device)
+    window_steps = 0
+    last: dict[str, float] = {}
+    bar = _progress(steps, progress)
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        if cursor + batch_size > n:  # new epoch; the incomplete tail batch is dropped
+            order = torch.randperm(n, generator=rng, device=device)
+            cursor = 0
+        real = images[order[cursor : cursor + batch_size]]
+        cursor += batch_size
+
+        if diagnostics and ((step - 1) % diag_every == 0 or step == steps):
+            with diagnostics.recording(keep_samples=step in (1, steps)):
+                window += gan_step(real)
+            sink.log_diagnostics(step - 1, diagnostics.results(), diagnostics.samples)
+        else:
+            window += gan_step(real)
         window_steps += 1
 
         if step % log_every == 0 or step == steps:
             values = (window / window_steps).tolist()  # the window's only host sync
             last = dict(zip(METRIC_KEYS, values))
-            on_log(step, last)
+            sink.log(step, last)
             window.zero_()
             window_steps = 0
             bar.set_postfix(loss_D=f"{values[0]:.3f}", loss_G=f"{values[1]:.3f}",
                             acc_D=f"{values[2]:.2f}", refresh=False)
         if step % sample_every == 0 or step == steps:
-            on_samples(step, generate(generator, fixed_z))
+            sink.log_samples(step, generate(generator, fixed_z))
         bar.update(1)
     bar.close()
     return TrainResult(steps=steps, seconds=time.perf_counter() - start, last=last)

@@ -11,7 +11,8 @@ from conftest import run_config, wandb_records
 from gan.run import run
 from gan.trainer import METRIC_KEYS
 
-SHORT = ["dataset=digits", "trainer.steps=60", "trainer.log_every=20", "trainer.sample_every=30"]
+SHORT = ["dataset=digits", "trainer.steps=60", "trainer.log_every=20", "trainer.sample_every=30",
+         "trainer.diag_every=30"]
 
 
 @pytest.mark.slow
@@ -26,6 +27,8 @@ def test_short_run_logs_the_public_metrics_to_wandb_and_files(tmp_path, monkeypa
     records = wandb_records(wandb_dir)
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
     metric_rows = [h for h in history if "train/loss_D" in h]
+    hist_steps = [h["_step"] for h in history if any(k.startswith("hist/G/fc1/act") for k in h)]
+    assert hist_steps == [0, 59]  # activation histograms at the start and the end
     assert [h["_step"] for h in metric_rows] == [20, 40, 60]
     for row in metric_rows:
         assert set(METRIC_KEYS) <= set(row)
@@ -40,8 +43,10 @@ def test_short_run_logs_the_public_metrics_to_wandb_and_files(tmp_path, monkeypa
     assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [0]
 
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [20, 40, 60]
-    assert lines[-1] == {"step": 60, **{k: metric_rows[-1][k] for k in METRIC_KEYS}}
+    train_lines = [line for line in lines if "train/loss_D" in line]
+    assert [line["step"] for line in train_lines] == [20, 40, 60]
+    assert train_lines[-1] == {"step": 60, **{k: metric_rows[-1][k] for k in METRIC_KEYS}}
+    assert [line["step"] for line in lines if "diag/G/fc1/act_std" in line] == [0, 30, 59]
     report = json.loads((out / "init_report.json").read_text())
     fields = {"network", "layer", "type", "shape", "activation", "scheme", "gain", "expected_std",
               "measured_std"}

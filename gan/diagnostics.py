@@ -1,0 +1,108 @@
+"""Per-layer evidence of what an init does: activation statistics, saturation, dead units,
+weight spread and gradient norms, recorded only on diagnostic steps.
+
+Each weighted layer is reported under the nonlinearity it feeds (``gan.init.trace_feeds``), by
+hooking that activation module: ``diag/G/fc1/act_std`` is the spread of fc1's activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gan.init import WEIGHTED_LAYERS, SigmoidInLoss, trace_feeds
+
+HISTOGRAM_SAMPLES = 10_000  # activations kept per layer for a histogram
+
+
+@dataclass(frozen=True)
+class _Target:
+    prefix: str  # diag/G/fc1
+    layer: nn.Module
+    activation: nn.Module
+    kind: str  # relu | leaky_relu | tanh | sigmoid
+    logits: bool  # a SigmoidInLoss marker: its output is a logit, the sigmoid is applied here
+
+
+def activation_stats(y: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+    """Statistics of one activation output ``y`` (any shape), as 0-dim tensors on y's device.
+
+    Saturated: tanh |y| > 0.99, sigmoid y < 0.01 or y > 0.99. Dead: ReLU y == 0, Leaky ReLU y < 0.
+    """
+    y = y.detach().float()
+    stats = {"act_mean": y.mean(), "act_std": y.std(correction=0)}
+    if kind == "tanh":
+        stats["saturated_frac"] = (y.abs() > 0.99).float().mean()
+    elif kind == "sigmoid":
+        stats["saturated_frac"] = ((y < 0.01) | (y > 0.99)).float().mean()
+    elif kind == "relu":
+        stats["dead_frac"] = (y == 0).float().mean()
+    else:
+        stats["dead_frac"] = (y < 0).float().mean()
+    return stats
+
+
+class LayerDiagnostics:
+    """Records diagnostics of G and D while its ``recording()`` context is open.
+
+    Inside the context, forward hooks sum activation statistics over every forward pass of the
+    step (D runs on reals and on fakes); on leaving it, weight stds and gradient norms are read.
+    Outside the context no hook is registered: ordinary steps pay nothing.
+    """
+
+    def __init__(self, networks: Mapping[str, nn.Module]):
+        self.targets: list[_Target] = []
+        for short, net in networks.items():
+            modules = dict(net.named_modules())
+            for path, layer, feeds in trace_feeds(net):
+                if isinstance(layer, WEIGHTED_LAYERS):
+                    act = modules[feeds.via]
+                    self.targets.append(_Target(f"diag/{short}/{path}", layer, act, feeds.kind,
+                                                isinstance(act, SigmoidInLoss)))
+        self._sums: dict[str, torch.Tensor] = {}
+        self._calls: dict[str, int] = {}
+        self.samples: dict[str, torch.Tensor] = {}
+
+    @contextmanager
+    def recording(self, keep_samples: bool = False) -> Iterator[None]:
+        self._sums, self._calls, self.samples = {}, {}, {}
+        handles = [t.activation.register_forward_hook(self._hook(t, keep_samples)) for t in self.targets]
+        weight_stds = {f"{t.prefix}/weight_std": t.layer.weight.detach().float().std(correction=0)
+                       for t in self.targets}  # the weights this step's forward pass uses
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._sums.update(weight_stds)
+        for t in self.targets:
+            if t.layer.weight.grad is not None:
+                self._sums[f"{t.prefix}/grad_norm"] = t.layer.weight.grad.detach().float().norm()
+
+    def _hook(self, target: _Target, keep_samples: bool):
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            y = torch.sigmoid(output) if target.logits else output
+            for name, value in activation_stats(y, target.kind).items():
+                key = f"{target.prefix}/{name}"
+                self._sums[key] = self._sums.get(key, 0) + value
+            self._calls[target.prefix] = self._calls.get(target.prefix, 0) + 1
+            if keep_samples and target.prefix not in self.samples:
+                self.samples[target.prefix] = y.detach().flatten()[:HISTOGRAM_SAMPLES].float().cpu()
+
+        return hook
+
+    def results(self) -> dict[str, float]:
+        """The recorded values (activation statistics averaged over forward passes); one host sync."""
+        keys = list(self._sums)
+        if not keys:
+            return {}
+        values = torch.stack([torch.as_tensor(self._sums[k]).float() for k in keys]).tolist()
+        out = {}
+        for key, value in zip(keys, values):
+            prefix, name = key.rsplit("/", 1)
+            out[key] = value / self._calls[prefix] if name.startswith(("act_", "saturated", "dead")) else value
+        return out
