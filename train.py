@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gan.config import RunConfig, run_config
@@ -21,6 +22,9 @@ def to_run_config(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> RunC
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.pop("hydra", None)
+        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.sweep_id is None:
+            # Every job of a sweep sits in the sweep's directory: its name identifies the sweep.
+            cfg.logger.sweep_id = "-".join(Path(out_dir).parent.parts[-2:])
     return run_config(
         OmegaConf.to_container(cfg, resolve=True),
         out_dir=out_dir,

@@ -63,11 +63,14 @@ class TrainerConfig:
     log_every: int = 50  # metrics are averaged over this many steps
     sample_every: int = 500  # sample grid from fixed noise
     diag_every: int = 500  # per-layer diagnostics (0: off)
+    threads: int = 0  # torch CPU threads (0: torch's default); 1 for parallel local jobs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "lr", "log_every", "sample_every"):
             _positive(self, key, "trainer")
+        if self.threads < 0:
+            raise UserError(f"trainer.threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.diag_every < 0:
             raise UserError(f"trainer.diag_every must be >= 0 (0 turns diagnostics off), got {self.diag_every}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -82,6 +85,7 @@ class LoggerConfig:
     group: str | None = None  # None: the init arm
     tags: tuple[str, ...] = ()
     job_type: str = "train"
+    sweep_id: str | None = None  # shared by every job of a sweep (a tag): None = the sweep dir's name
 
     def __post_init__(self) -> None:
         if self.mode not in LOGGER_MODES:

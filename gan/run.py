@@ -40,6 +40,8 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     before anything is written to ``cfg.out_dir``."""
     mode, why = tracking.resolve_mode(cfg.logger.mode)
     device = resolve_device(cfg.trainer.device)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
     split = data.load(cfg.data.name, cfg.data.root, train=True,
                       download_timeout=cfg.data.download_timeout, offline_dir=cfg.data.offline_dir)
     if cfg.trainer.batch_size > len(split):
@@ -55,11 +57,13 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "status": "running", "run_name": cfg.run_name, "arm": cfg.init.arm, "seed": cfg.seed,
         "model": cfg.model.name, "dataset": cfg.data.name, "device": str(device),
+        "sweep_id": cfg.logger.sweep_id,
     }
     with tracking.RunLogger(
         cfg.out_dir, mode=mode, project=cfg.logger.project, entity=cfg.logger.entity,
         name=cfg.run_name, group=cfg.logger.group or cfg.init.arm, job_type=cfg.logger.job_type,
-        tags=[cfg.model.name, cfg.data.name, *cfg.logger.tags],
+        tags=[cfg.model.name, cfg.data.name, *cfg.logger.tags,
+              *([f"sweep:{cfg.logger.sweep_id}"] if cfg.logger.sweep_id else [])],
         config={**cfg.resolved, "arm": cfg.init.arm},
     ) as logger:
         hint = tracking.offline_hint(logger, why)

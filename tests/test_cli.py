@@ -30,22 +30,46 @@ def test_train_he_xavier_end_to_end(tmp_path):
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
 
 
-def test_multirun_makes_one_finished_wandb_run_per_job(tmp_path, monkeypatch):
+def test_ablation_preset_makes_one_finished_wandb_run_per_job_and_a_report(tmp_path, monkeypatch):
     wandb_dir = tmp_path / "wandb"
     wandb_dir.mkdir()
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
-    proc = train("-m", "init=default,he_xavier", "seed=0,1", *QUICK, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    sweep = tmp_path / "sweep"
+    proc = train("-m", "experiment=init_ablation", "seed=0,1", *QUICK, f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr
-    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert sorted((s["arm"], s["seed"]) for s in summaries) == [
         ("default", 0), ("default", 1), ("he_xavier", 0), ("he_xavier", 1)]
     assert all(s["status"] == "finished" for s in summaries)
+    assert len(list(sweep.glob("*/metrics.jsonl"))) == 4
     assert len({s["wandb"]["id"] for s in summaries}) == 4
+    sweep_tags = set()
     for summary in summaries:
         records = wandb_records(wandb_dir / "wandb" / summary["wandb"]["dir"].rsplit("/", 1)[-1])
         assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [0]
         (run,) = [r["run"] for r in records if r["type"] == "run"]
         assert run["run_group"] == summary["arm"]
+        assert "init_ablation" in run["tags"]
+        sweep_tags |= {t for t in run["tags"] if t.startswith("sweep:")}
+    assert len(sweep_tags) == 1  # one dashboard filter shows the whole ablation
+
+    from gan import report
+
+    assert report.main([str(sweep)]) == 0
+    text = (sweep / "report" / "report.md").read_text()
+    assert "| default | 2 | 0 |" in text and "| he_xavier | 2 | 0 |" in text
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1"],
+                                      ["hydra/launcher=submitit_local"]])
+def test_parallel_launchers_run_every_job(launcher, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train("-m", *launcher, "init=default,he_xavier", "logger.mode=disabled", *QUICK,
+                 f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    assert sorted(s["arm"] for s in summaries) == ["default", "he_xavier"]
+    assert all(s["status"] == "finished" for s in summaries)
 
 
 @pytest.mark.parametrize(
