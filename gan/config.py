@@ -64,17 +64,30 @@ class TrainerConfig:
     sample_every: int = 500  # sample grid from fixed noise
     diag_every: int = 500  # per-layer diagnostics (0: off)
     threads: int = 0  # torch CPU threads (0: torch's default); 1 for parallel local jobs
+    eval_every: int = 1000  # FCD and class coverage (0: off); also at the end
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "lr", "log_every", "sample_every"):
             _positive(self, key, "trainer")
+        if self.eval_every < 0:
+            raise UserError(f"trainer.eval_every must be >= 0 (0 turns evaluation off), got {self.eval_every}")
         if self.threads < 0:
             raise UserError(f"trainer.threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.diag_every < 0:
             raise UserError(f"trainer.diag_every must be >= 0 (0 turns diagnostics off), got {self.diag_every}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"trainer.betas must be two numbers in [0, 1), got {list(self.betas)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_samples: int = 10_000  # generated images per evaluation (at most the test split's size)
+    batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_samples", "eval")
+        _positive(self, "batch_size", "eval")
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class RunConfig:
     init: InitConfig
     trainer: TrainerConfig
     logger: LoggerConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
     resolved: Mapping[str, Any] = field(default_factory=dict, compare=False)  # for W&B's config
 
     @property
@@ -233,7 +247,7 @@ def run_config(
     scheme_dir: Path,
 ) -> RunConfig:
     """The typed run configuration from Hydra's resolved config (a plain mapping)."""
-    known = {"seed", "data_dir", "dataset", "model", "init", "trainer", "logger"}
+    known = {"seed", "data_dir", "dataset", "model", "init", "trainer", "logger", "eval"}
     unknown = set(cfg) - known
     if unknown:
         raise UserError(f"unknown top-level key(s) {sorted(unknown)}; valid: {sorted(known)}")
@@ -261,5 +275,6 @@ def run_config(
         init=InitConfig(arm=arm_name(init_choice, init_overrides), **schemes),
         trainer=build(TrainerConfig, cfg.get("trainer") or {}, "trainer"),
         logger=logger,
+        eval=build(EvalConfig, cfg.get("eval") or {}, "eval"),
         resolved=dict(cfg),
     )

@@ -22,7 +22,7 @@ from gan.errors import UserError
 
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
 DATASETS = tuple(IMAGE_SHAPES)
-DIGITS_TEST_SIZE = 360  # the last 360 of scikit-learn's 1,797 digits (≈ 20 %) are the test split
+DIGITS_TEST_SIZE = 360  # 360 of scikit-learn's 1,797 digits (≈ 20 %, a fixed random draw) are the test split
 FASHION_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
@@ -71,7 +71,10 @@ def _digits(train: bool) -> Split:
     if not path.is_file():
         raise UserError(f"scikit-learn's digits file is missing at {path}; reinstall scikit-learn")
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)  # (1797, 65): 64 pixels 0..16, label
-    table = table[:-DIGITS_TEST_SIZE] if train else table[-DIGITS_TEST_SIZE:]
+    # A fixed shuffle before splitting: the file is ordered by writer, so its tail alone would
+    # test on writers never seen in training.
+    order = np.random.default_rng(0).permutation(len(table))
+    table = table[order[:-DIGITS_TEST_SIZE] if train else order[-DIGITS_TEST_SIZE:]]
     images = torch.from_numpy(table[:, :64]).reshape(-1, 1, 8, 8) / 8.0 - 1.0
     return Split(images.contiguous(), torch.from_numpy(table[:, 64]).long())
 

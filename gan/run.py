@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from gan import data, nets, tracking
+from gan import data, nets, quality, tracking
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import format_table, initialize
@@ -47,6 +47,13 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if cfg.trainer.batch_size > len(split):
         raise UserError(f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {len(split)} "
                         f"training images of dataset={cfg.data.name}")
+    evaluator = None
+    if cfg.trainer.eval_every:  # the classifier trains on first use: before any result is written
+        classifier = quality.load_classifier(cfg.data.name, cfg.data.root, progress=progress)
+        test = data.load(cfg.data.name, cfg.data.root, train=False)
+        evaluator = quality.Evaluator(classifier, test.images.to(device), batch=cfg.eval.batch_size)
+        eval_noise = torch.randn(min(cfg.eval.num_samples, len(test)), cfg.model.z_dim,
+                                 generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "eval")))
     g, d, records = build_networks(cfg)
     print(f"{cfg.run_name}: G {nets.count_parameters(g):,} and D {nets.count_parameters(d):,} "
           f"parameters, {len(split):,} images on {device}")
@@ -72,6 +79,18 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         logger.log_table("init/report", [r.to_dict() for r in records])
         if logger.wandb_run:
             summary["wandb"] = {"mode": mode, "id": logger.wandb_run.id, "dir": str(logger.wandb_dir)}
+        best: dict[str, Any] = {}
+
+        def evaluate(step: int, generator: nets.Generator) -> None:
+            scores = evaluator.score_generator(generator, eval_noise.to(device))
+            logger.log(step, {**scores, "eval/classifier": evaluator.classifier.identity})
+            if not best or scores["eval/fcd"] < best["eval/fcd_best"]:  # GANs can get worse late
+                best.update({"eval/fcd_best": scores["eval/fcd"], "eval/fcd_best_step": step})
+                logger.summarize(best)
+
+        if evaluator:
+            logger.summarize({"eval/classifier": evaluator.classifier.identity,
+                              "eval/classifier_test_accuracy": evaluator.classifier.test_accuracy})
         started = time.time()
         try:
             result = train(
@@ -79,6 +98,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
                 steps=cfg.trainer.steps, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
                 betas=cfg.trainer.betas, seed=cfg.seed, log_every=cfg.trainer.log_every,
                 sample_every=cfg.trainer.sample_every, diag_every=cfg.trainer.diag_every,
+                evaluate=evaluate if evaluator else None, eval_every=cfg.trainer.eval_every,
                 progress=progress,
             )
         except BaseException:
@@ -87,7 +107,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             raise
         summary.update(
             status="finished", steps=result.steps, seconds=round(result.seconds, 3),
-            steps_per_second=round(result.steps / result.seconds, 2), final=result.last,
+            steps_per_second=round(result.steps / result.seconds, 2), final=result.last, **best,
         )
         logger.summarize({k: summary[k] for k in ("status", "steps", "seconds", "steps_per_second")})
     tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
@@ -96,7 +116,9 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         f"done {cfg.run_name}: {result.steps} steps in {result.seconds:.1f} s "
         f"({summary['steps_per_second']:.1f} steps/s) | loss_D {last['train/loss_D']:.3f} "
         f"loss_G {last['train/loss_G']:.3f} acc_D {last['train/acc_D']:.2f} "
-        f"acc_G {last['train/acc_G']:.2f} | {cfg.out_dir}",
+        f"acc_G {last['train/acc_G']:.2f}"
+        + (f" | best FCD {best['eval/fcd_best']:.2f} at step {best['eval/fcd_best_step']}" if best else "")
+        + f" | {cfg.out_dir}",
         flush=True,
     )
     return summary

@@ -100,8 +100,8 @@ class RunLogger:
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
         self._metrics.flush()
-        if self.wandb_run:
-            self.wandb_run.log(dict(metrics), step=step)
+        if self.wandb_run:  # strings (e.g. the eval classifier's id) live in W&B's config/summary
+            self.wandb_run.log({k: v for k, v in metrics.items() if not isinstance(v, str)}, step=step)
 
     def log_samples(self, step: int, images: torch.Tensor) -> Path:
         """Saves a grid of ``images`` (B, C, H, W) in [-1, 1] as PNG and to W&B as ``samples``."""

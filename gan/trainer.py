@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -89,6 +90,8 @@ def train(
     log_every: int,
     sample_every: int,
     diag_every: int = 0,
+    evaluate: Callable[[int, Generator], None] | None = None,
+    eval_every: int = 0,
     progress: bool = True,
 ) -> TrainResult:
     """Trains in place. ``images`` (N, C, H, W) in [-1, 1] already sits on the training device.
@@ -96,7 +99,8 @@ def train(
     Batches are drawn without replacement from a fresh permutation each epoch; every random draw
     comes from one generator seeded with ``seed``, so a run is reproducible on the same device.
     Diagnostics (``diag_every`` > 0) are recorded during steps 1, diag_every + 1, … and the last,
-    and logged at the number of updates made before them (0, diag_every, …).
+    and logged at the number of updates made before them (0, diag_every, …). ``evaluate(step, G)``
+    runs every ``eval_every`` steps and after the last.
     """
     device = images.device
     g_opt = _adam(generator, lr, betas, device)
@@ -174,6 +178,8 @@ def train(
                             acc_D=f"{values[2]:.2f}", refresh=False)
         if step % sample_every == 0 or step == steps:
             sink.log_samples(step, generate(generator, fixed_z))
+        if evaluate and eval_every and (step % eval_every == 0 or step == steps):
+            evaluate(step, generator)
         bar.update(1)
     bar.close()
     return TrainResult(steps=steps, seconds=time.perf_counter() - start, last=last)

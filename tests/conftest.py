@@ -26,10 +26,21 @@ def offline_wandb(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path_factory.mktemp("home") / "no-netrc"))
 
 
+DATA_DIR: Path | None = None  # one per session: the digits feature classifier trains once
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_data_dir(tmp_path_factory):
+    global DATA_DIR
+    DATA_DIR = tmp_path_factory.mktemp("data")
+    return DATA_DIR
+
+
 def run_config(overrides: list[str], out_dir: Path):
-    """The typed RunConfig for ``overrides``, exactly as ``python train.py <overrides>`` builds it."""
+    """The typed RunConfig for ``overrides``, exactly as ``python train.py <overrides>`` builds it
+    (with the session's data dir)."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = compose("config", overrides=[f"data_dir={DATA_DIR}", *overrides], return_hydra_config=True)
     return train.to_run_config(cfg, cfg.hydra, out_dir)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import conftest
 from conftest import ROOT, wandb_records
 
 pytestmark = pytest.mark.slow
@@ -14,8 +15,8 @@ QUICK = ["trainer.steps=20", "trainer.log_every=10", "trainer.sample_every=10"]
 
 
 def train(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "train.py", *args, f"data_dir={conftest.DATA_DIR}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def test_train_he_xavier_end_to_end(tmp_path):

@@ -1,0 +1,207 @@
+"""What the generator learned: a Fréchet distance in a dataset classifier's feature space (FCD),
+class coverage and classifier confidence — with no downloaded weights.
+
+The classifier is trained by the project on the dataset's training split on first use and cached
+in ``data_dir/classifiers/`` with its version, seed, test accuracy and a hash of its weights; the
+identity string (e.g. ``fashion_mnist-v1-3f2a9c01d4e5``) goes with every score, since scores are
+only comparable under the same classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gan import data
+from gan.errors import UserError
+from gan.nets import Generator, generate
+
+CLASSIFIER_VERSION = 1  # bump when the architecture or training recipe changes: caches go stale
+# Training recipe per dataset: epochs, and the test accuracy the classifier must reach.
+RECIPES = {"digits": (60, 0.95), "mnist": (3, 0.985), "fashion_mnist": (5, 0.89)}
+
+
+class FeatureClassifier(nn.Module):
+    """Classifier whose penultimate activations are the feature space of the Fréchet distance."""
+
+    def __init__(self, image_shape: tuple[int, int, int], classes: int = 10):
+        super().__init__()
+        channels, side, _ = image_shape
+        if side >= 28:  # LeNet-style: (1, 28, 28) → 32×14×14 → 64×7×7 → 128 features
+            self.features = nn.Sequential(OrderedDict(
+                conv1=nn.Conv2d(channels, 32, 5, padding=2), act1=nn.ReLU(), pool1=nn.MaxPool2d(2),
+                conv2=nn.Conv2d(32, 64, 5, padding=2), act2=nn.ReLU(), pool2=nn.MaxPool2d(2),
+                flatten=nn.Flatten(), drop=nn.Dropout(0.3),
+                fc=nn.Linear(64 * (side // 4) ** 2, 128), act3=nn.ReLU(),
+            ))
+            width = 128
+        else:  # small MLP for 8×8 digits: 64 → 256 → 64 features
+            self.features = nn.Sequential(OrderedDict(
+                flatten=nn.Flatten(), fc1=nn.Linear(channels * side * side, 256), act1=nn.ReLU(),
+                drop=nn.Dropout(0.2), fc2=nn.Linear(256, 64), act2=nn.ReLU(),
+            ))
+            width = 64
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, width), logits (B, classes)) for images in [-1, 1]."""
+        f = self.features(x)
+        return f, self.head(f)
+
+
+@dataclass
+class Classifier:
+    model: FeatureClassifier
+    identity: str
+    test_accuracy: float
+
+
+def _weights_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+@torch.no_grad()
+def _accuracy(model: FeatureClassifier, split: data.Split, batch: int = 2000) -> float:
+    model.eval()
+    correct = sum(int((model(split.images[i : i + batch])[1].argmax(1) == split.labels[i : i + batch]).sum())
+                  for i in range(0, len(split), batch))
+    return correct / len(split)
+
+
+def train_classifier(dataset: str, root: Path, *, seed: int = 0, progress: bool = True) -> Classifier:
+    """Trains the feature classifier of ``dataset`` (Adam, batch 128) and checks its accuracy."""
+    from tqdm.auto import tqdm
+
+    train, test = data.load(dataset, root, train=True), data.load(dataset, root, train=False)
+    torch.manual_seed(seed)
+    model = FeatureClassifier(data.image_shape(dataset))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = torch.Generator().manual_seed(seed)
+    epochs, required = RECIPES[dataset]
+    batches = math.ceil(len(train) / 128)
+    bar = tqdm(total=epochs * batches, desc=f"feature classifier ({dataset}, first use)", disable=not progress)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=rng)
+        for i in range(batches):
+            idx = order[i * 128 : (i + 1) * 128]
+            loss = F.cross_entropy(model(train.images[idx])[1], train.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+    bar.close()
+    accuracy = _accuracy(model, test)
+    model.eval()
+    if accuracy < required:
+        raise UserError(f"the {dataset} feature classifier reached {accuracy:.2%} test accuracy, below the "
+                        f"required {required:.1%}; its scores would not be trustworthy")
+    return Classifier(model, f"{dataset}-v{CLASSIFIER_VERSION}-{_weights_hash(model)}", accuracy)
+
+
+def load_classifier(dataset: str, root: Path, *, progress: bool = True) -> Classifier:
+    """The cached classifier of ``dataset``, trained anew when missing, stale or corrupt."""
+    path = Path(root) / "classifiers" / f"{dataset}-v{CLASSIFIER_VERSION}.pt"
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model = FeatureClassifier(data.image_shape(dataset))
+            model.load_state_dict(blob["state_dict"])
+            model.eval()
+            if blob["version"] == CLASSIFIER_VERSION and blob["hash"] == _weights_hash(model):
+                return Classifier(model, f"{dataset}-v{CLASSIFIER_VERSION}-{blob['hash']}", blob["test_accuracy"])
+            reason = "stale"
+        except Exception as err:  # noqa: BLE001 - any unreadable cache is retrained, never trusted
+            reason = f"unreadable ({type(err).__name__})"
+        print(f"feature classifier cache {path} is {reason}: training it again", flush=True)
+    classifier = train_classifier(dataset, root, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"version": CLASSIFIER_VERSION, "seed": 0, "test_accuracy": classifier.test_accuracy,
+                "hash": classifier.identity.rsplit("-", 1)[1], "state_dict": classifier.model.state_dict()},
+               buffer)
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(buffer.getvalue())
+    partial.replace(path)  # atomic: a half-written cache never carries the final name
+    print(f"feature classifier {classifier.identity}: {classifier.test_accuracy:.2%} test accuracy, cached "
+          f"in {path}", flush=True)
+    return classifier
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
+    """||mu1 − mu2||² + Tr(cov1) + Tr(cov2) − 2 Tr((cov1 cov2)^½).
+
+    Tr((cov1 cov2)^½) is the sum of the square roots of the eigenvalues of the symmetric PSD
+    matrix cov1^½ cov2 cov1^½ (similar to cov1 cov2). Unlike a general matrix square root
+    (scipy's sqrtm, the usual FID code), this stays exact when the covariances are singular, as
+    they are when some ReLU features never fire.
+    """
+    from scipy import linalg
+
+    w, v = linalg.eigh(cov1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    eig = linalg.eigvalsh(root1 @ cov2 @ root1)
+    trace_root = np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * trace_root)
+
+
+@torch.no_grad()
+def _features(model: FeatureClassifier, images: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, probs = [], []
+    for i in range(0, len(images), batch):
+        f, logits = model(images[i : i + batch])
+        feats.append(f.double())
+        probs.append(logits.softmax(1))
+    return torch.cat(feats), torch.cat(probs)
+
+
+def _moments(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    x = features.cpu().numpy()
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+class Evaluator:
+    """Scores generated images against a dataset's real test split (on its device)."""
+
+    def __init__(self, classifier: Classifier, real_test: torch.Tensor, batch: int = 1000):
+        self.classifier, self.batch = classifier, batch
+        classifier.model.to(real_test.device)
+        self.real_moments = _moments(_features(classifier.model, real_test, batch)[0])
+        self.classes = classifier.model.head.out_features
+
+    def score_generator(self, generator: Generator, z: torch.Tensor) -> dict[str, float]:
+        """Scores ``generator``'s images of the fixed noise ``z`` (N, z_dim), made in batches."""
+        images = torch.cat([generate(generator, z[i : i + self.batch]) for i in range(0, len(z), self.batch)])
+        return self.score(images)
+
+    def score(self, images: torch.Tensor) -> dict[str, float]:
+        """``eval/*`` metrics of ``images`` (N, C, H, W) in [-1, 1], on the classifier's device."""
+        features, probs = _features(self.classifier.model, images, self.batch)
+        histogram = torch.bincount(probs.argmax(1), minlength=self.classes).double() / len(images)
+        nonzero = histogram[histogram > 0]
+        return {
+            "eval/fcd": frechet_distance(*_moments(features), *self.real_moments),
+            # KL(predicted-class histogram ‖ uniform) = Σ p log(p·K): 0 for perfect balance,
+            # log K = 2.30 when one class takes everything (mode dropping).
+            "eval/class_kl": float((nonzero * (nonzero * self.classes).log()).sum()),
+            "eval/classes_covered": int((histogram >= 0.5 / self.classes).sum()),
+            "eval/confidence": float(probs.max(1).values.mean()),
+        }
