@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gan.config import RunConfig, run_config
 from gan.errors import UserError
-from gan.run import run
+from gan.run import Preempted, run
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -34,14 +35,36 @@ def to_run_config(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> RunC
     )
 
 
+def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, DictConfig, Path]:
+    """The config of the run in ``resume``: its own overrides, then this command's (which win).
+
+    `python train.py resume=DIR` needs nothing else; `resume=DIR trainer.steps=20000` extends it.
+    The library refuses overrides that would change the run's seed, model, dataset or init.
+    """
+    run_dir = Path(resume)
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserError(f"resume={resume}: not a run directory of train.py (no .hydra/overrides.yaml there)")
+    now = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
+    cfg = compose("config", overrides=[*OmegaConf.load(saved), *now, f"resume={resume}"],
+                  return_hydra_config=True)
+    return cfg, cfg.hydra, run_dir
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     try:
-        run(to_run_config(cfg, hydra_cfg, Path(hydra_cfg.runtime.output_dir)))
+        out_dir = Path(hydra_cfg.runtime.output_dir)
+        if cfg.resume is not None:
+            cfg, hydra_cfg, out_dir = resumed_config(cfg.resume, hydra_cfg)
+        run(to_run_config(cfg, hydra_cfg, out_dir))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Preempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

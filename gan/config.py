@@ -65,11 +65,14 @@ class TrainerConfig:
     diag_every: int = 500  # per-layer diagnostics (0: off)
     threads: int = 0  # torch CPU threads (0: torch's default); 1 for parallel local jobs
     eval_every: int = 1000  # FCD and class coverage (0: off); also at the end
+    ckpt_every: int = 1000  # checkpoint period (0: only at the end and on SIGINT/SIGTERM)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "lr", "log_every", "sample_every"):
             _positive(self, key, "trainer")
+        if self.ckpt_every < 0:
+            raise UserError(f"trainer.ckpt_every must be >= 0 (0: only at the end and on preemption), got {self.ckpt_every}")
         if self.eval_every < 0:
             raise UserError(f"trainer.eval_every must be >= 0 (0 turns evaluation off), got {self.eval_every}")
         if self.threads < 0:
@@ -124,6 +127,7 @@ class RunConfig:
     trainer: TrainerConfig
     logger: LoggerConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resume: bool = False  # continue the run in out_dir from its checkpoint
     resolved: Mapping[str, Any] = field(default_factory=dict, compare=False)  # for W&B's config
 
     @property
@@ -247,7 +251,7 @@ def run_config(
     scheme_dir: Path,
 ) -> RunConfig:
     """The typed run configuration from Hydra's resolved config (a plain mapping)."""
-    known = {"seed", "data_dir", "dataset", "model", "init", "trainer", "logger", "eval"}
+    known = {"seed", "data_dir", "dataset", "model", "init", "trainer", "logger", "eval", "resume"}
     unknown = set(cfg) - known
     if unknown:
         raise UserError(f"unknown top-level key(s) {sorted(unknown)}; valid: {sorted(known)}")
@@ -276,5 +280,6 @@ def run_config(
         trainer=build(TrainerConfig, cfg.get("trainer") or {}, "trainer"),
         logger=logger,
         eval=build(EvalConfig, cfg.get("eval") or {}, "eval"),
-        resolved=dict(cfg),
+        resume=cfg.get("resume") is not None,
+        resolved={k: v for k, v in cfg.items() if k != "resume"},
     )

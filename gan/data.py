@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -62,6 +64,41 @@ def load(
     return _torchvision(name, Path(root), train, download_timeout)
 
 
+def ensure_dir(root: Path) -> Path:
+    """``data_dir`` as a writable directory; created when missing, provided its parent exists
+    (a missing parent is more likely a typo than an intent)."""
+    root = Path(root)
+    if not root.exists():
+        if not root.parent.is_dir():
+            raise UserError(f"data_dir={root} does not exist, nor does its parent {root.parent}; "
+                            "fix the path or create it first")
+        try:
+            root.mkdir()
+        except OSError as err:
+            raise UserError(f"data_dir={root} cannot be created ({err.strerror})") from None
+    if not root.is_dir():
+        raise UserError(f"data_dir={root} is not a directory")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UserError(f"data_dir={root} is not writable; datasets and feature classifiers are stored "
+                        "there: choose another data_dir")
+    return root
+
+
+def check_idx(path: Path) -> None:
+    """Refuses an IDX file whose size does not match its header (truncated or corrupted)."""
+    with path.open("rb") as f:
+        header = f.read(4)
+        if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08 or not 1 <= header[3] <= 4:
+            raise UserError(f"{path} is not an IDX file of bytes (bad header); it is corrupted: delete it "
+                            "and run again to fetch it anew")
+        dims = [int.from_bytes(f.read(4), "big") for _ in range(header[3])]
+    expected = 4 + 4 * len(dims) + math.prod(dims)
+    actual = path.stat().st_size
+    if actual != expected:
+        raise UserError(f"{path} is truncated or corrupted ({actual:,} bytes, its header promises "
+                        f"{expected:,}): delete it and run again to fetch it anew")
+
+
 def _digits(train: bool) -> Split:
     # Read the CSV scikit-learn ships rather than importing sklearn (~1 s of start-up).
     spec = importlib.util.find_spec("sklearn")
@@ -112,6 +149,9 @@ def _torchvision(name: str, root: Path, train: bool, timeout: float) -> Split:
 
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
     raw_dir = root / cls.__name__ / "raw"
+    for stem in FASHION_FILES:  # MNIST's raw files carry the same names
+        if (raw_dir / stem).is_file():
+            check_idx(raw_dir / stem)
     try:
         dataset = cls(str(root), train=train, download=False)
     except RuntimeError:  # not there yet: download once
@@ -120,7 +160,8 @@ def _torchvision(name: str, root: Path, train: bool, timeout: float) -> Split:
             with _socket_timeout(timeout):
                 dataset = cls(str(root), train=train, download=True)
         except (OSError, RuntimeError) as err:
-            for leftover in set(raw_dir.glob("*")) - before if raw_dir.is_dir() else ():
+            after = set(raw_dir.glob("*")) if raw_dir.is_dir() else set()
+            for leftover in after - before:
                 leftover.unlink(missing_ok=True)  # a partial file must not pass for the dataset
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(

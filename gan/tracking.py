@@ -74,12 +74,21 @@ class RunLogger:
     def __init__(
         self, out_dir: Path, *, mode: str, project: str, entity: str | None, name: str,
         group: str, job_type: str, tags: Sequence[str], config: Mapping[str, Any],
+        metrics_offset: int | None = None, wandb_id: str | None = None,
     ):
+        """``metrics_offset``/``wandb_id``: continue a run from a checkpoint: metrics.jsonl is cut
+        back to what it held then (lines written after it are re-made by the resumed steps), and
+        the W&B run with that id continues."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = (self.out_dir / METRICS_FILE).open("w")
+        if metrics_offset is None:
+            self._metrics = (self.out_dir / METRICS_FILE).open("w")
+        else:
+            self._metrics = (self.out_dir / METRICS_FILE).open("a")
+            self._metrics.truncate(metrics_offset)
         self.wandb_run = None
         self.mode = mode
+        self._exit_code = 0
         if mode != "disabled":
             import wandb
 
@@ -87,6 +96,7 @@ class RunLogger:
             self.wandb_run = wandb.init(
                 project=project, entity=entity, name=name, group=group, job_type=job_type,
                 tags=list(tags), config=dict(config), mode=mode,
+                id=wandb_id, resume="allow" if wandb_id else None,
                 # Beside the run's other outputs unless the user chose a W&B dir.
                 dir=None if os.environ.get("WANDB_DIR") else str(self.out_dir),
                 settings=wandb.Settings(silent=True),  # our one line says where the run is
@@ -122,7 +132,8 @@ class RunLogger:
     def log_diagnostics(self, step: int, values: Mapping[str, float],
                         samples: Mapping[str, torch.Tensor]) -> None:
         """Per-layer diagnostics to metrics.jsonl and W&B; activation samples as W&B histograms."""
-        self.log(step, values)
+        if values:
+            self.log(step, values)
         if self.wandb_run and samples:
             self.wandb_run.log({f"{prefix.replace('diag/', 'hist/', 1)}/act": self._wandb.Histogram(s.numpy())
                                 for prefix, s in samples.items()}, step=step)
@@ -132,6 +143,17 @@ class RunLogger:
             columns = list(rows[0])
             data = [[json.dumps(r[c]) if isinstance(r[c], list) else r[c] for c in columns] for r in rows]
             self.wandb_run.log({key: self._wandb.Table(columns=columns, data=data)}, step=0)
+
+    def metrics_offset(self) -> int:
+        """Bytes of metrics.jsonl written so far (stored in checkpoints)."""
+        self._metrics.flush()
+        return self._metrics.tell()
+
+    def mark_preempted(self, exit_code: int = 1) -> None:
+        """The run stops early but may resume: W&B marks it preempting, and it ends non-zero."""
+        self._exit_code = exit_code
+        if self.wandb_run:
+            self.wandb_run.mark_preempting()
 
     def summarize(self, values: Mapping[str, Any]) -> None:
         if self.wandb_run:
@@ -143,7 +165,7 @@ class RunLogger:
     def __exit__(self, exc_type, exc, tb) -> None:
         self._metrics.close()
         if self.wandb_run:
-            self.wandb_run.finish(exit_code=0 if exc_type is None else 1)
+            self.wandb_run.finish(exit_code=self._exit_code if exc_type is None else 1)
 
 
 def offline_hint(logger: RunLogger, why: str) -> str | None:

@@ -38,9 +38,11 @@ METRIC_KEYS = tuple(f"train/{m}" for m in METRICS)
 
 @dataclass(frozen=True)
 class TrainResult:
-    steps: int
+    status: str  # finished | diverged | stopped (asked to stop, e.g. by a signal)
+    step: int  # the last completed step
     seconds: float
     last: dict[str, float]  # the last logging window's metrics
+    diverged_step: int | None = None  # the first step whose loss or weights were not finite
 
 
 def derive_seed(seed: int, stream: str) -> int:
@@ -76,68 +78,92 @@ class Sink(Protocol):
     def log_diagnostics(self, step: int, values: dict[str, float], samples: dict[str, torch.Tensor]) -> None: ...
 
 
-def train(
-    generator: Generator,
-    discriminator: Discriminator,
-    images: torch.Tensor,
-    sink: Sink,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    betas: tuple[float, float],
-    seed: int,
-    log_every: int,
-    sample_every: int,
-    diag_every: int = 0,
-    evaluate: Callable[[int, Generator], None] | None = None,
-    eval_every: int = 0,
-    progress: bool = True,
-) -> TrainResult:
-    """Trains in place. ``images`` (N, C, H, W) in [-1, 1] already sits on the training device.
+class GANTrainer:
+    """The training loop and its whole state, so that a checkpoint can resume it exactly.
 
-    Batches are drawn without replacement from a fresh permutation each epoch; every random draw
-    comes from one generator seeded with ``seed``, so a run is reproducible on the same device.
-    Diagnostics (``diag_every`` > 0) are recorded during steps 1, diag_every + 1, … and the last,
-    and logged at the number of updates made before them (0, diag_every, …). ``evaluate(step, G)``
-    runs every ``eval_every`` steps and after the last.
+    ``images`` (N, C, H, W) in [-1, 1] sits on the training device. Batches are drawn without
+    replacement from a fresh permutation each epoch; every random draw comes from one generator
+    seeded from ``seed``, so a run is reproducible on the same device, resumed or not.
     """
-    device = images.device
-    g_opt = _adam(generator, lr, betas, device)
-    d_opt = _adam(discriminator, lr, betas, device)
-    rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "train"))
-    # Fixed noise for sample grids, from its own stream so sampling never shifts training draws.
-    sample_rng = torch.Generator().manual_seed(derive_seed(seed, "samples"))
-    fixed_z = torch.randn(64, generator.z_dim, generator=sample_rng).to(device)
-    real_target = torch.ones(batch_size, 1, device=device)
-    fake_target = torch.zeros(batch_size, 1, device=device)
-    diagnostics = LayerDiagnostics({"G": generator, "D": discriminator}) if diag_every else None
 
-    def gan_step(real: torch.Tensor) -> torch.Tensor:
+    def __init__(self, generator: Generator, discriminator: Discriminator, images: torch.Tensor, *,
+                 batch_size: int, lr: float, betas: tuple[float, float], seed: int):
+        self.g, self.d, self.images, self.batch_size = generator, discriminator, images, batch_size
+        device = self.device = images.device
+        self.g_opt = _adam(generator, lr, betas, device)
+        self.d_opt = _adam(discriminator, lr, betas, device)
+        self.rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "train"))
+        # Fixed noise for sample grids, from its own stream so sampling never shifts training draws.
+        sample_rng = torch.Generator().manual_seed(derive_seed(seed, "samples"))
+        self.fixed_z = torch.randn(64, generator.z_dim, generator=sample_rng).to(device)
+        self.real_target = torch.ones(batch_size, 1, device=device)
+        self.fake_target = torch.zeros(batch_size, 1, device=device)
+        self.step = 0
+        self.order = torch.randperm(len(images), generator=self.rng, device=device)
+        self.cursor = 0
+        self.window = torch.zeros(len(METRICS), device=device)  # metric sums of the open window
+        self.window_steps = 0
+        # The first step whose losses were not finite (0: none yet), kept on the device.
+        self.step_tensor = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "generator": self.g.state_dict(), "discriminator": self.d.state_dict(),
+            "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict(),
+            "rng": self.rng.get_state(), "order": self.order, "cursor": self.cursor,
+            "window": self.window, "window_steps": self.window_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.g.load_state_dict(state["generator"])
+        self.d.load_state_dict(state["discriminator"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.d_opt.load_state_dict(state["d_opt"])
+        self.rng.set_state(state["rng"])
+        self.step, self.cursor, self.window_steps = state["step"], state["cursor"], state["window_steps"]
+        self.order = state["order"].to(self.device)
+        self.window = state["window"].to(self.device)
+        self.step_tensor.fill_(self.step)
+
+    def _next_batch(self) -> torch.Tensor:
+        if self.cursor + self.batch_size > len(self.images):  # new epoch; the tail batch is dropped
+            self.order = torch.randperm(len(self.images), generator=self.rng, device=self.device)
+            self.cursor = 0
+        idx = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return self.images[idx]
+
+    def gan_step(self, real: torch.Tensor) -> torch.Tensor:
         """One D update and one G update; returns the step's METRICS as one device tensor."""
-        fake = generator(torch.randn(batch_size, generator.z_dim, generator=rng, device=device))
+        g, d = self.g, self.d
+        fake = g(torch.randn(self.batch_size, g.z_dim, generator=self.rng, device=self.device))
 
         # Discriminator: real → 1, fake → 0; fakes detached so G gets no gradient here.
-        d_real = discriminator(real)
-        d_fake = discriminator(fake.detach())
+        d_real = d(real)
+        d_fake = d(fake.detach())
         loss_d = 0.5 * (
-            F.binary_cross_entropy_with_logits(d_real, real_target)
-            + F.binary_cross_entropy_with_logits(d_fake, fake_target)
+            F.binary_cross_entropy_with_logits(d_real, self.real_target)
+            + F.binary_cross_entropy_with_logits(d_fake, self.fake_target)
         )
-        d_opt.zero_grad(set_to_none=True)
+        self.d_opt.zero_grad(set_to_none=True)
         loss_d.backward()
-        d_opt.step()
+        self.d_opt.step()
 
         # Generator, non-saturating: maximize log D(G(z)). D's weights need no gradient here.
-        discriminator.requires_grad_(False)
-        d_gen = discriminator(fake)
-        loss_g = F.binary_cross_entropy_with_logits(d_gen, real_target)
-        g_opt.zero_grad(set_to_none=True)
+        d.requires_grad_(False)
+        d_gen = d(fake)
+        loss_g = F.binary_cross_entropy_with_logits(d_gen, self.real_target)
+        self.g_opt.zero_grad(set_to_none=True)
         loss_g.backward()
-        g_opt.step()
-        discriminator.requires_grad_(True)
+        self.g_opt.step()
+        d.requires_grad_(True)
 
         with torch.no_grad():  # logits > 0 ⇔ D(x) > 0.5 ⇔ "real"
+            self.step_tensor += 1
+            finite = torch.isfinite(loss_d) & torch.isfinite(loss_g)
+            self.first_bad_step = torch.where(~finite & (self.first_bad_step == 0), self.step_tensor,
+                                              self.first_bad_step)
             acc_real = (d_real > 0).float().mean()
             acc_fake = (d_fake < 0).float().mean()
             return torch.stack((
@@ -145,48 +171,85 @@ def train(
                 (d_gen > 0).float().mean(), torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean(),
             ))
 
-    n = images.shape[0]
-    order = torch.randperm(n, generator=rng, device=device)
-    cursor = 0
-    window = torch.zeros(len(METRICS), device=device)
-    window_steps = 0
-    last: dict[str, float] = {}
-    bar = _progress(steps, progress)
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        if cursor + batch_size > n:  # new epoch; the incomplete tail batch is dropped
-            order = torch.randperm(n, generator=rng, device=device)
-            cursor = 0
-        real = images[order[cursor : cursor + batch_size]]
-        cursor += batch_size
+    def _weights_finite(self) -> torch.Tensor:
+        return torch.stack([torch.isfinite(p).all() for p in (*self.g.parameters(), *self.d.parameters())]).all()
 
-        if diagnostics and ((step - 1) % diag_every == 0 or step == steps):
-            with diagnostics.recording(keep_samples=step in (1, steps)):
-                window += gan_step(real)
-            sink.log_diagnostics(step - 1, diagnostics.results(), diagnostics.samples)
-        else:
-            window += gan_step(real)
-        window_steps += 1
+    def run(
+        self,
+        steps: int,
+        sink: Sink,
+        *,
+        log_every: int,
+        sample_every: int,
+        diag_every: int = 0,
+        evaluate: Callable[[int, Generator], None] | None = None,
+        eval_every: int = 0,
+        checkpoint: Callable[[int], None] | None = None,
+        checkpoint_every: int = 0,
+        should_stop: Callable[[], bool] = lambda: False,
+        progress: bool = True,
+    ) -> TrainResult:
+        """Trains from ``self.step`` up to ``steps``.
 
-        if step % log_every == 0 or step == steps:
-            values = (window / window_steps).tolist()  # the window's only host sync
-            last = dict(zip(METRIC_KEYS, values))
-            sink.log(step, last)
-            window.zero_()
-            window_steps = 0
-            bar.set_postfix(loss_D=f"{values[0]:.3f}", loss_G=f"{values[1]:.3f}",
-                            acc_D=f"{values[2]:.2f}", refresh=False)
-        if step % sample_every == 0 or step == steps:
-            sink.log_samples(step, generate(generator, fixed_z))
-        if evaluate and eval_every and (step % eval_every == 0 or step == steps):
-            evaluate(step, generator)
-        bar.update(1)
-    bar.close()
-    return TrainResult(steps=steps, seconds=time.perf_counter() - start, last=last)
+        Metrics: every ``log_every`` steps and at the last, one host sync per window. Divergence
+        (a non-finite loss at any step, or non-finite weights) is read at that sync and stops the
+        run, reporting the exact step. Diagnostics (``diag_every`` > 0) are recorded during steps
+        1, diag_every + 1, … and logged at the number of updates made before them (0, diag_every, …);
+        activation samples for histograms at the first and the last step.
+        ``evaluate(step, G)`` runs every ``eval_every`` steps and after the last; ``checkpoint(step)``
+        every ``checkpoint_every`` steps, at the end, and when ``should_stop()`` turns true.
+        """
+        diagnostics = LayerDiagnostics({"G": self.g, "D": self.d}) if diag_every else None
+        last: dict[str, float] = {}
+        bar = _progress(steps, self.step, progress)
+        start = time.perf_counter()
+        result = None
+        while self.step < steps:
+            step = self.step + 1
+            real = self._next_batch()
+            regular = diagnostics and (step - 1) % diag_every == 0  # scalars at 0, diag_every, …
+            if regular or (diagnostics and step == steps):  # the last step: histograms only, so
+                with diagnostics.recording(keep_samples=step in (1, steps)):  # a resumed run's
+                    self.window += self.gan_step(real)  # metrics equal an uninterrupted one's
+                sink.log_diagnostics(step - 1, diagnostics.results() if regular else {}, diagnostics.samples)
+            else:
+                self.window += self.gan_step(real)
+            self.window_steps += 1
+            self.step = step
+
+            if step % log_every == 0 or step == steps:
+                # The window's only host sync: its metrics, the divergence flag, finite weights.
+                *values, first_bad, weights_ok = torch.cat(
+                    (self.window / self.window_steps, self.first_bad_step[None].float(),
+                     self._weights_finite()[None].float())).tolist()
+                if first_bad or not weights_ok:
+                    diverged_at = int(first_bad) or step
+                    sink.log(step, {"diverged": True, "diverged_step": diverged_at})
+                    result = TrainResult("diverged", step, time.perf_counter() - start, last, diverged_at)
+                    break
+                last = dict(zip(METRIC_KEYS, values))
+                sink.log(step, last)
+                self.window.zero_()
+                self.window_steps = 0
+                bar.set_postfix(loss_D=f"{values[0]:.3f}", loss_G=f"{values[1]:.3f}",
+                                acc_D=f"{values[2]:.2f}", refresh=False)
+            if step % sample_every == 0 or step == steps:
+                sink.log_samples(step, generate(self.g, self.fixed_z))
+            if evaluate and eval_every and (step % eval_every == 0 or step == steps):
+                evaluate(step, self.g)
+            bar.update(1)
+            stop = should_stop()
+            if checkpoint and (stop or step == steps or (checkpoint_every and step % checkpoint_every == 0)):
+                checkpoint(step)
+            if stop and step < steps:
+                result = TrainResult("stopped", step, time.perf_counter() - start, last)
+                break
+        bar.close()
+        return result or TrainResult("finished", self.step, time.perf_counter() - start, last)
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, done: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="train", unit="step", disable=not enabled, dynamic_ncols=True,
-                mininterval=0.5)
+    return tqdm(total=total, initial=done, desc="train", unit="step", disable=not enabled,
+                dynamic_ncols=True, mininterval=0.5)

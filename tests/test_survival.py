@@ -1,0 +1,198 @@
+"""Runs that survive: divergence as a result, exact resume, preemption, atomic checkpoints, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, run_config
+
+import conftest
+from gan import checkpoint, data
+from gan.errors import UserError
+from gan.run import run
+
+FAST = ["trainer.eval_every=0", "trainer.log_every=10", "trainer.sample_every=1000", "trainer.diag_every=15"]
+
+
+def train(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args, f"data_dir={conftest.DATA_DIR}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def test_divergence_is_a_result_not_a_crash(tmp_path):
+    summary = run(run_config(["init=normal_large", "trainer.lr=1e30", "trainer.steps=100", "logger.mode=disabled",
+                              *FAST], tmp_path), progress=False)
+    assert summary["status"] == "diverged" and summary["diverged"] is True
+    assert 1 <= summary["diverged_step"] <= 10 and summary["steps"] == 10  # stopped at the first window
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1] == {"step": 10, "diverged": True, "diverged_step": summary["diverged_step"]}
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.slow
+def test_a_diverging_job_does_not_stop_the_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train("-m", "trainer.lr=1e30,2e-4", "init=normal_large", "trainer.steps=20", "logger.mode=disabled",
+                 *FAST, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr
+    statuses = sorted(json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json"))
+    assert statuses == ["diverged", "finished"]
+
+
+@pytest.mark.slow
+def test_resume_continues_bit_identically_and_in_the_same_wandb_run(tmp_path):
+    common = ["init=he_xavier", "trainer.log_every=10", "trainer.diag_every=15", "trainer.eval_every=20",
+              "trainer.ckpt_every=20", "trainer.sample_every=20"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train(*common, "trainer.steps=40", f"hydra.run.dir={straight}").returncode == 0
+    assert train(*common, "trainer.steps=20", f"hydra.run.dir={split}").returncode == 0
+    first_id = json.loads((split / "summary.json").read_text())["wandb"]["id"]
+    proc = train(f"resume={split}", "trainer.steps=40", f"hydra.run.dir={tmp_path / 'resume-call'}")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from step 20" in proc.stdout
+    assert (split / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+    a, b = (checkpoint.load(d)["trainer"] for d in (straight, split))
+    assert a["step"] == b["step"] == 40
+    for net in ("generator", "discriminator"):
+        assert all(torch.equal(a[net][k], b[net][k]) for k in a[net])
+    resumed = json.loads((split / "summary.json").read_text())
+    assert resumed["status"] == "finished" and resumed["wandb"]["id"] == first_id
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_then_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", "init=he_xavier", "trainer.steps=100000", *FAST,
+                             f"data_dir={conftest.DATA_DIR}", f"hydra.run.dir={out}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+            (out / "metrics.jsonl").is_file() and "train/" in (out / "metrics.jsonl").read_text()):
+        time.sleep(0.2)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert time.monotonic() - sent < 15  # promptly
+    assert "preempted: SIGTERM at step" in stderr and f"resume={out}" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "preempted"
+    stopped_at = summary["steps"]
+    assert checkpoint.load(out)["trainer"]["step"] == stopped_at
+    done = train(f"resume={out}", f"trainer.steps={stopped_at + 30}", f"hydra.run.dir={tmp_path / 'resume-call'}")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    assert checkpoint.load(out)["trainer"]["step"] == stopped_at + 30
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_readable(tmp_path, monkeypatch):
+    checkpoint.save(tmp_path, {"trainer": {"step": 1}})
+
+    class HalfWrite:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(bytes(data)[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    real_open = type(tmp_path).open
+
+    def open_half(self, mode="r", *args, **kwargs):
+        f = real_open(self, mode, *args, **kwargs)
+        return HalfWrite(f) if self.name.endswith(".partial") else f
+
+    monkeypatch.setattr(type(tmp_path), "open", open_half)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path, {"trainer": {"step": 2}, "payload": torch.zeros(100_000)})
+    monkeypatch.undo()
+    assert checkpoint.load(tmp_path)["trainer"]["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no partial file left
+
+
+def test_a_failing_checkpoint_does_not_stop_training(tmp_path, monkeypatch, capsys):
+    calls = []
+    real_save = checkpoint.save
+
+    def flaky(run_dir, blob):
+        calls.append(blob["trainer"]["step"])
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(run_dir, blob)
+
+    monkeypatch.setattr(checkpoint, "save", flaky)
+    summary = run(run_config(["trainer.steps=30", "trainer.ckpt_every=10", "logger.mode=disabled", *FAST],
+                             tmp_path), progress=False)
+    assert summary["status"] == "finished" and calls == [10, 20, 30]
+    assert "checkpoint at step 20 not written" in capsys.readouterr().out
+    assert checkpoint.load(tmp_path)["trainer"]["step"] == 30
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_corrupt_checkpoint_and_keeps_it(tmp_path):
+    out = tmp_path / "run"
+    assert train("trainer.steps=10", *FAST, f"hydra.run.dir={out}").returncode == 0
+    ckpt = out / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    damaged = ckpt.read_bytes()
+    proc = train(f"resume={out}", "trainer.steps=20", f"hydra.run.dir={tmp_path / 'again'}")
+    assert proc.returncode == 2 and "is corrupt and cannot be read" in proc.stderr
+    assert "Traceback" not in proc.stderr and ckpt.read_bytes() == damaged
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_different_experiment(tmp_path):
+    out = tmp_path / "run"
+    assert train("init=he_xavier", "trainer.steps=10", *FAST, f"hydra.run.dir={out}").returncode == 0
+    proc = train(f"resume={out}", "init=default", "trainer.steps=20", f"hydra.run.dir={tmp_path / 'again'}")
+    assert proc.returncode == 2 and "init differ(s) from the checkpoint's" in proc.stderr
+
+
+def test_data_dir_problems_are_clear(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="does not exist, nor does its parent"):
+        data.ensure_dir(tmp_path / "no" / "such" / "dir")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is not a directory"):
+        data.ensure_dir(tmp_path / "file")
+    assert data.ensure_dir(tmp_path / "new").is_dir()  # a missing leaf is created
+    monkeypatch.setattr(os, "access", lambda *a: False)  # tests run as root, which chmod cannot stop
+    with pytest.raises(UserError, match="is not writable"):
+        data.ensure_dir(tmp_path / "new")
+
+
+def test_a_truncated_dataset_file_is_named(tmp_path):
+    from test_data import write_idx
+
+    offline = tmp_path / "debian"
+    offline.mkdir()
+    for prefix in ("train", "t10k"):
+        write_idx(offline / f"{prefix}-images-idx3-ubyte.gz", torch.zeros(5, 28, 28), 0x803)
+        write_idx(offline / f"{prefix}-labels-idx1-ubyte.gz", torch.zeros(5), 0x801)
+    data.load("fashion_mnist", tmp_path / "data", offline_dir=offline)
+    images = tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(UserError, match=f"{images} is truncated or corrupted .*delete it"):
+        data.load("fashion_mnist", tmp_path / "data", offline_dir=offline)
+
+
+@pytest.mark.slow
+def test_an_override_pattern_matching_no_layer_is_refused_by_the_cli(tmp_path):
+    proc = train("init=he_xavier", "+init.generator.overrides={fc9: zeros}", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "override pattern(s) ['fc9'] match no layer of the generator" in proc.stderr
