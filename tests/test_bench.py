@@ -1,0 +1,22 @@
+"""The benchmark script runs (a quick mode proves it works; timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gan import bench
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+def test_bench_quick_mode_prints_a_table_and_a_json_line(model, capsys, tmp_path):
+    assert bench.main(["--model", model, "--dataset", "digits", "--steps", "3", "--repeats", "1",
+                       "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "× reference" in out and "logging overhead" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result) >= {"ratio", "logging_overhead", "reference", "project", "project_nolog"}
+    assert result["channels_last"] is (model == "dcgan")
+    assert all(result[k]["steps_per_s"] > 0 for k in ("reference", "project", "project_nolog"))
