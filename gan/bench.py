@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from gan import data, nets
 from gan.errors import UserError
-from gan.trainer import GANTrainer, resolve_device
+from gan.trainer import GANTrainer, resolve_device, wants_channels_last
 
 WARMUP = 10
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps, --batch-size and --repeats must be > 0")
     try:
         device = resolve_device(args.device)
-        channels_last = args.channels_last == "on" or (args.channels_last == "auto" and args.model == "dcgan")
+        channels_last = wants_channels_last(args.model, args.channels_last)
         common = (args.model, args.dataset, args.data_dir, args.batch_size, args.steps, device, args.seed)
         loops = {
             "reference": ("reference", lambda: reference_loop(*common)),

@@ -64,6 +64,7 @@ class TrainerConfig:
     sample_every: int = 500  # sample grid from fixed noise
     diag_every: int = 500  # per-layer diagnostics (0: off)
     threads: int = 0  # torch CPU threads (0: torch's default); 1 for parallel local jobs
+    channels_last: str = "auto"  # auto (on for dcgan) | on | off
     eval_every: int = 1000  # FCD and class coverage (0: off); also at the end
     ckpt_every: int = 1000  # checkpoint period (0: only at the end and on SIGINT/SIGTERM)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -75,6 +76,8 @@ class TrainerConfig:
             raise UserError(f"trainer.ckpt_every must be >= 0 (0: only at the end and on preemption), got {self.ckpt_every}")
         if self.eval_every < 0:
             raise UserError(f"trainer.eval_every must be >= 0 (0 turns evaluation off), got {self.eval_every}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise UserError(f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}")
         if self.threads < 0:
             raise UserError(f"trainer.threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.diag_every < 0:
@@ -146,6 +149,12 @@ def _positive(obj: Any, key: str, group: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# Scalar field type → (accepted YAML values, how the error names it); bools are handled apart,
+# since isinstance(True, int) holds.
+_SCALARS = {int: (int, "an integer"), float: ((int, float), "a number"), str: (str, "a string"),
+            Path: ((str, Path), "a path")}
+
+
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
@@ -167,23 +176,10 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         if kind is not bool or not isinstance(value, bool):
             raise UserError(f"{where} must be {kind.__name__}, got {value!r}")
         return value
-    if kind is int:
-        if not isinstance(value, int):
-            raise UserError(f"{where} must be an integer, got {value!r}")
-        return value
-    if kind is float:
-        if not isinstance(value, (int, float)):
-            raise UserError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise UserError(f"{where} must be a string, got {value!r}")
-        return value
-    if kind is Path:
-        if not isinstance(value, (str, Path)):
-            raise UserError(f"{where} must be a path, got {value!r}")
-        return Path(value)
-    raise TypeError(kind)
+    accepted, noun = _SCALARS[kind]
+    if not isinstance(value, accepted):
+        raise UserError(f"{where} must be {noun}, got {value!r}")
+    return kind(value)
 
 
 def build(cls: type, data: Mapping[str, Any], where: str) -> Any:

