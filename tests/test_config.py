@@ -69,3 +69,16 @@ def test_bad_values_are_errors_naming_the_key(override, message, tmp_path):
 def test_dcgan_refuses_an_image_side_its_stages_cannot_halve():
     with pytest.raises(UserError, match="side is divisible by 8; got 28×28"):
         nets.build("dcgan", (1, 28, 28), z_dim=8, g_widths=[8, 8, 8], d_widths=[8], slope=0.2)
+
+
+def test_the_wandb_sweep_file_calls_train_py_with_valid_overrides(tmp_path):
+    import yaml
+
+    sweep = yaml.safe_load((CONF_DIR.parent / "sweep.yaml").read_text())
+    assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]
+    params = sweep["parameters"]
+    grid = itertools.product(*[[(k, v) for v in (p["values"] if "values" in p else [p["value"]])]
+                               for k, p in params.items()])
+    for combo in grid:  # each agent run gets `key=value` overrides: every one must compose
+        cfg = run_config([f"{k}={v}" for k, v in combo], tmp_path)
+        assert (cfg.init.arm, cfg.seed) == (dict(combo)["init"], dict(combo)["seed"])
