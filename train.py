@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, Dict
     now = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
     cfg = compose("config", overrides=[*OmegaConf.load(saved), *now, f"resume={resume}"],
                   return_hydra_config=True)
+    summary = run_dir / "summary.json"
+    if cfg.logger.sweep_id is None and summary.is_file():  # a sweep's job keeps its sweep's id
+        cfg.logger.sweep_id = json.loads(summary.read_text()).get("sweep_id")
     return cfg, cfg.hydra, run_dir
 
 

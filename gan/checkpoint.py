@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gan.errors import UserError
+from gan.files import atomic_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
@@ -39,19 +40,13 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, blob: dict[str, Any]) -> Path:
-    """Writes ``run_dir/checkpoint.pt`` atomically: serialized in memory, written to a temporary
-    file, then renamed over the old one. If anything fails, the previous checkpoint stays intact."""
+    """Writes ``run_dir/checkpoint.pt`` atomically (serialized in memory, then ``atomic_file``):
+    if anything fails, the previous checkpoint stays intact."""
     path = Path(run_dir) / CHECKPOINT_FILE
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **blob}, buffer)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with partial.open("wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_file(path) as f:
+        f.write(buffer.getbuffer())
     return path
 
 

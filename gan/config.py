@@ -72,6 +72,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "lr", "log_every", "sample_every"):
             _positive(self, key, "trainer")
+        if self.batch_size < 2:
+            raise UserError("trainer.batch_size must be >= 2: BatchNorm needs two samples per batch")
         if self.ckpt_every < 0:
             raise UserError(f"trainer.ckpt_every must be >= 0 (0: only at the end and on preemption), got {self.ckpt_every}")
         if self.eval_every < 0:
@@ -92,7 +94,8 @@ class EvalConfig:
     batch_size: int = 1000
 
     def __post_init__(self) -> None:
-        _positive(self, "num_samples", "eval")
+        if self.num_samples < 2:
+            raise UserError(f"eval.num_samples must be >= 2 (a covariance needs two samples), got {self.num_samples}")
         _positive(self, "batch_size", "eval")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gan.errors import UserError
+from gan.files import atomic_file
 
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
 DATASETS = tuple(IMAGE_SHAPES)
@@ -127,10 +128,8 @@ def _unpack_offline_fashion(offline_dir: Path, raw_dir: Path) -> None:
         target = raw_dir / stem
         if target.is_file():
             continue
-        partial = target.with_suffix(".partial")
-        with gzip.open(source, "rb") as src, partial.open("wb") as dst:
+        with gzip.open(source, "rb") as src, atomic_file(target) as dst:  # never half-written
             shutil.copyfileobj(src, dst)
-        partial.replace(target)  # atomic: a half-written file never carries the final name
 
 
 @contextmanager

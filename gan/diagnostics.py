@@ -49,8 +49,9 @@ def activation_stats(y: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
 class LayerDiagnostics:
     """Records diagnostics of G and D while its ``recording()`` context is open.
 
-    Inside the context, forward hooks sum activation statistics over every forward pass of the
-    step (D runs on reals and on fakes); on leaving it, weight stds and gradient norms are read.
+    Inside the context, forward hooks sum activation statistics over the step's forward passes
+    through the weights it starts from (G once; D on reals and fakes, not D's pass in the G step,
+    which runs the updated D); on leaving it, weight stds and gradient norms are read.
     Outside the context no hook is registered: ordinary steps pay nothing.
     """
 
@@ -85,6 +86,8 @@ class LayerDiagnostics:
 
     def _hook(self, target: _Target, keep_samples: bool):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            if not target.layer.weight.requires_grad:
+                return  # D's pass inside the G step (its weights frozen) runs the already-updated D
             y = torch.sigmoid(output) if target.logits else output
             for name, value in activation_stats(y, target.kind).items():
                 key = f"{target.prefix}/{name}"

@@ -25,7 +25,6 @@ from torch import nn
 from gan.errors import UserError
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softmax")
-FAMILIES = ("default", "zeros", "ones", "fixed", "xavier", "kaiming", "lecun", "orthogonal")
 DISTRIBUTIONS = ("normal", "uniform", "trunc_normal")
 
 # Std of a standard normal truncated to [-2, 2]: sqrt(1 - 4·φ(2) / (Φ(2) - Φ(-2))) ≈ 0.8796.
@@ -175,7 +174,7 @@ def torch_default_std(weight: torch.Tensor) -> float:
 class Rule:
     """How to draw one tensor."""
 
-    family: str  # one of FAMILIES
+    family: str  # default | zeros | ones | fixed | xavier | kaiming | lecun | orthogonal
     dist: str = "normal"  # one of DISTRIBUTIONS (for families that draw)
     std: float | None = None  # family "fixed" only
     mean: float = 0.0  # family "fixed" only
@@ -233,9 +232,6 @@ class Rule:
                 raise UserError(f"{where}: gain must be a number > 0 or 'auto', got {self.gain!r}")
         if self.mode not in ("fan_in", "fan_out"):
             raise UserError(f"{where}: mode must be fan_in or fan_out, got {self.mode!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 _PLAIN_RULES = {

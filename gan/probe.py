@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan.config import resolve_scheme
+from gan.data import DATASETS
 from gan.diagnostics import activation_stats
 from gan.errors import UserError
 from gan.init import Scheme, SoftmaxInLoss, initialize
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=1000, help="inputs in activations mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("probe"), help="output directory")
-    parser.add_argument("--train", metavar="DATASET", choices=["digits", "mnist", "fashion_mnist"],
+    parser.add_argument("--train", metavar="DATASET", choices=DATASETS,
                         help="training mode on this dataset instead of the activations probe")
     parser.add_argument("--steps", type=int, default=2000, help="SGD steps in training mode")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))

@@ -23,6 +23,7 @@ from torch import nn
 
 from gan import data
 from gan.errors import UserError
+from gan.files import atomic_file
 from gan.nets import Generator, generate
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or training recipe changes: caches go stale
@@ -133,9 +134,8 @@ def load_classifier(dataset: str, root: Path, *, progress: bool = True) -> Class
     torch.save({"version": CLASSIFIER_VERSION, "seed": 0, "test_accuracy": classifier.test_accuracy,
                 "hash": classifier.identity.rsplit("-", 1)[1], "state_dict": classifier.model.state_dict()},
                buffer)
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(buffer.getvalue())
-    partial.replace(path)  # atomic: a half-written cache never carries the final name
+    with atomic_file(path) as f:  # a half-written cache never carries the final name
+        f.write(buffer.getbuffer())
     print(f"feature classifier {classifier.identity}: {classifier.test_accuracy:.2%} test accuracy, cached "
           f"in {path}", flush=True)
     return classifier

@@ -85,6 +85,7 @@ def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Path]]:
     if not runs:
         raise UserError(f"no finished runs (directories with {SUMMARY_FILE} and {METRICS_FILE}) under "
                         + ", ".join(map(str, inputs)))
+    _refuse_mixed_settings(runs)
     kinds = sorted({(r.model, r.dataset) for r in runs})
     if len(kinds) > 1:
         raise UserError(
@@ -96,6 +97,33 @@ def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Path]]:
     return runs, incomplete
 
 
+# Settings that change what an arm's runs measure: seeds may differ, and init defines the arm.
+SETTINGS = (("trainer", "steps"), ("trainer", "batch_size"), ("trainer", "lr"), ("trainer", "betas"),
+            ("model",), ("eval", "num_samples"))
+
+
+def _refuse_mixed_settings(runs: list[Run]) -> None:
+    """Refuses runs whose Hydra configs (.hydra/config.yaml, when present) differ in SETTINGS."""
+    import yaml
+
+    seen: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        path = r.path / ".hydra" / "config.yaml"
+        if not path.is_file():
+            continue
+        cfg = yaml.safe_load(path.read_text()) or {}
+        for keys in SETTINGS:
+            value = cfg
+            for k in keys:
+                value = value.get(k) if isinstance(value, dict) else None
+            seen[".".join(keys)].add(json.dumps(value, sort_keys=True))
+    mixed = {k: sorted(v) for k, v in seen.items() if len(v) > 1}
+    if mixed:
+        raise UserError("runs with different training settings cannot be averaged into one report: "
+                        + "; ".join(f"{k} takes {', '.join(v)}" for k, v in mixed.items())
+                        + ". Report each setting separately.")
+
+
 # --------------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------------
@@ -103,16 +131,21 @@ def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Path]]:
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
     """(mean, half-width of the t-based confidence interval, n); half-width nan for n < 2."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan, 0
+    return float(x.mean()), float(t_half_width(x[:, None], level)[0]), len(x)
+
+
+def t_half_width(samples: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """Half-width of the Student-t confidence interval of the mean, per column of (n, k) samples;
+    nan where n < 2."""
     from scipy import stats
 
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    n = len(x)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n == 1:
-        return float(x[0]), math.nan, 1
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-    return float(x.mean()), float(half), n
+    n = samples.shape[0]
+    if n < 2:
+        return np.full(samples.shape[1], math.nan)
+    return stats.t.ppf(0.5 + level / 2, n - 1) * samples.std(0, ddof=1) / math.sqrt(n)
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
@@ -137,8 +170,6 @@ def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
 
 def band(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Steps common to all runs, mean and 95 % CI half-width across runs at each step."""
-    from scipy import stats
-
     curves = [r.curves[key] for r in runs if key in r.curves]
     if not curves:
         return None
@@ -146,11 +177,7 @@ def band(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     for s, _ in curves[1:]:
         steps = np.intersect1d(steps, s)
     matrix = np.stack([v[np.isin(s, steps)] for s, v in curves])  # (runs, steps)
-    mean = matrix.mean(0)
-    if len(curves) < 2:
-        return steps, mean, np.full_like(mean, np.nan)
-    half = stats.t.ppf(0.975, len(curves) - 1) * matrix.std(0, ddof=1) / math.sqrt(len(curves))
-    return steps, mean, half
+    return steps, matrix.mean(0), t_half_width(matrix)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from gan.init import format_table, initialize
 from gan.trainer import GANTrainer, derive_seed, resolve_device, wants_channels_last
 
 # What a resumed run must share with the checkpoint's, or its curves would not continue the same run.
-RESUME_IDENTITY = ("seed", "model", "dataset", "init")
+RESUME_IDENTITY = ("seed", "model", "init")  # and dataset.name
 
 
 class Preempted(Exception):
@@ -82,6 +82,12 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     resumed = checkpoint.load(cfg.out_dir) if cfg.resume else None
     if resumed:
         changed = [k for k in RESUME_IDENTITY if resumed["config"].get(k) != cfg.resolved.get(k)]
+        if resumed["config"]["dataset"]["name"] != cfg.data.name:
+            changed.append("dataset")
+        if resumed["trainer"]["device"] != device.type:  # random generator states differ by device
+            raise UserError(f"resume={cfg.out_dir}: the run trained on {resumed['trainer']['device']}, this "
+                            f"machine would use {device.type}; resume it with trainer.device="
+                            f"{resumed['trainer']['device']}")
         if changed:
             raise UserError(f"resume={cfg.out_dir}: this run's {', '.join(changed)} differ(s) from the "
                             "checkpoint's; a resumed run must continue the same experiment. Drop those "
@@ -127,7 +133,9 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         "sweep_id": cfg.logger.sweep_id,
     }
     best: dict[str, Any] = dict(resumed["best"]) if resumed else {}
-    with tracking.RunLogger(
+    # Signals are caught until W&B has finished (the logger closes first): a Ctrl-C during a slow
+    # upload then still ends with a checkpoint and a summary.
+    with stop_on_signals() as asked, tracking.RunLogger(
         cfg.out_dir, mode=mode, project=cfg.logger.project, entity=cfg.logger.entity,
         name=cfg.run_name, group=cfg.logger.group or cfg.init.arm, job_type=cfg.logger.job_type,
         tags=[cfg.model.name, cfg.data.name, *cfg.logger.tags,
@@ -135,7 +143,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         config={**cfg.resolved, "arm": cfg.init.arm},
         metrics_offset=resumed["metrics_offset"] if resumed else None,
         wandb_id=resumed["wandb_id"] if resumed else None,
-    ) as logger, stop_on_signals() as asked:
+    ) as logger:
         hint = tracking.offline_hint(logger, why)
         if hint:
             print(hint, flush=True)

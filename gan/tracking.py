@@ -10,7 +10,6 @@ import json
 import math
 import netrc
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 import torch
 
 from gan.errors import UserError
+from gan.files import atomic_file
 
 METRICS_FILE = "metrics.jsonl"
 INIT_REPORT_FILE = "init_report.json"
@@ -59,9 +59,8 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 
 def write_json(path: Path, data: Any) -> None:
     """Writes JSON atomically: a reader never sees a half-written file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
-    partial.replace(path)
+    with atomic_file(path) as f:
+        f.write((json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
 
 
 class RunLogger:
@@ -86,6 +85,7 @@ class RunLogger:
         else:
             self._metrics = (self.out_dir / METRICS_FILE).open("a")
             self._metrics.truncate(metrics_offset)
+            self._metrics.seek(0, os.SEEK_END)  # tell() must report the cut length, not the old one
         self.wandb_run = None
         self.mode = mode
         self._exit_code = 0
@@ -93,15 +93,20 @@ class RunLogger:
             import wandb
 
             self._wandb = wandb
-            self.wandb_run = wandb.init(
-                project=project, entity=entity, name=name, group=group, job_type=job_type,
-                tags=list(tags), config=dict(config), mode=mode,
-                id=wandb_id, resume="allow" if wandb_id else None,
-                # Beside the run's other outputs unless the user chose a W&B dir. Passed on every
-                # call: W&B reads WANDB_DIR only once per process.
-                dir=os.environ.get("WANDB_DIR") or str(self.out_dir),
-                settings=wandb.Settings(silent=True),  # our one line says where the run is
-            )
+            try:
+                self.wandb_run = wandb.init(
+                    project=project, entity=entity, name=name, group=group, job_type=job_type,
+                    tags=list(tags), config=dict(config), mode=mode,
+                    id=wandb_id, resume="allow" if wandb_id else None,
+                    # Beside the run's other outputs unless the user chose a W&B dir. Passed on
+                    # every call: W&B reads WANDB_DIR only once per process.
+                    dir=os.environ.get("WANDB_DIR") or str(self.out_dir),
+                    settings=wandb.Settings(silent=True),  # our one line says where the run is
+                )
+            except wandb.errors.Error as err:  # e.g. a wrong API key or entity when online
+                self._metrics.close()
+                raise UserError(f"W&B refused the run ({type(err).__name__}: {err}). Check `wandb login` "
+                                "and logger.entity/logger.project, or use logger.mode=offline") from None
 
     @property
     def wandb_dir(self) -> Path | None:
@@ -174,7 +179,3 @@ def offline_hint(logger: RunLogger, why: str) -> str | None:
     if logger.mode != "offline" or logger.wandb_dir is None:
         return None
     return f"W&B offline ({why}): run saved in {logger.wandb_dir}; upload with `wandb sync {logger.wandb_dir}`"
-
-
-def print_err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

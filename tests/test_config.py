@@ -49,6 +49,8 @@ def test_run_config_is_typed(tmp_path):
     ("override", "message"),
     [
         ("trainer.batch_size=0", "trainer.batch_size must be > 0, got 0"),
+        ("trainer.batch_size=1", "trainer.batch_size must be >= 2: BatchNorm needs two samples"),
+        ("eval.num_samples=1", r"eval.num_samples must be >= 2 \(a covariance needs two samples\)"),
         ("trainer.lr=-0.1", "trainer.lr must be > 0"),
         ("trainer.steps=abc", "trainer.steps must be an integer, got 'abc'"),
         ("trainer.betas=[0.5]", "trainer.betas must have 2 items"),

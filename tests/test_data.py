@@ -40,7 +40,7 @@ def test_fashion_mnist_unpacks_debians_files_offline(tmp_path):
     assert split.images.shape == (5, 1, 28, 28)
     assert split.images[0, 0, 0, 1].item() == pytest.approx(1 / 127.5 - 1)
     assert split.labels.tolist() == [0, 1, 2, 3, 4]
-    assert not list((tmp_path / "data").rglob("*.partial"))
+    assert not list((tmp_path / "data").rglob("*.partial"))  # no temporary file left
 
 
 @pytest.fixture

@@ -50,3 +50,20 @@ def test_diagnostics_cover_every_layer_and_leave_training_unchanged(tmp_path):
         return [line for line in lines if "train/loss_D" in line]
 
     assert train_lines(lines) == train_lines(read_lines(tmp_path / "plain"))  # hooks observe only
+
+
+def test_d_is_observed_in_its_own_step_only(tmp_path):
+    from gan.diagnostics import LayerDiagnostics
+    from gan.run import build_networks
+    from gan.trainer import GANTrainer
+    from gan import data
+
+    g, d, _ = build_networks(run_config(["init=he_xavier"], tmp_path))
+    trainer = GANTrainer(g, d, data.load("digits", None).images, batch_size=8, lr=2e-4,
+                         betas=(0.5, 0.999), seed=0)
+    diagnostics = LayerDiagnostics({"G": g, "D": d})
+    with diagnostics.recording():
+        trainer.gan_step(trainer._next_batch())
+    # G runs once; D once on reals and fakes together (no BatchNorm); its G-step pass is not counted
+    assert diagnostics._calls == {**{f"diag/G/{n}": 1 for n in ("fc1", "fc2", "fc3", "fc4", "out")},
+                                  **{f"diag/D/{n}": 1 for n in ("fc1", "fc2", "out")}}

@@ -76,3 +76,12 @@ def test_runs_of_different_datasets_are_refused(tmp_path):
     with pytest.raises(report.UserError, match="different models/datasets cannot be averaged"):
         report.load_runs([tmp_path])
     assert report.main([str(tmp_path)]) == 2
+
+
+def test_runs_with_different_training_settings_are_refused(tmp_path):
+    for seed, lr in enumerate([0.0002, 0.001]):
+        run_dir = make_run(tmp_path, "default", seed, [1.0])
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "config.yaml").write_text(f"trainer:\n  steps: 100\n  lr: {lr}\n")
+    with pytest.raises(report.UserError, match=r"trainer.lr takes 0.0002, 0.001"):
+        report.load_runs([tmp_path])

@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, run_config
 
 import conftest
-from gan import checkpoint, data
+from gan import checkpoint, data, files
 from gan.errors import UserError
 from gan.run import run
 
@@ -113,18 +113,13 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_readable(tmp_pa
         def __exit__(self, *exc):
             self.f.close()
 
-    real_open = type(tmp_path).open
-
-    def open_half(self, mode="r", *args, **kwargs):
-        f = real_open(self, mode, *args, **kwargs)
-        return HalfWrite(f) if self.name.endswith(".partial") else f
-
-    monkeypatch.setattr(type(tmp_path), "open", open_half)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(files.os, "fdopen", lambda *a, **k: HalfWrite(real_fdopen(*a, **k)))
     with pytest.raises(OSError):
         checkpoint.save(tmp_path, {"trainer": {"step": 2}, "payload": torch.zeros(100_000)})
     monkeypatch.undo()
     assert checkpoint.load(tmp_path)["trainer"]["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no partial file left
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
 
 def test_a_failing_checkpoint_does_not_stop_training(tmp_path, monkeypatch, capsys):
@@ -196,3 +191,32 @@ def test_a_truncated_dataset_file_is_named(tmp_path):
 def test_an_override_pattern_matching_no_layer_is_refused_by_the_cli(tmp_path):
     proc = train("init=he_xavier", "+init.generator.overrides={fc9: zeros}", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "override pattern(s) ['fc9'] match no layer of the generator" in proc.stderr
+
+
+def test_resuming_cuts_metrics_back_and_reports_the_cut_length(tmp_path):
+    from gan.tracking import RunLogger
+
+    kwargs = dict(mode="disabled", project="p", entity=None, name="n", group="g", job_type="t", tags=[], config={})
+    with RunLogger(tmp_path, **kwargs) as logger:
+        logger.log(10, {"a": 1.0})
+        offset = logger.metrics_offset()
+        logger.log(20, {"a": 2.0})  # written after the checkpoint, before a crash
+    with RunLogger(tmp_path, metrics_offset=offset, **kwargs) as logger:
+        assert logger.metrics_offset() == offset  # a checkpoint taken now must store the cut length
+        logger.log(20, {"a": 3.0})
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 10, "a": 1.0}, {"step": 20, "a": 3.0}]
+
+
+def test_resume_on_another_device_type_is_refused(tmp_path):
+    import dataclasses
+
+    cfg = run_config(["trainer.steps=10", "logger.mode=disabled", *FAST], tmp_path)
+    run(cfg, progress=False)
+    blob = checkpoint.load(tmp_path)
+    blob["trainer"]["device"] = "cuda"
+    checkpoint.save(tmp_path, blob)
+    resumed = dataclasses.replace(cfg, resume=True,
+                                  trainer=dataclasses.replace(cfg.trainer, steps=20, device="cpu"))
+    with pytest.raises(UserError, match="the run trained on cuda, this machine would use cpu"):
+        run(resumed, progress=False)
