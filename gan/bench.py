@@ -31,9 +31,11 @@ import torch.nn.functional as F
 
 from gan import data, nets
 from gan.errors import UserError
-from gan.trainer import GANTrainer, resolve_device, wants_channels_last
+from gan.config import ModelConfig, build
+from gan.trainer import GANTrainer, resolve_device, to_channels_last, wants_channels_last
 
 WARMUP = 10
+MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
 class _NoSink:
@@ -42,15 +44,15 @@ class _NoSink:
     def log_diagnostics(self, *args) -> None: ...
 
 
-def _models(model: str, dataset: str, seed: int, device: torch.device, channels_last: bool):
+def _models(model: str, dataset: str, seed: int, device: torch.device):
+    """G and D as ``model=<model>`` builds them (conf/model/<model>.yaml), PyTorch's default init."""
+    from omegaconf import OmegaConf
+
+    cfg = build(ModelConfig, OmegaConf.to_container(OmegaConf.load(MODEL_CONF / f"{model}.yaml")), "model")
     torch.manual_seed(seed)
-    g, d = nets.build(model, data.image_shape(dataset), z_dim=100,
-                      g_widths=(128, 256, 512, 1024) if model == "mlp" else (128, 64),
-                      d_widths=(512, 256) if model == "mlp" else (64, 128), slope=0.2)
-    g, d = g.to(device), d.to(device)
-    if channels_last:
-        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
-    return g, d
+    g, d = nets.build(model, data.image_shape(dataset), z_dim=cfg.z_dim, g_widths=cfg.generator_widths,
+                      d_widths=cfg.discriminator_widths, slope=cfg.slope)
+    return g.to(device), d.to(device)
 
 
 class _PerSampleDataset(torch.utils.data.Dataset):
@@ -72,12 +74,10 @@ def _reference_dataset(dataset: str, root: Path):
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-    if dataset == "fashion_mnist":
+    if dataset in ("mnist", "fashion_mnist"):
         data.load(dataset, root)  # unpacks Debian's files / downloads once, like the project does
-        return datasets.FashionMNIST(str(root), train=True, transform=transform, download=False)
-    if dataset == "mnist":
-        data.load(dataset, root)
-        return datasets.MNIST(str(root), train=True, transform=transform, download=False)
+        cls = datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
+        return cls(str(root), train=True, transform=transform, download=False)
     images = data.load(dataset, root).images  # digits: back to 0..255 bytes, served per sample
     return _PerSampleDataset(((images + 1) * 127.5).round().to(torch.uint8), transform)
 
@@ -85,7 +85,7 @@ def _reference_dataset(dataset: str, root: Path):
 def reference_loop(model: str, dataset: str, root: Path, batch_size: int, steps: int, device: torch.device,
                    seed: int) -> float:
     """Seconds for ``steps`` steps of the conventional loop (after warm-up)."""
-    g, d = _models(model, dataset, seed, device, channels_last=False)
+    g, d = _models(model, dataset, seed, device)
     g_opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     d_opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     loader = torch.utils.data.DataLoader(_reference_dataset(dataset, root), batch_size=batch_size,
@@ -120,10 +120,10 @@ def project_loop(model: str, dataset: str, root: Path, batch_size: int, steps: i
     """Seconds for ``steps`` steps of GANTrainer (after warm-up), logging as a run does or not."""
     from gan.tracking import RunLogger
 
-    g, d = _models(model, dataset, seed, device, channels_last)
+    g, d = _models(model, dataset, seed, device)
     images = data.load(dataset, root).images.to(device)
     if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+        g, d, images = to_channels_last(g, d, images)
     trainer = GANTrainer(g, d, images, batch_size=batch_size, lr=2e-4, betas=(0.5, 0.999), seed=seed)
     trainer.run(WARMUP, _NoSink(), log_every=WARMUP, sample_every=10**9, progress=False)
     with tempfile.TemporaryDirectory() as tmp:

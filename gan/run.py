@@ -14,7 +14,7 @@ from gan import checkpoint, data, nets, quality, tracking
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import format_table, initialize
-from gan.trainer import GANTrainer, derive_seed, resolve_device, wants_channels_last
+from gan.trainer import GANTrainer, derive_seed, resolve_device, to_channels_last, wants_channels_last
 
 # What a resumed run must share with the checkpoint's, or its curves would not continue the same run.
 RESUME_IDENTITY = ("seed", "model", "init")  # and dataset.name
@@ -112,8 +112,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     images = split.images.to(device)
     g, d = g.to(device), d.to(device)
     if wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
-        images = images.contiguous(memory_format=torch.channels_last)
-        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+        g, d, images = to_channels_last(g, d, images)
     trainer = GANTrainer(g, d, images, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
                          betas=cfg.trainer.betas, seed=cfg.seed)
     if resumed:

@@ -72,6 +72,12 @@ def wants_channels_last(model: str, setting: str) -> bool:
     return setting == "on" or (setting == "auto" and model == "dcgan")
 
 
+def to_channels_last(g: nn.Module, d: nn.Module, images: torch.Tensor) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """G, D and the image tensor in channels_last memory format (same values, faster convolutions)."""
+    fmt = torch.channels_last
+    return g.to(memory_format=fmt), d.to(memory_format=fmt), images.contiguous(memory_format=fmt)
+
+
 def _adam(net: nn.Module, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
     # Fused Adam updates all tensors in one kernel; it exists for CPU and CUDA float tensors.
     fused = device.type in ("cpu", "cuda")
