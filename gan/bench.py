@@ -10,6 +10,9 @@ non-saturating G loss, Adam(2e-4, (0.5, 0.999))):
   progress bar, as a real run does;
 - project, logging off: the same loop with no sink, to price the logging.
 
+``--compile`` and ``--precision bf16`` apply to the project's loops, as ``trainer.compile`` and
+``trainer.precision`` do to a run.
+
 Prints steps/s, images/s, the ratio to the reference and peak memory (CPU: the process's peak
 RSS so far, so it only grows down the table; CUDA: per loop) as a table and one JSON line.
 """
@@ -32,7 +35,8 @@ import torch.nn.functional as F
 from gan import data, nets
 from gan.errors import UserError
 from gan.config import ModelConfig, build
-from gan.trainer import GANTrainer, resolve_device, to_channels_last, wants_channels_last
+from gan.trainer import (PRECISIONS, GANTrainer, check_precision, resolve_device, to_channels_last,
+                         wants_channels_last)
 
 WARMUP = 10
 MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -116,7 +120,8 @@ def reference_loop(model: str, dataset: str, root: Path, batch_size: int, steps:
 
 
 def project_loop(model: str, dataset: str, root: Path, batch_size: int, steps: int, device: torch.device,
-                 seed: int, logging: bool, channels_last: bool) -> float:
+                 seed: int, logging: bool, channels_last: bool, compile: bool = False,
+                 precision: str = "fp32") -> float:
     """Seconds for ``steps`` steps of GANTrainer (after warm-up), logging as a run does or not."""
     from gan.tracking import RunLogger
 
@@ -124,7 +129,8 @@ def project_loop(model: str, dataset: str, root: Path, batch_size: int, steps: i
     images = data.load(dataset, root).images.to(device)
     if channels_last:
         g, d, images = to_channels_last(g, d, images)
-    trainer = GANTrainer(g, d, images, batch_size=batch_size, lr=2e-4, betas=(0.5, 0.999), seed=seed)
+    trainer = GANTrainer(g, d, images, batch_size=batch_size, lr=2e-4, betas=(0.5, 0.999), seed=seed,
+                         compile=compile, precision=precision)
     trainer.run(WARMUP, _NoSink(), log_every=WARMUP, sample_every=10**9, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -158,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="channels_last memory format for the project's loop (auto: on for dcgan)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile G and D in the project's loop")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="the project's loop under bf16 autocast or not")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(args.steps, args.batch_size, args.repeats) <= 0:
@@ -165,13 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
         channels_last = wants_channels_last(args.model, args.channels_last)
+        warning = check_precision(args.precision, device)
+        if warning:
+            print(warning, file=sys.stderr)
+        options = {"channels_last": channels_last, "compile": args.compile, "precision": args.precision}
         common = (args.model, args.dataset, args.data_dir, args.batch_size, args.steps, device, args.seed)
         loops = {
             "reference": ("reference", lambda: reference_loop(*common)),
             "project": ("project (logging on)",
-                        lambda: project_loop(*common, logging=True, channels_last=channels_last)),
+                        lambda: project_loop(*common, logging=True, **options)),
             "project_nolog": ("project (logging off)",
-                              lambda: project_loop(*common, logging=False, channels_last=channels_last)),
+                              lambda: project_loop(*common, logging=False, **options)),
         }
         best: dict[str, float] = {}
         peak: dict[str, float] = {}
@@ -189,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ref, on, off = (rows[k]["steps_per_s"] for k in ("reference", "project", "project_nolog"))
     print(f"{args.model} GAN on {args.dataset}, batch {args.batch_size}, best of {args.repeats} × {args.steps} "
           f"timed steps, {device}, "
-          f"{torch.get_num_threads()} threads, channels_last={channels_last}")
+          f"{torch.get_num_threads()} threads, " + ", ".join(f"{k}={v}" for k, v in options.items()))
     print(f"{'loop':<24}{'steps/s':>10}{'images/s':>12}{'× reference':>13}{'peak MB':>10}")
     for key, r in rows.items():
         print(f"{loops[key][0]:<24}{r['steps_per_s']:>10.1f}{r['images_per_s']:>12.0f}"
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logging overhead: {100 * (off / on - 1):+.1f} % step time")
     print(json.dumps({"model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
                       "steps": args.steps, "device": str(device), "threads": torch.get_num_threads(),
-                      "channels_last": channels_last, "ratio": on / ref, "logging_overhead": off / on - 1,
+                      **options, "ratio": on / ref, "logging_overhead": off / on - 1,
                       **rows}))
     return 0
 

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gan.errors import UserError
 from gan.init import Scheme
+from gan.trainer import PRECISIONS
 
 NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
@@ -65,6 +66,8 @@ class TrainerConfig:
     diag_every: int = 500  # per-layer diagnostics (0: off)
     threads: int = 0  # torch CPU threads (0: torch's default); 1 for parallel local jobs
     channels_last: str = "auto"  # auto (on for dcgan) | on | off
+    compile: bool = False  # torch.compile G and D (slower on 2 CPU cores: see README "Speed")
+    precision: str = "fp32"  # fp32 | bf16 (autocast; for GPUs / CPUs with native bf16)
     eval_every: int = 1000  # FCD and class coverage (0: off); also at the end
     ckpt_every: int = 1000  # checkpoint period (0: only at the end and on SIGINT/SIGTERM)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -80,6 +83,8 @@ class TrainerConfig:
             raise UserError(f"trainer.eval_every must be >= 0 (0 turns evaluation off), got {self.eval_every}")
         if self.channels_last not in ("auto", "on", "off"):
             raise UserError(f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.threads < 0:
             raise UserError(f"trainer.threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.diag_every < 0:

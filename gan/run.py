@@ -14,7 +14,8 @@ from gan import checkpoint, data, nets, quality, tracking
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import format_table, initialize
-from gan.trainer import GANTrainer, derive_seed, resolve_device, to_channels_last, wants_channels_last
+from gan.trainer import (GANTrainer, check_precision, derive_seed, resolve_device, to_channels_last,
+                         wants_channels_last)
 
 # What a resumed run must share with the checkpoint's, or its curves would not continue the same run.
 RESUME_IDENTITY = ("seed", "model", "init")  # and dataset.name
@@ -77,6 +78,9 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     holds. Bad input raises UserError before anything is written to the run directory."""
     mode, why = tracking.resolve_mode(cfg.logger.mode)
     device = resolve_device(cfg.trainer.device)
+    precision_warning = check_precision(cfg.trainer.precision, device)  # before anything is written
+    if precision_warning:
+        print(precision_warning, flush=True)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     resumed = checkpoint.load(cfg.out_dir) if cfg.resume else None
@@ -114,7 +118,8 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
         g, d, images = to_channels_last(g, d, images)
     trainer = GANTrainer(g, d, images, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
-                         betas=cfg.trainer.betas, seed=cfg.seed)
+                         betas=cfg.trainer.betas, seed=cfg.seed, compile=cfg.trainer.compile,
+                         precision=cfg.trainer.precision)
     if resumed:
         trainer.load_state_dict(resumed["trainer"])
         checkpoint.restore_rng_states(resumed["rng"])

@@ -20,3 +20,11 @@ def test_bench_quick_mode_prints_a_table_and_a_json_line(model, capsys, tmp_path
     assert set(result) >= {"ratio", "logging_overhead", "reference", "project", "project_nolog"}
     assert result["channels_last"] is (model == "dcgan")
     assert all(result[k]["steps_per_s"] > 0 for k in ("reference", "project", "project_nolog"))
+
+
+@pytest.mark.slow
+def test_bench_applies_the_speed_options_to_the_project_loop(capsys, tmp_path):
+    assert bench.main(["--model", "mlp", "--dataset", "digits", "--steps", "3", "--repeats", "1",
+                       "--precision", "bf16", "--channels-last", "on", "--data-dir", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["precision"], result["channels_last"], result["compile"]) == ("bf16", True, False)

@@ -56,6 +56,8 @@ def test_run_config_is_typed(tmp_path):
         ("trainer.betas=[0.5]", "trainer.betas must have 2 items"),
         ("model.slope=1.5", r"model.slope must be in \[0, 1\)"),
         ("model.generator_widths=[]", "model.generator_widths must be a non-empty list"),
+        ("trainer.precision=fp16", "trainer.precision must be one of fp32, bf16, got 'fp16'"),
+        ("trainer.compile=yes", "trainer.compile must be bool, got 'yes'"),
         ("logger.mode=cloud", "logger.mode must be one of auto, online, offline, disabled"),
         ("seed=-1", "seed must be >= 0"),
         ("init.discriminator=he_xavir", r"unknown init scheme 'he_xavir'; valid: .*default, .*he_xavier"),
