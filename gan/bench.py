@@ -120,7 +120,7 @@ def reference_loop(model: str, dataset: str, root: Path, batch_size: int, steps:
 
 
 def project_loop(model: str, dataset: str, root: Path, batch_size: int, steps: int, device: torch.device,
-                 seed: int, logging: bool, channels_last: bool, compile: bool = False,
+                 seed: int, logging: bool, channels_last: bool, torch_compile: bool = False,
                  precision: str = "fp32") -> float:
     """Seconds for ``steps`` steps of GANTrainer (after warm-up), logging as a run does or not."""
     from gan.tracking import RunLogger
@@ -130,7 +130,7 @@ def project_loop(model: str, dataset: str, root: Path, batch_size: int, steps: i
     if channels_last:
         g, d, images = to_channels_last(g, d, images)
     trainer = GANTrainer(g, d, images, batch_size=batch_size, lr=2e-4, betas=(0.5, 0.999), seed=seed,
-                         compile=compile, precision=precision)
+                         torch_compile=torch_compile, precision=precision)
     trainer.run(WARMUP, _NoSink(), log_every=WARMUP, sample_every=10**9, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         warning = check_precision(args.precision, device)
         if warning:
             print(warning, file=sys.stderr)
-        options = {"channels_last": channels_last, "compile": args.compile, "precision": args.precision}
+        options = {"channels_last": channels_last, "torch_compile": args.compile, "precision": args.precision}
         common = (args.model, args.dataset, args.data_dir, args.batch_size, args.steps, device, args.seed)
         loops = {
             "reference": ("reference", lambda: reference_loop(*common)),
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ref, on, off = (rows[k]["steps_per_s"] for k in ("reference", "project", "project_nolog"))
     print(f"{args.model} GAN on {args.dataset}, batch {args.batch_size}, best of {args.repeats} × {args.steps} "
           f"timed steps, {device}, "
-          f"{torch.get_num_threads()} threads, " + ", ".join(f"{k}={v}" for k, v in options.items()))
+          f"{torch.get_num_threads()} threads, channels_last={channels_last}, compile={args.compile}, "
+          f"precision={args.precision}")
     print(f"{'loop':<24}{'steps/s':>10}{'images/s':>12}{'× reference':>13}{'peak MB':>10}")
     for key, r in rows.items():
         print(f"{loops[key][0]:<24}{r['steps_per_s']:>10.1f}{r['images_per_s']:>12.0f}"
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logging overhead: {100 * (off / on - 1):+.1f} % step time")
     print(json.dumps({"model": args.model, "dataset": args.dataset, "batch_size": args.batch_size,
                       "steps": args.steps, "device": str(device), "threads": torch.get_num_threads(),
-                      **options, "ratio": on / ref, "logging_overhead": off / on - 1,
+                      "channels_last": channels_last, "compile": args.compile, "precision": args.precision,
+                      "ratio": on / ref, "logging_overhead": off / on - 1,
                       **rows}))
     return 0
 

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gan.errors import UserError
 from gan.init import Scheme
-from gan.trainer import PRECISIONS
+from gan.trainer import check_precision_name
 
 NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
@@ -83,8 +83,7 @@ class TrainerConfig:
             raise UserError(f"trainer.eval_every must be >= 0 (0 turns evaluation off), got {self.eval_every}")
         if self.channels_last not in ("auto", "on", "off"):
             raise UserError(f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision_name(self.precision)
         if self.threads < 0:
             raise UserError(f"trainer.threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.diag_every < 0:

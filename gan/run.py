@@ -118,7 +118,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
         g, d, images = to_channels_last(g, d, images)
     trainer = GANTrainer(g, d, images, batch_size=cfg.trainer.batch_size, lr=cfg.trainer.lr,
-                         betas=cfg.trainer.betas, seed=cfg.seed, compile=cfg.trainer.compile,
+                         betas=cfg.trainer.betas, seed=cfg.seed, torch_compile=cfg.trainer.compile,
                          precision=cfg.trainer.precision)
     if resumed:
         trainer.load_state_dict(resumed["trainer"])

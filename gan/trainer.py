@@ -81,15 +81,19 @@ def to_channels_last(g: nn.Module, d: nn.Module, images: torch.Tensor) -> tuple[
 PRECISIONS = ("fp32", "bf16")
 
 
-def check_precision(precision: str, device: torch.device) -> str | None:
-    """Refuses bf16 where the device cannot run it; returns a warning where it runs but slowly."""
+def check_precision_name(precision: str) -> None:
     if precision not in PRECISIONS:
         raise UserError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def check_precision(precision: str, device: torch.device) -> str | None:
+    """Refuses bf16 where the device cannot run it; returns a warning where it runs but slowly."""
+    check_precision_name(precision)
     if precision != "bf16":
         return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise UserError(f"trainer.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
-                        "use trainer.precision=fp32")
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        raise UserError(f"trainer.precision=bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
+                        "(it needs compute capability 8.0, Ampere or newer); use trainer.precision=fp32")
     if device.type == "cpu" and not _cpu_has_native_bf16():
         # Measured with gan.bench on 2 AVX2 cores: both models 21–24× slower than in fp32.
         return ("warning: trainer.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): "
@@ -123,19 +127,21 @@ class GANTrainer:
     replacement from a fresh permutation each epoch; every random draw comes from one generator
     seeded from ``seed``, so a run is reproducible on the same device, resumed or not.
 
-    ``compile``: G and D forward passes through ``torch.compile`` (diagnostic steps run the eager
-    modules, which share the parameters, so their hooks fire). ``precision="bf16"``: forward
-    passes and losses under bf16 autocast; weights, gradients and Adam stay fp32.
+    ``torch_compile``: G and D forward passes through ``torch.compile`` (diagnostic steps run the
+    eager modules, which share the parameters, so their hooks fire). ``precision="bf16"``: forward
+    passes and losses under bf16 autocast (matmuls and convolutions in bf16, BatchNorm and losses
+    in fp32); weights, gradients and Adam stay fp32. ``check_precision`` says whether the device
+    runs bf16 natively.
     """
 
     def __init__(self, generator: Generator, discriminator: Discriminator, images: torch.Tensor, *,
                  batch_size: int, lr: float, betas: tuple[float, float], seed: int,
-                 compile: bool = False, precision: str = "fp32"):
+                 torch_compile: bool = False, precision: str = "fp32"):
         self.g, self.d, self.images, self.batch_size = generator, discriminator, images, batch_size
         device = self.device = images.device
-        check_precision(precision, device)
+        check_precision_name(precision)
         self.bf16 = precision == "bf16"
-        self.compiled = (torch.compile(generator), torch.compile(discriminator)) if compile else None
+        self.compiled = (torch.compile(generator), torch.compile(discriminator)) if torch_compile else None
         self.g_opt = _adam(generator, lr, betas, device)
         self.d_opt = _adam(discriminator, lr, betas, device)
         self.rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "train"))
@@ -236,6 +242,16 @@ class GANTrainer:
                 (d_gen > 0).float().mean(), torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean(),
             ))
 
+    def _step(self, real: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        try:
+            return self.gan_step(real, eager)
+        except torch._dynamo.exc.BackendCompilerFailed as err:  # torch.compile compiles lazily, here
+            cause = getattr(err, "inner_exception", None) or err
+            reason = (str(cause).strip().splitlines() or [""])[0]
+            raise UserError(f"trainer.compile=true: torch.compile failed at step {self.step + 1} "
+                            f"({type(cause).__name__}: {reason}); train without it: "
+                            "trainer.compile=false") from err
+
     def _weights_finite(self) -> torch.Tensor:
         return torch.stack([torch.isfinite(p).all() for p in (*self.g.parameters(), *self.d.parameters())]).all()
 
@@ -274,10 +290,10 @@ class GANTrainer:
             regular = diagnostics and (step - 1) % diag_every == 0  # scalars at 0, diag_every, …
             if regular or (diagnostics and step == steps):  # the last step: histograms only, so
                 with diagnostics.recording(keep_samples=step in (1, steps)):  # a resumed run's
-                    self.window += self.gan_step(real, eager=True)  # metrics equal an uninterrupted one's
+                    self.window += self._step(real, eager=True)  # metrics equal an uninterrupted one's
                 sink.log_diagnostics(step - 1, diagnostics.results() if regular else {}, diagnostics.samples)
             else:
-                self.window += self.gan_step(real)
+                self.window += self._step(real)
             self.window_steps += 1
             self.step = step
 

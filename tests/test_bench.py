@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gan import bench
+from gan.trainer import GANTrainer
 
 
 @pytest.mark.slow
@@ -23,8 +24,16 @@ def test_bench_quick_mode_prints_a_table_and_a_json_line(model, capsys, tmp_path
 
 
 @pytest.mark.slow
-def test_bench_applies_the_speed_options_to_the_project_loop(capsys, tmp_path):
+def test_bench_applies_the_speed_options_to_the_project_loop(capsys, tmp_path, monkeypatch):
+    built = []
+
+    def recording_trainer(*args, **kwargs):
+        built.append({k: kwargs[k] for k in ("torch_compile", "precision")})
+        return GANTrainer(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "GANTrainer", recording_trainer)
     assert bench.main(["--model", "mlp", "--dataset", "digits", "--steps", "3", "--repeats", "1",
                        "--precision", "bf16", "--channels-last", "on", "--data-dir", str(tmp_path)]) == 0
+    assert built == [{"torch_compile": False, "precision": "bf16"}] * 2  # logging on and off
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (result["precision"], result["channels_last"], result["compile"]) == ("bf16", True, False)
