@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from gan import data, nets
 from gan.errors import UserError
 from gan.config import ModelConfig, build
-from gan.trainer import (PRECISIONS, GANTrainer, check_precision, resolve_device, to_channels_last,
+from gan.trainer import (CHANNELS_LAST_SETTINGS, PRECISIONS, GANTrainer, check_precision, resolve_device, to_channels_last,
                          wants_channels_last)
 
 WARMUP = 10
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each loop, interleaved; the best counts")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--channels-last", choices=CHANNELS_LAST_SETTINGS, default="auto",
                         help="channels_last memory format for the project's loop (auto: on for dcgan)")
     parser.add_argument("--compile", action="store_true", help="torch.compile G and D in the project's loop")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",

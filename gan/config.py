@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gan.errors import UserError
 from gan.init import Scheme
-from gan.trainer import check_precision_name
+from gan.trainer import CHANNELS_LAST_SETTINGS, check_precision_name
 
 NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
@@ -81,7 +81,7 @@ class TrainerConfig:
             raise UserError(f"trainer.ckpt_every must be >= 0 (0: only at the end and on preemption), got {self.ckpt_every}")
         if self.eval_every < 0:
             raise UserError(f"trainer.eval_every must be >= 0 (0 turns evaluation off), got {self.eval_every}")
-        if self.channels_last not in ("auto", "on", "off"):
+        if self.channels_last not in CHANNELS_LAST_SETTINGS:
             raise UserError(f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}")
         check_precision_name(self.precision)
         if self.threads < 0:
