@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from gan import data, nets
 from gan.errors import UserError
 from gan.config import ModelConfig, build
-from gan.trainer import (CHANNELS_LAST_SETTINGS, PRECISIONS, GANTrainer, check_precision, resolve_device, to_channels_last,
-                         wants_channels_last)
+from gan.trainer import (CHANNELS_LAST_SETTINGS, PRECISIONS, GANTrainer, check_precision, resolve_device,
+                         to_channels_last, wants_channels_last)
 
 WARMUP = 10
 MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
