@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -13,8 +15,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gan.config import RunConfig, run_config
-from gan.errors import UserError
+from gan.errors import UserError, exits_on_user_error
 from gan.run import Preempted, run
+
+log = logging.getLogger("train")
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -45,30 +49,47 @@ def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, Dict
     run_dir = Path(resume)
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
-        raise UserError(f"resume={resume}: not a run directory of train.py (no .hydra/overrides.yaml there)")
+        raise UserError(
+            f"resume={resume}: not a run directory of train.py (no .hydra/overrides.yaml there)"
+        )
     now = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
-    cfg = compose("config", overrides=[*OmegaConf.load(saved), *now, f"resume={resume}"],
-                  return_hydra_config=True)
+    overrides = [*OmegaConf.load(saved), *now, f"resume={resume}"]
+    cfg = compose("config", overrides=overrides, return_hydra_config=True)
     summary = run_dir / "summary.json"
     if cfg.logger.sweep_id is None and summary.is_file():  # a sweep's job keeps its sweep's id
         cfg.logger.sweep_id = json.loads(summary.read_text()).get("sweep_id")
     return cfg, cfg.hydra, run_dir
 
 
+@contextmanager
+def run_dir_log(out_dir: Path) -> Iterator[None]:
+    """A resumed run's lines also go to its own train.log (Hydra's goes to this invocation's)."""
+    if Path(HydraConfig.get().runtime.output_dir).resolve() == out_dir.resolve():
+        yield
+        return
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@exits_on_user_error
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
-    try:
-        out_dir = Path(hydra_cfg.runtime.output_dir)
-        if cfg.resume is not None:
-            cfg, hydra_cfg, out_dir = resumed_config(cfg.resume, hydra_cfg)
-        run(to_run_config(cfg, hydra_cfg, out_dir))
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except Preempted as stop:
-        print(f"preempted: {stop}", file=sys.stderr, flush=True)
-        sys.exit(stop.exit_code)
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.resume is not None:
+        cfg, hydra_cfg, out_dir = resumed_config(cfg.resume, hydra_cfg)
+    with run_dir_log(out_dir):
+        try:
+            run(to_run_config(cfg, hydra_cfg, out_dir))
+        except Preempted as stop:
+            log.error("preempted: %s", stop)
+            raise SystemExit(stop.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -51,19 +51,25 @@ def save(run_dir: Path, blob: dict[str, Any]) -> Path:
 
 
 def load(run_dir: Path) -> dict[str, Any]:
-    """The checkpoint in ``run_dir``; a missing or unreadable one is a UserError (the file is kept)."""
+    """The checkpoint in ``run_dir``; a UserError if missing or unreadable (the file is kept)."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not Path(run_dir).is_dir():
         raise UserError(f"resume={run_dir}: no such run directory")
     if not path.is_file():
-        raise UserError(f"resume={run_dir}: it holds no {CHECKPOINT_FILE}; only runs that wrote a "
-                        "checkpoint (trainer.ckpt_every, the end, or a preemption) can be resumed")
+        raise UserError(
+            f"resume={run_dir}: it holds no {CHECKPOINT_FILE}; only runs that wrote a "
+            "checkpoint (trainer.ckpt_every, the end, or a preemption) can be resumed"
+        )
     try:
         # numpy's and python's RNG states are plain containers, but not on torch's safe list.
         blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - whatever the damage, refuse and keep the file
-        raise UserError(f"resume={run_dir}: {path} is corrupt and cannot be read ({type(err).__name__}: "
-                        f"{str(err)[:200]}); it was left untouched. Resume from another run or start anew.") from None
+        raise UserError(
+            f"resume={run_dir}: {path} is corrupt and cannot be read ({type(err).__name__}: "
+            f"{str(err)[:200]}); it was left untouched. Resume from another run or start anew."
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise UserError(f"resume={run_dir}: {path} is not a checkpoint of this version; it was left untouched")
+        raise UserError(
+            f"resume={run_dir}: {path} is not a checkpoint of this version; it was left untouched"
+        )
     return blob

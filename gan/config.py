@@ -1,7 +1,9 @@
 """Typed run configuration, built once from a plain mapping (Hydra's resolved config).
 
-Library code takes these objects (or plain arguments), never a DictConfig. Every check on user
-input that can be made before touching data happens here, with a message naming the key.
+The YAML files in ``conf/`` are the one source of every default: these dataclasses have none, so a
+key missing from the YAML is an error here rather than a silent second default. Library code takes
+these objects (or plain arguments), never a DictConfig. Every check on user input that can be made
+before touching data happens here, with a message naming the key and the valid values.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +22,27 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gan.errors import UserError
 from gan.init import Scheme
-from gan.trainer import CHANNELS_LAST_SETTINGS, check_precision_name
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the YAML files: every default
 NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
+PRECISIONS = ("fp32", "bf16")
+CHANNELS_LAST_SETTINGS = ("auto", "on", "off")
+
+
+def check_precision_name(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(
+            f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits | mnist | fashion_mnist
-    root: Path = Path("data")
-    download_timeout: float = 60.0  # seconds per network operation; a download never hangs
-    offline_dir: Path = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+    name: str  # digits | mnist | fashion_mnist
+    root: Path  # data_dir: datasets and feature classifiers are stored here
+    download_timeout: float  # seconds per network operation; a download never hangs
+    offline_dir: Path | None  # a local copy of the dataset's files (Debian's package), if any
 
     def __post_init__(self) -> None:
         _positive(self, "download_timeout", "dataset")
@@ -39,11 +50,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mlp"  # mlp | dcgan
-    z_dim: int = 100
-    slope: float = 0.2  # Leaky ReLU negative slope
-    generator_widths: tuple[int, ...] = (128, 256, 512, 1024)
-    discriminator_widths: tuple[int, ...] = (512, 256)
+    name: str  # mlp | dcgan
+    z_dim: int
+    slope: float  # Leaky ReLU negative slope
+    generator_widths: tuple[int, ...]
+    discriminator_widths: tuple[int, ...]
 
     def __post_init__(self) -> None:
         _positive(self, "z_dim", "model")
@@ -52,70 +63,81 @@ class ModelConfig:
         for key in ("generator_widths", "discriminator_widths"):
             widths = getattr(self, key)
             if not widths or any(w <= 0 for w in widths):
-                raise UserError(f"model.{key} must be a non-empty list of positive sizes, got {list(widths)}")
+                raise UserError(
+                    f"model.{key} must be a non-empty list of positive sizes, got {list(widths)}"
+                )
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    log_every: int = 50  # metrics are averaged over this many steps
-    sample_every: int = 500  # sample grid from fixed noise
-    diag_every: int = 500  # per-layer diagnostics (0: off)
-    threads: int = 0  # torch CPU threads (0: torch's default); 1 for parallel local jobs
-    channels_last: str = "auto"  # auto (on for dcgan) | on | off
-    compile: bool = False  # torch.compile G and D (slower on 2 CPU cores: see README "Speed")
-    precision: str = "fp32"  # fp32 | bf16 (autocast; for GPUs / CPUs with native bf16)
-    eval_every: int = 1000  # FCD and class coverage (0: off); also at the end
-    ckpt_every: int = 1000  # checkpoint period (0: only at the end and on SIGINT/SIGTERM)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    steps: int
+    batch_size: int
+    lr: float
+    betas: tuple[float, float]
+    log_every: int  # metrics are averaged over this many steps
+    sample_every: int  # sample grid from fixed noise
+    diag_every: int  # per-layer diagnostics (0: off)
+    eval_every: int  # FCD and class coverage (0: off); also at the end
+    ckpt_every: int  # checkpoint period (0: only at the end and on SIGINT/SIGTERM)
+    device: str  # auto | cpu | cuda | cuda:N
+    threads: int  # torch CPU threads (0: torch's default)
+    channels_last: str  # one of CHANNELS_LAST_SETTINGS
+    compile: bool  # torch.compile G and D
+    precision: str  # one of PRECISIONS
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "lr", "log_every", "sample_every"):
             _positive(self, key, "trainer")
         if self.batch_size < 2:
-            raise UserError("trainer.batch_size must be >= 2: BatchNorm needs two samples per batch")
-        if self.ckpt_every < 0:
-            raise UserError(f"trainer.ckpt_every must be >= 0 (0: only at the end and on preemption), got {self.ckpt_every}")
-        if self.eval_every < 0:
-            raise UserError(f"trainer.eval_every must be >= 0 (0 turns evaluation off), got {self.eval_every}")
+            raise UserError(
+                "trainer.batch_size must be >= 2: BatchNorm needs two samples per batch"
+            )
+        for key, zero in (
+            ("ckpt_every", "only at the end and on preemption"),
+            ("eval_every", "turns evaluation off"),
+            ("diag_every", "turns diagnostics off"),
+            ("threads", "torch's default"),
+        ):
+            if getattr(self, key) < 0:
+                raise UserError(f"trainer.{key} must be >= 0 (0: {zero}), got {getattr(self, key)}")
         if self.channels_last not in CHANNELS_LAST_SETTINGS:
-            raise UserError(f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}")
+            raise UserError(
+                f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}"
+            )
         check_precision_name(self.precision)
-        if self.threads < 0:
-            raise UserError(f"trainer.threads must be >= 0 (0: torch's default), got {self.threads}")
-        if self.diag_every < 0:
-            raise UserError(f"trainer.diag_every must be >= 0 (0 turns diagnostics off), got {self.diag_every}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"trainer.betas must be two numbers in [0, 1), got {list(self.betas)}")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    num_samples: int = 10_000  # generated images per evaluation (at most the test split's size)
-    batch_size: int = 1000
+    num_samples: int  # generated images per evaluation (at most the test split's size)
+    batch_size: int
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
-            raise UserError(f"eval.num_samples must be >= 2 (a covariance needs two samples), got {self.num_samples}")
+            raise UserError(
+                "eval.num_samples must be >= 2 (a covariance needs two samples), "
+                f"got {self.num_samples}"
+            )
         _positive(self, "batch_size", "eval")
 
 
 @dataclass(frozen=True)
 class LoggerConfig:
-    mode: str = "auto"  # auto | online | offline | disabled
-    project: str = "gan-init"
-    entity: str | None = None
-    group: str | None = None  # None: the init arm
-    tags: tuple[str, ...] = ()
-    job_type: str = "train"
-    sweep_id: str | None = None  # shared by every job of a sweep (a tag): None = the sweep dir's name
+    mode: str  # one of LOGGER_MODES
+    project: str
+    entity: str | None
+    group: str | None  # None: the init arm
+    tags: tuple[str, ...]
+    job_type: str
+    sweep_id: str | None  # shared by every job of a sweep (a tag): None = the sweep dir's name
 
     def __post_init__(self) -> None:
         if self.mode not in LOGGER_MODES:
-            raise UserError(f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got {self.mode!r}")
+            raise UserError(
+                f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got {self.mode!r}"
+            )
         if not self.project:
             raise UserError("logger.project must not be empty")
 
@@ -136,9 +158,9 @@ class RunConfig:
     init: InitConfig
     trainer: TrainerConfig
     logger: LoggerConfig
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    resume: bool = False  # continue the run in out_dir from its checkpoint
-    resolved: Mapping[str, Any] = field(default_factory=dict, compare=False)  # for W&B's config
+    eval: EvalConfig
+    resume: bool  # continue the run in out_dir from its checkpoint
+    resolved: Mapping[str, Any] = dataclasses.field(compare=False)  # for W&B's config
 
     @property
     def run_name(self) -> str:
@@ -158,8 +180,12 @@ def _positive(obj: Any, key: str, group: str) -> None:
 
 # Scalar field type → (accepted YAML values, how the error names it); bools are handled apart,
 # since isinstance(True, int) holds.
-_SCALARS = {int: (int, "an integer"), float: ((int, float), "a number"), str: (str, "a string"),
-            Path: ((str, Path), "a path")}
+_SCALARS = {
+    int: (int, "an integer"),
+    float: ((int, float), "a number"),
+    str: (str, "a string"),
+    Path: ((str, Path), "a path"),
+}
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
@@ -178,7 +204,9 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             item_kinds = args
         else:
             raise UserError(f"{where} must have {len(args)} items, got {list(value)}")
-        return tuple(_coerce(v, k, f"{where}[{i}]") for i, (v, k) in enumerate(zip(value, item_kinds)))
+        return tuple(
+            _coerce(v, k, f"{where}[{i}]") for i, (v, k) in enumerate(zip(value, item_kinds))
+        )
     if kind is bool or isinstance(value, bool):
         if kind is not bool or not isinstance(value, bool):
             raise UserError(f"{where} must be {kind.__name__}, got {value!r}")
@@ -198,7 +226,21 @@ def build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     unknown = set(data) - names
     if unknown:
         raise UserError(f"unknown key(s) in {where}: {sorted(unknown)}; valid: {sorted(names)}")
+    missing = names - set(data)
+    if missing:  # the YAML holds every default: a key it lacks was deleted or misspelt there
+        raise UserError(f"missing key(s) in {where}: {sorted(missing)}; set them in conf/")
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def preset(cls: type, group: str, option: str, **extra: Any) -> Any:
+    """One option of a config group as its typed object, read from ``conf/<group>/<option>.yaml``
+    (``preset(ModelConfig, "model", "dcgan")`` is what ``model=dcgan`` builds), for library use
+    without Hydra. ``extra`` supplies keys that live outside the group (``root`` for a dataset)."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        valid = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise UserError(f"unknown {group} {option!r}; valid: {valid}")
+    return build(cls, {**OmegaConf.to_container(OmegaConf.load(path)), **extra}, group)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +262,8 @@ def load_init_file(name: str, scheme_dir: Path) -> dict[str, Any]:
             f"(files in {scheme_dir})"
         )
     try:
-        return OmegaConf.to_container(OmegaConf.create({"init": OmegaConf.load(path)}), resolve=True)["init"]
+        scheme = OmegaConf.create({"init": OmegaConf.load(path)})
+        return OmegaConf.to_container(scheme, resolve=True)["init"]
     except OmegaConfBaseException as err:
         raise UserError(f"cannot read init option {name!r} ({path}): {err}") from None
 
@@ -250,7 +293,11 @@ def arm_name(init_choice: str, init_overrides: list[str]) -> str:
 
 
 def run_config(
-    cfg: Mapping[str, Any], *, out_dir: Path, init_choice: str, init_overrides: list[str],
+    cfg: Mapping[str, Any],
+    *,
+    out_dir: Path,
+    init_choice: str,
+    init_overrides: list[str],
     scheme_dir: Path,
 ) -> RunConfig:
     """The typed run configuration from Hydra's resolved config (a plain mapping)."""
@@ -258,7 +305,7 @@ def run_config(
     unknown = set(cfg) - known
     if unknown:
         raise UserError(f"unknown top-level key(s) {sorted(unknown)}; valid: {sorted(known)}")
-    seed = _coerce(cfg.get("seed", 0), int, "seed")
+    seed = _coerce(cfg.get("seed"), int, "seed")
     if seed < 0:
         raise UserError(f"seed must be >= 0, got {seed}")
     init_cfg = cfg.get("init") or {}
@@ -272,7 +319,7 @@ def run_config(
         for net in NETWORKS
     }
     data = dict(cfg.get("dataset") or {})
-    data["root"] = cfg.get("data_dir", "data")
+    data["root"] = cfg.get("data_dir")
     logger = build(LoggerConfig, cfg.get("logger") or {}, "logger")
     return RunConfig(
         seed=seed,

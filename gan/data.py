@@ -20,15 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gan.config import DataConfig
 from gan.errors import UserError
 from gan.files import atomic_file
 
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
 DATASETS = tuple(IMAGE_SHAPES)
-DIGITS_TEST_SIZE = 360  # 360 of scikit-learn's 1,797 digits (≈ 20 %, a fixed random draw) are the test split
+# 360 of scikit-learn's 1,797 digits (≈ 20 %, a fixed random draw) are the test split.
+DIGITS_TEST_SIZE = 360
 FASHION_FILES = (
-    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
 )
 OFFLINE_ROUTES = (
     "Offline routes: `dataset=digits` (bundled with scikit-learn), or `dataset=fashion_mnist` "
@@ -52,17 +56,17 @@ def image_shape(name: str) -> tuple[int, int, int]:
     return IMAGE_SHAPES[name]
 
 
-def load(
-    name: str, root: Path, *, train: bool = True, download_timeout: float = 60.0,
-    offline_dir: Path = Path("/usr/share/datasets/fashion-mnist"),
-) -> Split:
-    """The train or test split of ``name``, downloading (with a timeout) when needed."""
-    image_shape(name)
-    if name == "digits":
+def load(source: DataConfig, *, train: bool) -> Split:
+    """The train or test split of ``source.name``: unpacked from ``source.offline_dir`` when it
+    holds the files, else downloaded once into ``source.root`` (each network operation bounded by
+    ``source.download_timeout``)."""
+    image_shape(source.name)
+    if source.name == "digits":
         return _digits(train)
-    if name == "fashion_mnist":
-        _unpack_offline_fashion(Path(offline_dir), Path(root) / "FashionMNIST" / "raw")
-    return _torchvision(name, Path(root), train, download_timeout)
+    root = Path(source.root)
+    if source.name == "fashion_mnist" and source.offline_dir is not None:
+        _unpack_offline_fashion(Path(source.offline_dir), root / "FashionMNIST" / "raw")
+    return _torchvision(source.name, root, train, source.download_timeout)
 
 
 def ensure_dir(root: Path) -> Path:
@@ -71,8 +75,10 @@ def ensure_dir(root: Path) -> Path:
     root = Path(root)
     if not root.exists():
         if not root.parent.is_dir():
-            raise UserError(f"data_dir={root} does not exist, nor does its parent {root.parent}; "
-                            "fix the path or create it first")
+            raise UserError(
+                f"data_dir={root} does not exist, nor does its parent {root.parent}; "
+                "fix the path or create it first"
+            )
         try:
             root.mkdir()
         except OSError as err:
@@ -80,8 +86,10 @@ def ensure_dir(root: Path) -> Path:
     if not root.is_dir():
         raise UserError(f"data_dir={root} is not a directory")
     if not os.access(root, os.W_OK | os.X_OK):
-        raise UserError(f"data_dir={root} is not writable; datasets and feature classifiers are stored "
-                        "there: choose another data_dir")
+        raise UserError(
+            f"data_dir={root} is not writable; datasets and feature classifiers are stored "
+            "there: choose another data_dir"
+        )
     return root
 
 
@@ -90,18 +98,22 @@ def check_idx(path: Path) -> None:
     with path.open("rb") as f:
         header = f.read(4)
         if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08 or not 1 <= header[3] <= 4:
-            raise UserError(f"{path} is not an IDX file of bytes (bad header); it is corrupted: delete it "
-                            "and run again to fetch it anew")
+            raise UserError(
+                f"{path} is not an IDX file of bytes (bad header); it is corrupted: delete it "
+                "and run again to fetch it anew"
+            )
         dims = [int.from_bytes(f.read(4), "big") for _ in range(header[3])]
     expected = 4 + 4 * len(dims) + math.prod(dims)
     actual = path.stat().st_size
     if actual != expected:
-        raise UserError(f"{path} is truncated or corrupted ({actual:,} bytes, its header promises "
-                        f"{expected:,}): delete it and run again to fetch it anew")
+        raise UserError(
+            f"{path} is truncated or corrupted ({actual:,} bytes, its header promises "
+            f"{expected:,}): delete it and run again to fetch it anew"
+        )
 
 
 def _digits(train: bool) -> Split:
-    # Read the CSV scikit-learn ships rather than importing sklearn (~1 s of start-up).
+    # Read the CSV scikit-learn ships rather than importing sklearn (slow to start).
     spec = importlib.util.find_spec("sklearn")
     if spec is None:
         raise UserError("dataset=digits needs scikit-learn: pip install scikit-learn")
@@ -144,7 +156,7 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 
 def _torchvision(name: str, root: Path, train: bool, timeout: float) -> Split:
-    from torchvision import datasets  # imported here: ~1.5 s that digits runs do not need
+    from torchvision import datasets  # imported here: slow to import, and digits needs none
 
     cls = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
     raw_dir = root / cls.__name__ / "raw"

@@ -18,6 +18,30 @@ from gan.init import WEIGHTED_LAYERS, SigmoidInLoss, trace_feeds
 
 HISTOGRAM_SAMPLES = 10_000  # activations kept per layer for a histogram
 
+# How each statistic's recorded value becomes the reported one. A statistic missing here is an
+# error (``aggregation``), so a new one cannot be silently summed and reported unaveraged.
+MEAN_OVER_PASSES = "mean over forward passes"  # summed per hooked pass, divided by their count
+READ_ONCE = "read once"  # read once per diagnostic step, reported as is
+AGGREGATION = {
+    "act_mean": MEAN_OVER_PASSES,
+    "act_std": MEAN_OVER_PASSES,
+    "saturated_frac": MEAN_OVER_PASSES,
+    "dead_frac": MEAN_OVER_PASSES,
+    "weight_std": READ_ONCE,  # of the weights this step's forward passes use
+    "grad_norm": READ_ONCE,  # after this step's backward pass
+}
+
+
+def aggregation(statistic: str) -> str:
+    """How ``statistic`` is aggregated (an AGGREGATION value); a KeyError if it declares none."""
+    try:
+        return AGGREGATION[statistic]
+    except KeyError:
+        raise KeyError(
+            f"diagnostic statistic {statistic!r} declares no aggregation; add it to "
+            f"gan.diagnostics.AGGREGATION as {MEAN_OVER_PASSES!r} or {READ_ONCE!r}"
+        ) from None
+
 
 @dataclass(frozen=True)
 class _Target:
@@ -62,8 +86,15 @@ class LayerDiagnostics:
             for path, layer, feeds in trace_feeds(net):
                 if isinstance(layer, WEIGHTED_LAYERS):
                     act = modules[feeds.via]
-                    self.targets.append(_Target(f"diag/{short}/{path}", layer, act, feeds.kind,
-                                                isinstance(act, SigmoidInLoss)))
+                    self.targets.append(
+                        _Target(
+                            f"diag/{short}/{path}",
+                            layer,
+                            act,
+                            feeds.kind,
+                            isinstance(act, SigmoidInLoss),
+                        )
+                    )
         self._sums: dict[str, torch.Tensor] = {}
         self._calls: dict[str, int] = {}
         self.samples: dict[str, torch.Tensor] = {}
@@ -71,41 +102,55 @@ class LayerDiagnostics:
     @contextmanager
     def recording(self, keep_samples: bool = False) -> Iterator[None]:
         self._sums, self._calls, self.samples = {}, {}, {}
-        handles = [t.activation.register_forward_hook(self._hook(t, keep_samples)) for t in self.targets]
-        weight_stds = {f"{t.prefix}/weight_std": t.layer.weight.detach().float().std(correction=0)
-                       for t in self.targets}  # the weights this step's forward pass uses
+        handles = [
+            t.activation.register_forward_hook(self._hook(t, keep_samples)) for t in self.targets
+        ]
+        # The weights this step's forward passes use, before the optimizer steps.
+        weight_stds = {
+            t.prefix: t.layer.weight.detach().float().std(correction=0) for t in self.targets
+        }
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
-        self._sums.update(weight_stds)
+        for t in self.targets:
+            self._add(t.prefix, "weight_std", weight_stds[t.prefix])
         for t in self.targets:
             if t.layer.weight.grad is not None:
-                self._sums[f"{t.prefix}/grad_norm"] = t.layer.weight.grad.detach().float().norm()
+                self._add(t.prefix, "grad_norm", t.layer.weight.grad.detach().float().norm())
+
+    def _add(self, prefix: str, statistic: str, value: torch.Tensor) -> None:
+        """Records one value: summed over passes, or kept as read, as AGGREGATION declares."""
+        key = f"{prefix}/{statistic}"
+        if aggregation(statistic) == MEAN_OVER_PASSES:
+            self._sums[key] = self._sums.get(key, 0) + value
+        else:
+            self._sums[key] = value
 
     def _hook(self, target: _Target, keep_samples: bool):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
             if not target.layer.weight.requires_grad:
-                return  # D's pass inside the G step (its weights frozen) runs the already-updated D
+                return  # D's pass inside the G step (its weights frozen) runs the updated D
             y = torch.sigmoid(output) if target.logits else output
-            for name, value in activation_stats(y, target.kind).items():
-                key = f"{target.prefix}/{name}"
-                self._sums[key] = self._sums.get(key, 0) + value
+            for statistic, value in activation_stats(y, target.kind).items():
+                self._add(target.prefix, statistic, value)
             self._calls[target.prefix] = self._calls.get(target.prefix, 0) + 1
             if keep_samples and target.prefix not in self.samples:
-                self.samples[target.prefix] = y.detach().flatten()[:HISTOGRAM_SAMPLES].float().cpu()
+                kept = y.detach().flatten()[:HISTOGRAM_SAMPLES]
+                self.samples[target.prefix] = kept.float().cpu()
 
         return hook
 
     def results(self) -> dict[str, float]:
-        """The recorded values (activation statistics averaged over forward passes); one host sync."""
+        """The recorded values, each aggregated as AGGREGATION declares; one host sync."""
         keys = list(self._sums)
         if not keys:
             return {}
         values = torch.stack([torch.as_tensor(self._sums[k]).float() for k in keys]).tolist()
         out = {}
         for key, value in zip(keys, values):
-            prefix, name = key.rsplit("/", 1)
-            out[key] = value / self._calls[prefix] if name.startswith(("act_", "saturated", "dead")) else value
+            prefix, statistic = key.rsplit("/", 1)
+            mean = aggregation(statistic) == MEAN_OVER_PASSES
+            out[key] = value / self._calls[prefix] if mean else value
         return out

@@ -9,14 +9,16 @@ declare every nonlinearity as a module, including a sigmoid that lives inside th
 
 A *scheme* is data: for each activation kind, a ``Rule`` saying how to draw the weight; plus a rule
 for biases, one for normalization layers, and optional per-layer overrides by module-path pattern.
+A rule belongs to a *family* (He, Xavier, orthogonal…); what a family is (its rule names, options,
+std formula, gain and draw) is one ``Family`` entry of the table ``FAMILIES``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -166,35 +168,30 @@ def torch_default_std(weight: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Rules and schemes (data, parsed from plain mappings such as YAML)
+# Rules: a family (an entry of FAMILIES) and its options
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Rule:
-    """How to draw one tensor."""
+    """How to draw one tensor: a family of ``FAMILIES``, the distribution, the options."""
 
-    family: str  # default | zeros | ones | fixed | xavier | kaiming | lecun | orthogonal
-    dist: str = "normal"  # one of DISTRIBUTIONS (for families that draw)
-    std: float | None = None  # family "fixed" only
-    mean: float = 0.0  # family "fixed" only
+    family: str  # a key of FAMILIES
+    dist: str | None = None  # one of DISTRIBUTIONS for families that draw from one, else None
+    # Options, each accepted only by the families whose entry lists it (Family.options):
+    std: float | None = None
+    mean: float = 0.0
     gain: float | str | None = None  # None: the family's own; "auto": torch's calculate_gain
-    mode: str = "fan_in"  # kaiming only
+    mode: str = "fan_in"  # fan_in | fan_out: which fan a std divides by
 
     @property
     def name(self) -> str:
-        if self.family in ("default", "zeros", "ones", "orthogonal"):
-            return self.family
-        if self.family == "fixed":
-            return self.dist
-        return f"{self.family}_{self.dist}"
+        """The name the rule is written with, e.g. ``kaiming_normal``."""
+        return FAMILIES[self.family].rule_name(self.dist)
 
     def describe(self) -> str:
-        if self.family == "fixed":
-            return f"{self.dist}({self.mean:g}, {self.std:g})"
-        if self.family == "kaiming" and self.mode != "fan_in":
-            return f"{self.name}({self.mode})"
-        return self.name
+        """The rule as init_report.json states it, e.g. ``normal(0, 0.02)``."""
+        return FAMILIES[self.family].describe(self)
 
     @classmethod
     def parse(cls, spec: Any, where: str) -> Rule:
@@ -205,53 +202,265 @@ class Rule:
             raise UserError(f"{where}: expected a rule name or a mapping with 'rule', got {spec!r}")
         options = dict(spec)
         name = options.pop("rule")
-        family, dist = _split_rule_name(name, where)
-        allowed = {
-            "default": set(), "zeros": set(), "ones": set(),
-            "fixed": {"std", "mean"}, "xavier": {"gain"}, "kaiming": {"gain", "mode"},
-            "lecun": {"gain"}, "orthogonal": {"gain"},
-        }[family]
-        unknown = set(options) - allowed
+        family, dist = find_rule(name, where)
+        unknown = set(options) - family.options
         if unknown:
             raise UserError(
                 f"{where}: rule '{name}' takes no option {sorted(unknown)}; "
-                f"it takes {sorted(allowed) or 'no options'}"
+                f"it takes {sorted(family.options) or 'no options'}"
             )
-        rule = cls(family=family, dist=dist, **options)
-        rule._validate(where)
+        rule = cls(family=family.name, dist=dist, **options)
+        if rule.gain is not None and rule.gain != "auto" and not _positive(rule.gain):
+            raise UserError(f"{where}: gain must be a number > 0 or 'auto', got {rule.gain!r}")
+        family.check(rule, where)
         return rule
 
-    def _validate(self, where: str) -> None:
-        if self.family == "fixed":
-            if not isinstance(self.std, (int, float)) or isinstance(self.std, bool) or self.std <= 0:
-                raise UserError(f"{where}: rule '{self.name}' needs std > 0, got {self.std!r}")
-            if not isinstance(self.mean, (int, float)) or isinstance(self.mean, bool):
-                raise UserError(f"{where}: mean must be a number, got {self.mean!r}")
-        if self.gain is not None and self.gain != "auto":
-            if not isinstance(self.gain, (int, float)) or isinstance(self.gain, bool) or self.gain <= 0:
-                raise UserError(f"{where}: gain must be a number > 0 or 'auto', got {self.gain!r}")
-        if self.mode not in ("fan_in", "fan_out"):
-            raise UserError(f"{where}: mode must be fan_in or fan_out, got {self.mode!r}")
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-_PLAIN_RULES = {
-    "default": ("default", "normal"), "zeros": ("zeros", "normal"), "ones": ("ones", "normal"),
-    "orthogonal": ("orthogonal", "normal"),
-    "normal": ("fixed", "normal"), "uniform": ("fixed", "uniform"),
-    "trunc_normal": ("fixed", "trunc_normal"),
+def _positive(x: Any) -> bool:
+    return _is_number(x) and x > 0
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """What a family's formulas read about the tensor they initialize."""
+
+    tensor: torch.Tensor
+    role: str  # weight | bias (of a Linear/Conv) | norm_weight | norm_bias
+    matrix: torch.Tensor | None  # the Linear/Conv weight (a bias's too); None in a norm layer
+    fan_in: float | None = None  # fans and gain: set for a Linear/Conv weight only
+    fan_out: float | None = None
+    gain: float | None = None  # None also where the family takes no gain
+
+
+def _zero_mean(rule: Rule, target: Target) -> float:
+    return 0.0
+
+
+def _no_check(rule: Rule, where: str) -> None:
+    pass
+
+
+def _by_name(rule: Rule) -> str:
+    return rule.name
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything that makes one rule family: an entry of ``FAMILIES``.
+
+    ``std`` and ``mean`` state what the drawn tensor must come out with (init_report.json's
+    expected_std/mean); ``draw`` fills the tensor in place to match them, from the generator only.
+    """
+
+    name: str
+    names: Mapping[str, str | None]  # rule name as written -> its distribution (None: draws none)
+    std: Callable[[Rule, Target], float]
+    draw: Callable[[Rule, Target, float, float, torch.Generator], None]  # (…, mean, std, gen)
+    mean: Callable[[Rule, Target], float] = _zero_mean
+    options: frozenset[str] = frozenset()  # accepted besides 'rule'; each a field of Rule
+    needs_matrix: bool = False  # reads a Linear/Conv weight's fans or gain: not for bias or norm
+    default_gain: Callable[[Feeds], float] | None = None  # None: the family takes no gain
+    check: Callable[[Rule, str], None] = _no_check  # raises UserError for a bad option value
+    describe: Callable[[Rule], str] = _by_name  # the rule string in init_report.json
+
+    def __post_init__(self) -> None:
+        rule_options = {f.name for f in fields(Rule)} - {"family", "dist"}
+        assert self.options <= rule_options, (
+            f"family {self.name!r}: options {sorted(self.options - rule_options)} are not "
+            f"fields of Rule ({sorted(rule_options)}); add them there first"
+        )
+        assert ("gain" in self.options) == (self.default_gain is not None), (
+            f"family {self.name!r}: a family takes the option 'gain' iff it has a default_gain"
+        )
+
+    def rule_name(self, dist: str | None) -> str:
+        return next(name for name, d in self.names.items() if d == dist)
+
+
+# --------------------------------------------------------------------------------------------
+# Rule families: the one table (FAMILIES) and the formulas its entries name
+# --------------------------------------------------------------------------------------------
+
+
+def _per_dist(prefix: str) -> dict[str, str]:
+    return {f"{prefix}{dist}": dist for dist in DISTRIBUTIONS}
+
+
+def _torch_mean(rule: Rule, target: Target) -> float:
+    return 1.0 if target.role == "norm_weight" else 0.0  # torch starts a norm's scale at 1
+
+
+def _torch_std(rule: Rule, target: Target) -> float:
+    # Linear/Conv weight and bias: U(±1/sqrt(fan_in)); a norm layer starts at constants.
+    return 0.0 if target.matrix is None else torch_default_std(target.matrix)
+
+
+def _leave(rule: Rule, target: Target, mean: float, std: float, gen: torch.Generator) -> None:
+    """Draws nothing: PyTorch's own init stays, bit-identical."""
+
+
+def _fill(rule: Rule, target: Target, mean: float, std: float, gen: torch.Generator) -> None:
+    target.tensor.fill_(mean)
+
+
+def draw_dist(rule: Rule, target: Target, mean: float, std: float, gen: torch.Generator) -> None:
+    """Draws from ``rule.dist`` at exactly ``mean`` and ``std``."""
+    t = target.tensor
+    if rule.dist == "normal":
+        nn.init.normal_(t, mean, std, generator=gen)
+    elif rule.dist == "uniform":  # bound sqrt(3)·std, as torch.nn.init's uniform variants
+        bound = math.sqrt(3.0) * std
+        nn.init.uniform_(t, mean - bound, mean + bound, generator=gen)
+    else:  # truncated at ±2 of its own sigma, rescaled so the result has the stated std
+        sigma = std / TRUNC_STD_FACTOR
+        nn.init.trunc_normal_(t, mean, sigma, mean - 2 * sigma, mean + 2 * sigma, generator=gen)
+
+
+def _draw_orthogonal(
+    rule: Rule, target: Target, mean: float, std: float, gen: torch.Generator
+) -> None:
+    nn.init.orthogonal_(target.tensor, gain=target.gain, generator=gen)
+
+
+def _orthogonal_std(rule: Rule, target: Target) -> float:
+    # torch flattens to (size(0), rest); the shorter side's vectors are orthonormal.
+    rows = target.tensor.shape[0]
+    return target.gain / math.sqrt(max(rows, target.tensor.numel() // rows))
+
+
+def _kaiming_std(rule: Rule, target: Target) -> float:
+    return target.gain / math.sqrt(target.fan_in if rule.mode == "fan_in" else target.fan_out)
+
+
+def _unit_gain(feeds: Feeds) -> float:
+    return 1.0
+
+
+def _he_gain(feeds: Feeds) -> float:
+    # sqrt(2/(1+a²)) with the layer's actual slope; a layer feeding anything else (tanh,
+    # sigmoid, softmax) gets the ReLU gain (a = 0), as torch's kaiming_* defaults do.
+    slope = feeds.slope if feeds.kind in ("relu", "leaky_relu") else 0.0
+    return math.sqrt(2.0 / (1.0 + slope**2))
+
+
+def _check_explicit(rule: Rule, where: str) -> None:
+    if not _positive(rule.std):
+        raise UserError(f"{where}: rule '{rule.name}' needs std > 0, got {rule.std!r}")
+    if not _is_number(rule.mean):
+        raise UserError(f"{where}: mean must be a number, got {rule.mean!r}")
+
+
+def _check_mode(rule: Rule, where: str) -> None:
+    if rule.mode not in ("fan_in", "fan_out"):
+        raise UserError(f"{where}: mode must be fan_in or fan_out, got {rule.mode!r}")
+
+
+def _describe_kaiming(rule: Rule) -> str:
+    return rule.name if rule.mode == "fan_in" else f"{rule.name}({rule.mode})"
+
+
+# Every rule family, in the order the "valid rules" of an error message list their names.
+# Adding a family: one entry here (its formulas above) and a test in tests/test_init_families.py.
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("default", names={"default": None}, mean=_torch_mean, std=_torch_std, draw=_leave),
+        Family("zeros", names={"zeros": None}, std=lambda rule, t: 0.0, draw=_fill),
+        Family(
+            "ones",
+            names={"ones": None},
+            mean=lambda rule, t: 1.0,
+            std=lambda rule, t: 0.0,
+            draw=_fill,
+        ),
+        Family(
+            "orthogonal",
+            names={"orthogonal": None},
+            options=frozenset({"gain"}),
+            needs_matrix=True,
+            default_gain=_unit_gain,
+            std=_orthogonal_std,
+            draw=_draw_orthogonal,
+        ),
+        # The rules normal/uniform/trunc_normal: mean and std are stated in the rule itself.
+        Family(
+            "explicit",
+            names=_per_dist(""),
+            options=frozenset({"std", "mean"}),
+            check=_check_explicit,
+            mean=lambda rule, t: rule.mean,
+            std=lambda rule, t: float(rule.std),
+            draw=draw_dist,
+            describe=lambda rule: f"{rule.dist}({rule.mean:g}, {rule.std:g})",
+        ),
+        Family(
+            "xavier",
+            names=_per_dist("xavier_"),
+            options=frozenset({"gain"}),
+            needs_matrix=True,
+            default_gain=_unit_gain,
+            std=lambda rule, t: t.gain * math.sqrt(2.0 / (t.fan_in + t.fan_out)),
+            draw=draw_dist,
+        ),
+        Family(
+            "kaiming",
+            names=_per_dist("kaiming_"),
+            options=frozenset({"gain", "mode"}),
+            needs_matrix=True,
+            default_gain=_he_gain,
+            check=_check_mode,
+            std=_kaiming_std,
+            draw=draw_dist,
+            describe=_describe_kaiming,
+        ),
+        Family(
+            "lecun",
+            names=_per_dist("lecun_"),
+            options=frozenset({"gain"}),
+            needs_matrix=True,
+            default_gain=_unit_gain,
+            std=lambda rule, t: t.gain / math.sqrt(t.fan_in),
+            draw=draw_dist,
+        ),
+    )
 }
-RULE_NAMES = tuple(_PLAIN_RULES) + tuple(
-    f"{family}_{dist}" for family in ("xavier", "kaiming", "lecun") for dist in DISTRIBUTIONS
-)
 
 
-def _split_rule_name(name: Any, where: str) -> tuple[str, str]:
-    if name in _PLAIN_RULES:
-        return _PLAIN_RULES[name]
-    if name in RULE_NAMES:
-        family, dist = name.split("_", 1)
-        return family, dist
-    raise UserError(f"{where}: unknown rule {name!r}; valid rules: {', '.join(RULE_NAMES)}")
+def rule_names() -> tuple[str, ...]:
+    """Every rule name a scheme may use, family by family as FAMILIES lists them."""
+    return tuple(name for family in FAMILIES.values() for name in family.names)
+
+
+RULE_NAMES = rule_names()  # as loaded; a family registered later shows in rule_names() only
+
+
+def find_rule(name: Any, where: str) -> tuple[Family, str | None]:
+    """The family a rule name belongs to, and the distribution it names."""
+    for family in FAMILIES.values():
+        if isinstance(name, str) and name in family.names:
+            return family, family.names[name]
+    raise UserError(f"{where}: unknown rule {name!r}; valid rules: {', '.join(rule_names())}")
+
+
+def _gain(rule: Rule, feeds: Feeds) -> float | None:
+    default_gain = FAMILIES[rule.family].default_gain
+    if default_gain is None:
+        return None
+    if rule.gain == "auto":  # torch knows no softmax gain: like sigmoid, it gets 1
+        kind = "sigmoid" if feeds.kind == "softmax" else feeds.kind
+        return nn.init.calculate_gain(kind, feeds.slope if kind == "leaky_relu" else None)
+    if rule.gain is not None:
+        return float(rule.gain)
+    return default_gain(feeds)
+
+
+# --------------------------------------------------------------------------------------------
+# Schemes (data, parsed from plain mappings such as YAML)
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -281,24 +490,7 @@ class Scheme:
             )
         if "weights" not in spec:
             raise UserError(f"{where}: a scheme needs 'weights'")
-        weights_spec = spec["weights"]
-        if isinstance(weights_spec, str) or (
-            isinstance(weights_spec, Mapping) and "rule" in weights_spec
-        ):  # one rule, whatever the layer feeds
-            rule = Rule.parse(weights_spec, f"{where}.weights")
-            weights = {kind: rule for kind in ACTIVATIONS}
-        elif isinstance(weights_spec, Mapping):
-            bad = set(weights_spec) - set(ACTIVATIONS)
-            if bad:
-                raise UserError(
-                    f"{where}.weights: unknown activation(s) {sorted(bad)}; "
-                    f"valid: {', '.join(ACTIVATIONS)}"
-                )
-            weights = {
-                kind: Rule.parse(r, f"{where}.weights.{kind}") for kind, r in weights_spec.items()
-            }
-        else:
-            raise UserError(f"{where}.weights: expected a rule or a mapping, got {weights_spec!r}")
+        weights = _parse_weights(spec["weights"], f"{where}.weights")
         overrides_spec = spec.get("overrides") or {}
         if not isinstance(overrides_spec, Mapping):
             raise UserError(f"{where}.overrides: expected a mapping pattern -> rule")
@@ -313,6 +505,21 @@ class Scheme:
             norm=Rule.parse(spec.get("norm", "ones"), f"{where}.norm"),
             overrides=overrides,
         )
+
+
+def _parse_weights(spec: Any, where: str) -> dict[str, Rule]:
+    """One rule whatever the layer feeds, or a mapping activation kind -> rule."""
+    if isinstance(spec, str) or (isinstance(spec, Mapping) and "rule" in spec):
+        rule = Rule.parse(spec, where)
+        return {kind: rule for kind in ACTIVATIONS}
+    if not isinstance(spec, Mapping):
+        raise UserError(f"{where}: expected a rule or a mapping, got {spec!r}")
+    bad = set(spec) - set(ACTIVATIONS)
+    if bad:
+        raise UserError(
+            f"{where}: unknown activation(s) {sorted(bad)}; valid: {', '.join(ACTIVATIONS)}"
+        )
+    return {kind: Rule.parse(r, f"{where}.{kind}") for kind, r in spec.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,117 +551,91 @@ class InitRecord:
         return asdict(self)
 
 
-def _gain(rule: Rule, feeds: Feeds) -> float:
-    if rule.gain == "auto":  # torch knows no softmax gain: like sigmoid, it gets 1
-        kind = "sigmoid" if feeds.kind == "softmax" else feeds.kind
-        return nn.init.calculate_gain(kind, feeds.slope if kind == "leaky_relu" else None)
-    if rule.gain is not None:
-        return float(rule.gain)
-    if rule.family == "kaiming":
-        # He: sqrt(2/(1+a²)) with the layer's actual slope; a layer feeding anything else
-        # (tanh, sigmoid, softmax) gets the ReLU gain (a = 0), as torch's kaiming_* defaults do.
-        slope = feeds.slope if feeds.kind in ("relu", "leaky_relu") else 0.0
-        return math.sqrt(2.0 / (1.0 + slope**2))
-    return 1.0
+@dataclass(frozen=True, eq=False)
+class Slot:
+    """One parameter tensor of a traced layer."""
+
+    path: str
+    module: nn.Module
+    param: str  # weight | bias
+    tensor: torch.Tensor
+    feeds: Feeds | None
+
+    @property
+    def role(self) -> str:
+        """weight | bias (of a Linear/Conv) | norm_weight | norm_bias."""
+        return f"norm_{self.param}" if isinstance(self.module, _NORMS) else self.param
 
 
-def _target_std(rule: Rule, weight: torch.Tensor, fan_in: float, fan_out: float, gain: float) -> float:
-    if rule.family == "xavier":
-        return gain * math.sqrt(2.0 / (fan_in + fan_out))
-    if rule.family == "kaiming":
-        return gain / math.sqrt(fan_in if rule.mode == "fan_in" else fan_out)
-    if rule.family == "lecun":
-        return gain / math.sqrt(fan_in)
-    if rule.family == "orthogonal":
-        # torch flattens to (size(0), rest); the shorter side's vectors are orthonormal.
-        rows = weight.shape[0]
-        return gain / math.sqrt(max(rows, weight.numel() // rows))
-    raise AssertionError(rule.family)
+_ZEROS = Rule("zeros")
+# What a tensor without a weight matrix may use instead of a family that needs one.
+_INSTEAD = {
+    "bias": "use zeros, default or a fixed normal/uniform",
+    "norm": "use ones, default or a fixed normal such as {rule: normal, mean: 1, std: 0.02}",
+}
 
 
-def _draw(rule: Rule, t: torch.Tensor, mean: float, std: float, gain: float | None,
-          gen: torch.Generator) -> None:
-    """Draws ``t`` in place so that it has the stated mean and std."""
-    with torch.no_grad():
-        if rule.family == "default":
-            return  # PyTorch's own init, left bit-identical
-        if rule.family in ("zeros", "ones"):
-            t.fill_(mean)
-        elif rule.family == "orthogonal":
-            nn.init.orthogonal_(t, gain=gain, generator=gen)
-        elif rule.dist == "normal":
-            nn.init.normal_(t, mean, std, generator=gen)
-        elif rule.dist == "uniform":  # bound sqrt(3)·std, as torch.nn.init's uniform variants
-            bound = math.sqrt(3.0) * std
-            nn.init.uniform_(t, mean - bound, mean + bound, generator=gen)
-        else:  # truncated at ±2 of its own sigma, rescaled so the result has the stated std
-            sigma = std / TRUNC_STD_FACTOR
-            nn.init.trunc_normal_(t, mean, sigma, mean - 2 * sigma, mean + 2 * sigma, generator=gen)
-
-
-def _weight_rule(scheme: Scheme, path: str, feeds: Feeds, used: set[str]) -> Rule:
+def _choose_rule(scheme: Scheme, slot: Slot) -> tuple[Rule, str | None]:
+    """The rule for one tensor, and the override pattern that chose it (None: none did)."""
+    if slot.role == "norm_bias" and scheme.norm.family != "default":
+        return _ZEROS, None  # normalization shift starts at 0 under every non-default rule
+    if slot.role.startswith("norm_"):
+        return scheme.norm, None
+    if slot.role == "bias":
+        return scheme.bias, None
     for pattern, rule in scheme.overrides:
-        if fnmatch.fnmatchcase(path, pattern):
-            used.add(pattern)
-            return rule
-    if feeds.kind not in scheme.weights:
+        if fnmatch.fnmatchcase(slot.path, pattern):
+            return rule, pattern
+    if slot.feeds.kind not in scheme.weights:
         raise UserError(
-            f"scheme '{scheme.name}' has no weight rule for layers feeding {feeds.kind} "
-            f"(layer '{path}'); add weights.{feeds.kind}"
+            f"scheme '{scheme.name}' has no weight rule for layers feeding {slot.feeds.kind} "
+            f"(layer '{slot.path}'); add weights.{slot.feeds.kind}"
         )
-    return scheme.weights[feeds.kind]
+    return scheme.weights[slot.feeds.kind], None
 
 
-_ZERO_ONE = {"zeros": 0.0, "ones": 1.0}
+def _target(scheme: Scheme, rule: Rule, slot: Slot) -> Target:
+    """What ``rule``'s family formulas read about ``slot``; refuses a family that cannot apply."""
+    family, role = FAMILIES[rule.family], slot.role
+    if family.needs_matrix and role != "weight":
+        where = "norm" if role.startswith("norm_") else "bias"
+        raise UserError(
+            f"scheme '{scheme.name}': {where} rule '{rule.name}' needs a weight matrix; "
+            f"{_INSTEAD[where]}"
+        )
+    if role != "weight":
+        return Target(slot.tensor, role, None if role.startswith("norm_") else slot.module.weight)
+    fan_in, fan_out = fans(slot.module)
+    return Target(slot.tensor, role, slot.tensor, fan_in, fan_out, _gain(rule, slot.feeds))
 
 
-def _plan(
-    scheme: Scheme, network: str, path: str, module: nn.Module, param: str, t: torch.Tensor,
-    feeds: Feeds | None, used: set[str],
-) -> tuple[InitRecord, Rule]:
-    """Which rule a tensor gets and the mean/std it must come out with (measured_std unset)."""
-    fan_in = fan_out = gain = None
-    if isinstance(module, _NORMS):
-        rule = scheme.norm
-        if param == "bias" and rule.family != "default":
-            rule = Rule("zeros")  # normalization shift starts at 0 under every non-default rule
-        mean = {"weight": 1.0, "bias": 0.0}[param] if rule.family == "default" else rule.mean
-        std = rule.std if rule.family == "fixed" else 0.0
-        if rule.family in _ZERO_ONE:
-            mean = _ZERO_ONE[rule.family]
-        elif rule.family != "fixed" and rule.family != "default":
-            raise UserError(
-                f"scheme '{scheme.name}': norm rule '{rule.name}' needs a weight matrix; "
-                "use ones, default or a fixed normal such as {rule: normal, mean: 1, std: 0.02}"
-            )
-    elif param == "weight":
-        rule = _weight_rule(scheme, path, feeds, used)
-        fan_in, fan_out = fans(module)
-        mean, std = (rule.mean if rule.family == "fixed" else 0.0), 0.0
-        if rule.family == "default":
-            std = torch_default_std(t)
-        elif rule.family in _ZERO_ONE:
-            mean = _ZERO_ONE[rule.family]
-        elif rule.family == "fixed":
-            std = float(rule.std)
-        else:
-            gain = _gain(rule, feeds)
-            std = _target_std(rule, t, fan_in, fan_out, gain)
-    else:  # bias of a weighted layer
-        rule = scheme.bias
-        if rule.family in ("xavier", "kaiming", "lecun", "orthogonal"):
-            raise UserError(
-                f"scheme '{scheme.name}': bias rule '{rule.name}' needs a weight matrix; "
-                "use zeros, default or a fixed normal/uniform"
-            )
-        mean = _ZERO_ONE.get(rule.family, rule.mean if rule.family == "fixed" else 0.0)
-        std = {"default": torch_default_std(module.weight), "fixed": rule.std}.get(rule.family, 0.0)
-    return InitRecord(
-        network=network, layer=path, param=param, type=type(module).__name__, shape=list(t.shape),
-        activation=str(feeds) if feeds else None, slope=feeds.slope if feeds else None,
-        scheme=scheme.name, rule=rule.describe(), gain=gain, fan_in=fan_in, fan_out=fan_out,
-        expected_mean=float(mean), expected_std=float(std),
-    ), rule
+def _init_tensor(
+    scheme: Scheme, network: str, slot: Slot, generator: torch.Generator
+) -> tuple[InitRecord, str | None]:
+    """Draws one tensor; its record, and the override pattern that chose its rule."""
+    rule, pattern = _choose_rule(scheme, slot)
+    target = _target(scheme, rule, slot)
+    family, feeds = FAMILIES[rule.family], slot.feeds
+    record = InitRecord(
+        network=network,
+        layer=slot.path,
+        param=slot.param,
+        type=type(slot.module).__name__,
+        shape=list(slot.tensor.shape),
+        activation=str(feeds) if feeds else None,
+        slope=feeds.slope if feeds else None,
+        scheme=scheme.name,
+        rule=rule.describe(),
+        gain=target.gain,
+        fan_in=target.fan_in,
+        fan_out=target.fan_out,
+        expected_mean=float(family.mean(rule, target)),
+        expected_std=float(family.std(rule, target)),
+    )
+    with torch.no_grad():
+        family.draw(rule, target, record.expected_mean, record.expected_std, generator)
+    record.measured_std = float(slot.tensor.detach().float().std(correction=0))
+    return record, pattern
 
 
 def initialize(
@@ -465,38 +646,54 @@ def initialize(
     Draws from ``generator`` only, in layer order, so a network's weights do not depend on what
     was drawn before (e.g. the other network's scheme). ``default`` draws nothing.
     """
-    records: list[InitRecord] = []
-    covered: set[int] = set()
-    used_patterns: set[str] = set()
     traced = trace_feeds(net)
-    for path, module, feeds in traced:
-        for param, t in module.named_parameters(recurse=False):
-            covered.add(id(t))
-            record, rule = _plan(scheme, network, path, module, param, t, feeds, used_patterns)
-            _draw(rule, t, record.expected_mean, record.expected_std, record.gain, generator)
-            record.measured_std = float(t.detach().float().std(correction=0))
-            records.append(record)
+    slots = [
+        Slot(path, module, param, t, feeds)
+        for path, module, feeds in traced
+        for param, t in module.named_parameters(recurse=False)
+    ]
+    done = [_init_tensor(scheme, network, slot, generator) for slot in slots]
+    covered = {id(slot.tensor) for slot in slots}
     missed = [name for name, p in net.named_parameters() if id(p) not in covered]
     if missed:
         raise UserError(f"parameters not reached by the init rule: {', '.join(missed)}")
-    unused = [p for p, _ in scheme.overrides if p not in used_patterns]
+    used = {pattern for _, pattern in done}
+    unused = [p for p, _ in scheme.overrides if p not in used]
     if unused:
         layers = ", ".join(path for path, *_ in traced)
         raise UserError(
             f"scheme '{scheme.name}': override pattern(s) {unused} match no layer of the "
             f"{network}; its layers are: {layers}"
         )
-    return records
+    return [record for record, _ in done]
 
 
 def format_table(records: list[InitRecord]) -> str:
     """The assignment as a fixed-width table, one row per tensor."""
-    header = ("network", "tensor", "type", "shape", "feeds", "scheme", "rule", "gain", "expected", "measured")
+    header = (
+        "network",
+        "tensor",
+        "type",
+        "shape",
+        "feeds",
+        "scheme",
+        "rule",
+        "gain",
+        "expected",
+        "measured",
+    )
     rows = [
         (
-            r.network, f"{r.layer}.{r.param}", r.type, "×".join(map(str, r.shape)),
-            r.activation or "-", r.scheme, r.rule, "-" if r.gain is None else f"{r.gain:.3f}",
-            f"{r.expected_std:.4f}", f"{r.measured_std:.4f}",
+            r.network,
+            f"{r.layer}.{r.param}",
+            r.type,
+            "×".join(map(str, r.shape)),
+            r.activation or "-",
+            r.scheme,
+            r.rule,
+            "-" if r.gain is None else f"{r.gain:.3f}",
+            f"{r.expected_std:.4f}",
+            f"{r.measured_std:.4f}",
         )
         for r in records
     ]

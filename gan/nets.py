@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gan.config import ModelConfig
 from gan.errors import UserError
 from gan.init import SigmoidInLoss
 
@@ -38,7 +39,10 @@ class Discriminator(nn.Sequential):
 
 
 def mlp(
-    image_shape: Sequence[int], z_dim: int, g_widths: Sequence[int], d_widths: Sequence[int],
+    image_shape: Sequence[int],
+    z_dim: int,
+    g_widths: Sequence[int],
+    d_widths: Sequence[int],
     slope: float,
 ) -> tuple[Generator, Discriminator]:
     """The classic fully connected GAN.
@@ -72,7 +76,10 @@ def mlp(
 
 
 def dcgan(
-    image_shape: Sequence[int], z_dim: int, g_widths: Sequence[int], d_widths: Sequence[int],
+    image_shape: Sequence[int],
+    z_dim: int,
+    g_widths: Sequence[int],
+    d_widths: Sequence[int],
     slope: float,
 ) -> tuple[Generator, Discriminator]:
     """A DCGAN for small square images; each stage halves (D) or doubles (G) the side.
@@ -93,43 +100,55 @@ def dcgan(
                 f"a square image whose side is divisible by {factor}; got {height}×{width}. "
                 "Change model.generator_widths/discriminator_widths or use model=mlp"
             )
-    side = height // 2 ** len(g_widths)
+    g = _dcgan_generator(channels, height, z_dim, g_widths)  # built first: global RNG order
+    d = _dcgan_discriminator(channels, height, d_widths, slope)
+    return Generator(g, z_dim, image_shape), Discriminator(d, image_shape)
+
+
+def _dcgan_generator(
+    channels: int, side: int, z_dim: int, widths: Sequence[int]
+) -> OrderedDict[str, nn.Module]:
+    start = side // 2 ** len(widths)  # the projection's side, doubled by each stage
     g: OrderedDict[str, nn.Module] = OrderedDict()
-    g["project"] = nn.Linear(z_dim, g_widths[0] * side * side)
-    g["reshape"] = nn.Unflatten(1, (g_widths[0], side, side))
-    g["bn0"] = nn.BatchNorm2d(g_widths[0])
+    g["project"] = nn.Linear(z_dim, widths[0] * start * start)
+    g["reshape"] = nn.Unflatten(1, (widths[0], start, start))
+    g["bn0"] = nn.BatchNorm2d(widths[0])
     g["act0"] = nn.ReLU()
-    for i, (c_in, c_out) in enumerate(zip(g_widths, g_widths[1:]), start=1):
+    for i, (c_in, c_out) in enumerate(zip(widths, widths[1:]), start=1):
         g[f"up{i}"] = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
         g[f"bn{i}"] = nn.BatchNorm2d(c_out)
         g[f"act{i}"] = nn.ReLU()
-    g["out"] = nn.ConvTranspose2d(g_widths[-1], channels, 4, 2, 1)
+    g["out"] = nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1)
     g["tanh"] = nn.Tanh()
+    return g
 
+
+def _dcgan_discriminator(
+    channels: int, side: int, widths: Sequence[int], slope: float
+) -> OrderedDict[str, nn.Module]:
     d: OrderedDict[str, nn.Module] = OrderedDict()
     c_in = channels
-    for i, c_out in enumerate(d_widths, start=1):
+    for i, c_out in enumerate(widths, start=1):
         d[f"conv{i}"] = nn.Conv2d(c_in, c_out, 4, 2, 1)
         if i > 1:
             d[f"bn{i}"] = nn.BatchNorm2d(c_out)
         d[f"act{i}"] = nn.LeakyReLU(slope)
         c_in = c_out
     d["flatten"] = nn.Flatten()
-    d_side = height // 2 ** len(d_widths)
-    d["out"] = nn.Linear(c_in * d_side * d_side, 1)
+    end = side // 2 ** len(widths)  # the side after the last stage
+    d["out"] = nn.Linear(c_in * end * end, 1)
     d["sigmoid"] = SigmoidInLoss()
-    return Generator(g, z_dim, image_shape), Discriminator(d, image_shape)
+    return d
 
 
-def build(
-    model: str, image_shape: Sequence[int], *, z_dim: int, g_widths: Sequence[int],
-    d_widths: Sequence[int], slope: float,
-) -> tuple[Generator, Discriminator]:
+def build(model: ModelConfig, image_shape: Sequence[int]) -> tuple[Generator, Discriminator]:
     """Builds (G, D) on the CPU with PyTorch's default init, drawing from the global RNG."""
     builders = {"mlp": mlp, "dcgan": dcgan}
-    if model not in builders:
-        raise UserError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
-    return builders[model](image_shape, z_dim, g_widths, d_widths, slope)
+    if model.name not in builders:
+        raise UserError(f"unknown model {model.name!r}; valid: {', '.join(MODELS)}")
+    return builders[model.name](
+        image_shape, model.z_dim, model.generator_widths, model.discriminator_widths, model.slope
+    )
 
 
 def count_parameters(net: nn.Module) -> int:

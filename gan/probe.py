@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.config import resolve_scheme
+from gan.config import DataConfig, preset, resolve_scheme
 from gan.data import DATASETS
 from gan.diagnostics import activation_stats
-from gan.errors import UserError
+from gan.errors import exits_on_user_error
+from gan.figures import pyplot
 from gan.init import Scheme, SoftmaxInLoss, initialize
 
 SCHEME_DIR = Path(__file__).resolve().parents[1] / "conf" / "init"
@@ -38,7 +39,9 @@ def load_scheme(name: str, scheme_dir: Path = SCHEME_DIR) -> Scheme:
     return resolve_scheme(name, "generator", scheme_dir, name)
 
 
-def deep_mlp(activation: str, depth: int, width: int, n_in: int, n_out: int | None = None) -> nn.Sequential:
+def deep_mlp(
+    activation: str, depth: int, width: int, n_in: int, n_out: int | None = None
+) -> nn.Sequential:
     """``depth`` blocks Linear(width) → activation; with ``n_out``, a classifier head on top."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     for i in range(1, depth + 1):
@@ -51,8 +54,12 @@ def deep_mlp(activation: str, depth: int, width: int, n_in: int, n_out: int | No
 
 
 def probe_activations(
-    depth: int = 5, width: int = 100, samples: int = 1000, seed: int = 0,
-    activations: tuple[str, ...] = tuple(ACTIVATION_MODULES), inits: tuple[str, ...] = PROBE_INITS,
+    depth: int = 5,
+    width: int = 100,
+    samples: int = 1000,
+    seed: int = 0,
+    activations: tuple[str, ...] = tuple(ACTIVATION_MODULES),
+    inits: tuple[str, ...] = PROBE_INITS,
 ) -> tuple[list[dict], dict[tuple[str, str], list[torch.Tensor]]]:
     """Records of each layer's activation statistics, and the activations themselves."""
     x = torch.randn(samples, width, generator=torch.Generator().manual_seed(seed))
@@ -60,40 +67,50 @@ def probe_activations(
     for activation in activations:
         for init in inits:
             net = deep_mlp(activation, depth, width, width)
-            initialize(net, load_scheme(init), network="probe", generator=torch.Generator().manual_seed(seed))
-            h, layers = x, []
-            with torch.no_grad():
-                for module in net:
-                    h = module(h)
-                    if isinstance(module, tuple(ACTIVATION_MODULES.values())):
-                        layers.append(h)
+            generator = torch.Generator().manual_seed(seed)
+            initialize(net, load_scheme(init), network="probe", generator=generator)
+            layers = _activations(net, x)
             outputs[(activation, init)] = layers
-            for layer, y in enumerate(layers, start=1):
-                stats = {k: v.item() for k, v in activation_stats(y, activation).items()}
-                records.append({
-                    "activation": activation, "init": init, "layer": layer,
-                    "mean": stats["act_mean"], "std": stats["act_std"],
-                    "saturated_frac": stats.get("saturated_frac"), "dead_frac": stats.get("dead_frac"),
-                })
+            records += [
+                _layer_record(activation, init, layer, y) for layer, y in enumerate(layers, start=1)
+            ]
     return records, outputs
 
 
+@torch.no_grad()
+def _activations(net: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of each activation module of ``net`` on ``x``, first layer first."""
+    h, layers = x, []
+    for module in net:
+        h = module(h)
+        if isinstance(module, tuple(ACTIVATION_MODULES.values())):
+            layers.append(h)
+    return layers
+
+
+def _layer_record(activation: str, init: str, layer: int, y: torch.Tensor) -> dict:
+    stats = {k: v.item() for k, v in activation_stats(y, activation).items()}
+    return {
+        "activation": activation,
+        "init": init,
+        "layer": layer,
+        "mean": stats["act_mean"],
+        "std": stats["act_std"],
+        "saturated_frac": stats.get("saturated_frac"),
+        "dead_frac": stats.get("dead_frac"),
+    }
+
+
 def plot_activations(outputs: dict[tuple[str, str], list[torch.Tensor]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = list(outputs)
     depth = len(outputs[rows[0]])
-    fig, axes = plt.subplots(len(rows), depth, figsize=(2.1 * depth, 1.25 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), depth, figsize=(2.1 * depth, 1.25 * len(rows)), squeeze=False
+    )
     for r, (activation, init) in enumerate(rows):
         layers = outputs[(activation, init)]
-        # One x-range per row, so the layers of a row compare at a glance.
-        # ReLU rows are heavy-tailed: the range ends at the 99.5th percentile (the rest in the last bin).
-        hi = {"sigmoid": 1.0, "tanh": 1.0}.get(activation) or max(
-            float(torch.quantile(y.flatten(), 0.995)) for y in layers) or 1.0
-        lo = {"sigmoid": 0.0, "tanh": -1.0}.get(activation, 0.0)
+        lo, hi = _hist_range(activation, layers)
         for c, y in enumerate(layers):
             ax = axes[r][c]
             ax.hist(y.flatten().clamp(lo, hi).numpy(), bins=40, range=(lo, hi), color=f"C{r % 4}")
@@ -101,29 +118,54 @@ def plot_activations(outputs: dict[tuple[str, str], list[torch.Tensor]], path: P
             ax.tick_params(labelsize=6)
             ax.set_title(f"layer {c + 1}: std {y.std():.2g}", fontsize=7)
             if c == 0:
-                ax.set_ylabel(f"{activation}\n{init}", fontsize=8, rotation=0, ha="right", va="center")
+                ax.set_ylabel(
+                    f"{activation}\n{init}", fontsize=8, rotation=0, ha="right", va="center"
+                )
     fig.suptitle("Activations per layer: 5 layers × 100 units, 1000 N(0, 1) inputs", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _hist_range(activation: str, layers: list[torch.Tensor]) -> tuple[float, float]:
+    """One x-range per row, so the layers of a row compare at a glance.
+
+    ReLU rows are heavy-tailed: their range ends at the 99.5th percentile (the rest in the last
+    bin).
+    """
+    if activation in ("sigmoid", "tanh"):
+        return (0.0 if activation == "sigmoid" else -1.0), 1.0
+    return 0.0, max(float(torch.quantile(y.flatten(), 0.995)) for y in layers) or 1.0
+
+
 def train_classifiers(
-    dataset: str = "digits", data_dir: Path = Path("data"), depth: int = 5, width: int = 100,
-    steps: int = 2000, batch_size: int = 100, lr: float = 0.05, seed: int = 0,
-    inits: tuple[str, ...] = TRAIN_INITS, progress: bool = True,
+    dataset: str = "digits",
+    data_dir: Path = Path("data"),
+    depth: int = 5,
+    width: int = 100,
+    steps: int = 2000,
+    batch_size: int = 100,
+    lr: float = 0.05,
+    seed: int = 0,
+    inits: tuple[str, ...] = TRAIN_INITS,
+    progress: bool = True,
 ) -> dict[str, list[float]]:
     """Training loss per step of a ReLU classifier under each init (plain SGD, same batches)."""
     from tqdm.auto import tqdm
 
     from gan import data
 
-    split = data.load(dataset, data_dir)
+    split = data.load(preset(DataConfig, "dataset", dataset, root=data_dir), train=True)
     x, y = split.images.flatten(1), split.labels
     curves = {}
     for init in inits:
         net = deep_mlp("relu", depth, width, x.shape[1], n_out=int(y.max()) + 1)
-        initialize(net, load_scheme(init), network="classifier", generator=torch.Generator().manual_seed(seed))
+        initialize(
+            net,
+            load_scheme(init),
+            network="classifier",
+            generator=torch.Generator().manual_seed(seed),
+        )
         opt = torch.optim.SGD(net.parameters(), lr=lr)
         rng = torch.Generator().manual_seed(seed)  # the same batches for every init
         losses = torch.empty(steps)
@@ -139,59 +181,77 @@ def train_classifiers(
 
 
 def plot_training(curves: dict[str, list[float]], dataset: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for init, losses in curves.items():
         smooth = torch.tensor(losses).unfold(0, min(50, len(losses)), 1).mean(1)  # 50-step mean
         ax.plot(range(len(smooth)), smooth.numpy(), label=init)
     ax.axhline(math.log(10), color="grey", lw=0.8, ls="--", label="chance (ln 10)")
-    ax.set(xlabel="step", ylabel="training loss (50-step mean)",
-           title=f"5-layer ReLU MLP on {dataset}: plain SGD under each init")
+    ax.set(
+        xlabel="step",
+        ylabel="training loss (50-step mean)",
+        title=f"5-layer ReLU MLP on {dataset}: plain SGD under each init",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gan.probe", description=__doc__.split("\n\n")[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gan.probe", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--width", type=int, default=100)
     parser.add_argument("--samples", type=int, default=1000, help="inputs in activations mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("probe"), help="output directory")
-    parser.add_argument("--train", metavar="DATASET", choices=DATASETS,
-                        help="training mode on this dataset instead of the activations probe")
+    parser.add_argument(
+        "--train",
+        metavar="DATASET",
+        choices=DATASETS,
+        help="training mode on this dataset instead of the activations probe",
+    )
     parser.add_argument("--steps", type=int, default=2000, help="SGD steps in training mode")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    return parser
+
+
+def _training_mode(args: argparse.Namespace) -> None:
+    curves = train_classifiers(
+        args.train, args.data_dir, args.depth, args.width, args.steps, seed=args.seed
+    )
+    (args.out / "probe_train.json").write_text(json.dumps(curves))
+    plot_training(curves, args.train, args.out / "probe_train.png")
+    for init, losses in curves.items():
+        last = losses[-50:]
+        print(f"{init:>13}: loss {losses[0]:.3f} → {sum(last) / len(last):.3f}")
+    print(f"wrote {args.out / 'probe_train.png'} and probe_train.json")
+
+
+def _activations_mode(args: argparse.Namespace) -> None:
+    records, outputs = probe_activations(args.depth, args.width, args.samples, args.seed)
+    (args.out / "probe.json").write_text(json.dumps(records, indent=1))
+    plot_activations(outputs, args.out / "probe.png")
+    for r in records:
+        if r["layer"] in (1, args.depth):
+            print(f"{r['activation']:>8} {r['init']:>13} layer {r['layer']}: std {r['std']:.3g}")
+    print(f"wrote {args.out / 'probe.png'} and probe.json")
+
+
+@exits_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     for name in ("depth", "width", "samples", "steps"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0")
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        if args.train:
-            curves = train_classifiers(args.train, args.data_dir, args.depth, args.width, args.steps, seed=args.seed)
-            (args.out / "probe_train.json").write_text(json.dumps(curves))
-            plot_training(curves, args.train, args.out / "probe_train.png")
-            for init, losses in curves.items():
-                print(f"{init:>13}: loss {losses[0]:.3f} → {sum(losses[-50:]) / len(losses[-50:]):.3f}")
-            print(f"wrote {args.out / 'probe_train.png'} and probe_train.json")
-        else:
-            records, outputs = probe_activations(args.depth, args.width, args.samples, args.seed)
-            (args.out / "probe.json").write_text(json.dumps(records, indent=1))
-            plot_activations(outputs, args.out / "probe.png")
-            for r in records:
-                if r["layer"] in (1, args.depth):
-                    print(f"{r['activation']:>8} {r['init']:>13} layer {r['layer']}: std {r['std']:.3g}")
-            print(f"wrote {args.out / 'probe.png'} and probe.json")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.train:
+        _training_mode(args)
+    else:
+        _activations_mode(args)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,9 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan import data
+from gan.config import DataConfig
 from gan.errors import UserError
 from gan.files import atomic_file
 from gan.nets import Generator, generate
+
+log = logging.getLogger(__name__)
 
 CLASSIFIER_VERSION = 1  # bump when the architecture or training recipe changes: caches go stale
 # Training recipe per dataset: epochs, and the test accuracy the classifier must reach.
@@ -38,18 +42,32 @@ class FeatureClassifier(nn.Module):
         super().__init__()
         channels, side, _ = image_shape
         if side >= 28:  # LeNet-style: (1, 28, 28) → 32×14×14 → 64×7×7 → 128 features
-            self.features = nn.Sequential(OrderedDict(
-                conv1=nn.Conv2d(channels, 32, 5, padding=2), act1=nn.ReLU(), pool1=nn.MaxPool2d(2),
-                conv2=nn.Conv2d(32, 64, 5, padding=2), act2=nn.ReLU(), pool2=nn.MaxPool2d(2),
-                flatten=nn.Flatten(), drop=nn.Dropout(0.3),
-                fc=nn.Linear(64 * (side // 4) ** 2, 128), act3=nn.ReLU(),
-            ))
+            self.features = nn.Sequential(
+                OrderedDict(
+                    conv1=nn.Conv2d(channels, 32, 5, padding=2),
+                    act1=nn.ReLU(),
+                    pool1=nn.MaxPool2d(2),
+                    conv2=nn.Conv2d(32, 64, 5, padding=2),
+                    act2=nn.ReLU(),
+                    pool2=nn.MaxPool2d(2),
+                    flatten=nn.Flatten(),
+                    drop=nn.Dropout(0.3),
+                    fc=nn.Linear(64 * (side // 4) ** 2, 128),
+                    act3=nn.ReLU(),
+                )
+            )
             width = 128
         else:  # small MLP for 8×8 digits: 64 → 256 → 64 features
-            self.features = nn.Sequential(OrderedDict(
-                flatten=nn.Flatten(), fc1=nn.Linear(channels * side * side, 256), act1=nn.ReLU(),
-                drop=nn.Dropout(0.2), fc2=nn.Linear(256, 64), act2=nn.ReLU(),
-            ))
+            self.features = nn.Sequential(
+                OrderedDict(
+                    flatten=nn.Flatten(),
+                    fc1=nn.Linear(channels * side * side, 256),
+                    act1=nn.ReLU(),
+                    drop=nn.Dropout(0.2),
+                    fc2=nn.Linear(256, 64),
+                    act2=nn.ReLU(),
+                )
+            )
             width = 64
         self.head = nn.Linear(width, classes)
 
@@ -77,23 +95,41 @@ def _weights_hash(model: nn.Module) -> str:
 @torch.no_grad()
 def _accuracy(model: FeatureClassifier, split: data.Split, batch: int = 2000) -> float:
     model.eval()
-    correct = sum(int((model(split.images[i : i + batch])[1].argmax(1) == split.labels[i : i + batch]).sum())
-                  for i in range(0, len(split), batch))
+    correct = sum(
+        int((model(split.images[i : i + batch])[1].argmax(1) == split.labels[i : i + batch]).sum())
+        for i in range(0, len(split), batch)
+    )
     return correct / len(split)
 
 
-def train_classifier(dataset: str, root: Path, *, seed: int = 0, progress: bool = True) -> Classifier:
-    """Trains the feature classifier of ``dataset`` (Adam, batch 128) and checks its accuracy."""
-    from tqdm.auto import tqdm
-
-    train, test = data.load(dataset, root, train=True), data.load(dataset, root, train=False)
+def train_classifier(source: DataConfig, *, seed: int = 0, progress: bool = True) -> Classifier:
+    """Trains the feature classifier of ``source``'s dataset and checks its test accuracy."""
+    dataset = source.name
+    train, test = data.load(source, train=True), data.load(source, train=False)
     torch.manual_seed(seed)
     model = FeatureClassifier(data.image_shape(dataset))
+    epochs, required = RECIPES[dataset]
+    _fit(model, train, epochs, seed, f"feature classifier ({dataset}, first use)", progress)
+    accuracy = _accuracy(model, test)
+    model.eval()
+    if accuracy < required:
+        raise UserError(
+            f"the {dataset} feature classifier reached {accuracy:.2%} test accuracy, below the "
+            f"required {required:.1%}; its scores would not be trustworthy"
+        )
+    return Classifier(model, f"{dataset}-v{CLASSIFIER_VERSION}-{_weights_hash(model)}", accuracy)
+
+
+def _fit(
+    model: FeatureClassifier, train: data.Split, epochs: int, seed: int, desc: str, progress: bool
+) -> None:
+    """Adam at 1e-3, batches of 128 in a seeded random order per epoch."""
+    from tqdm.auto import tqdm
+
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = torch.Generator().manual_seed(seed)
-    epochs, required = RECIPES[dataset]
     batches = math.ceil(len(train) / 128)
-    bar = tqdm(total=epochs * batches, desc=f"feature classifier ({dataset}, first use)", disable=not progress)
+    bar = tqdm(total=epochs * batches, desc=desc, disable=not progress)
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(train), generator=rng)
@@ -105,40 +141,55 @@ def train_classifier(dataset: str, root: Path, *, seed: int = 0, progress: bool 
             opt.step()
             bar.update(1)
     bar.close()
-    accuracy = _accuracy(model, test)
-    model.eval()
-    if accuracy < required:
-        raise UserError(f"the {dataset} feature classifier reached {accuracy:.2%} test accuracy, below the "
-                        f"required {required:.1%}; its scores would not be trustworthy")
-    return Classifier(model, f"{dataset}-v{CLASSIFIER_VERSION}-{_weights_hash(model)}", accuracy)
 
 
-def load_classifier(dataset: str, root: Path, *, progress: bool = True) -> Classifier:
-    """The cached classifier of ``dataset``, trained anew when missing, stale or corrupt."""
-    path = Path(root) / "classifiers" / f"{dataset}-v{CLASSIFIER_VERSION}.pt"
+def load_classifier(source: DataConfig, *, progress: bool = True) -> Classifier:
+    """The dataset's cached classifier, trained anew when missing, stale or corrupt."""
+    path = Path(source.root) / "classifiers" / f"{source.name}-v{CLASSIFIER_VERSION}.pt"
     if path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = FeatureClassifier(data.image_shape(dataset))
-            model.load_state_dict(blob["state_dict"])
-            model.eval()
-            if blob["version"] == CLASSIFIER_VERSION and blob["hash"] == _weights_hash(model):
-                return Classifier(model, f"{dataset}-v{CLASSIFIER_VERSION}-{blob['hash']}", blob["test_accuracy"])
-            reason = "stale"
-        except Exception as err:  # noqa: BLE001 - any unreadable cache is retrained, never trusted
-            reason = f"unreadable ({type(err).__name__})"
-        print(f"feature classifier cache {path} is {reason}: training it again", flush=True)
-    classifier = train_classifier(dataset, root, progress=progress)
+        cached, reason = _read_cache(path, source.name)
+        if cached is not None:
+            return cached
+        log.info("feature classifier cache %s is %s: training it again", path, reason)
+    classifier = train_classifier(source, progress=progress)
+    _write_cache(classifier, path)
+    log.info(
+        "feature classifier %s: %.2f %% test accuracy, cached in %s",
+        classifier.identity,
+        100 * classifier.test_accuracy,
+        path,
+    )
+    return classifier
+
+
+def _read_cache(path: Path, dataset: str) -> tuple[Classifier | None, str]:
+    """The classifier cached at ``path``, or None and why it cannot be used."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = FeatureClassifier(data.image_shape(dataset))
+        model.load_state_dict(blob["state_dict"])
+        model.eval()
+        if blob["version"] != CLASSIFIER_VERSION or blob["hash"] != _weights_hash(model):
+            return None, "stale"
+        identity = f"{dataset}-v{CLASSIFIER_VERSION}-{blob['hash']}"
+        return Classifier(model, identity, blob["test_accuracy"]), ""
+    except Exception as err:  # noqa: BLE001 - any unreadable cache is retrained, never trusted
+        return None, f"unreadable ({type(err).__name__})"
+
+
+def _write_cache(classifier: Classifier, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save({"version": CLASSIFIER_VERSION, "seed": 0, "test_accuracy": classifier.test_accuracy,
-                "hash": classifier.identity.rsplit("-", 1)[1], "state_dict": classifier.model.state_dict()},
-               buffer)
+    blob = {
+        "version": CLASSIFIER_VERSION,
+        "seed": 0,
+        "test_accuracy": classifier.test_accuracy,
+        "hash": classifier.identity.rsplit("-", 1)[1],
+        "state_dict": classifier.model.state_dict(),
+    }
+    torch.save(blob, buffer)
     with atomic_file(path) as f:  # a half-written cache never carries the final name
         f.write(buffer.getbuffer())
-    print(f"feature classifier {classifier.identity}: {classifier.test_accuracy:.2%} test accuracy, cached "
-          f"in {path}", flush=True)
-    return classifier
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +215,9 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
 
 @torch.no_grad()
-def _features(model: FeatureClassifier, images: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(
+    model: FeatureClassifier, images: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     feats, probs = [], []
     for i in range(0, len(images), batch):
         f, logits = model(images[i : i + batch])
@@ -189,7 +242,9 @@ class Evaluator:
 
     def score_generator(self, generator: Generator, z: torch.Tensor) -> dict[str, float]:
         """Scores ``generator``'s images of the fixed noise ``z`` (N, z_dim), made in batches."""
-        images = torch.cat([generate(generator, z[i : i + self.batch]) for i in range(0, len(z), self.batch)])
+        images = torch.cat(
+            [generate(generator, z[i : i + self.batch]) for i in range(0, len(z), self.batch)]
+        )
         return self.score(images)
 
     def score(self, images: torch.Tensor) -> dict[str, float]:

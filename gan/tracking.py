@@ -51,8 +51,8 @@ def resolve_mode(mode: str) -> tuple[str, str]:
         return "offline", "no W&B credentials found"
     if mode == "online" and not has_wandb_credentials():
         raise UserError(
-            "logger.mode=online but no W&B credentials were found (WANDB_API_KEY or `wandb login`). "
-            "Log in, or use logger.mode=offline and upload later with `wandb sync`."
+            "logger.mode=online but no W&B credentials were found (WANDB_API_KEY or "
+            "`wandb login`). Log in, or use logger.mode=offline and upload later with `wandb sync`."
         )
     return mode, f"logger.mode={mode}"
 
@@ -71,42 +71,70 @@ class RunLogger:
     """
 
     def __init__(
-        self, out_dir: Path, *, mode: str, project: str, entity: str | None, name: str,
-        group: str, job_type: str, tags: Sequence[str], config: Mapping[str, Any],
-        metrics_offset: int | None = None, wandb_id: str | None = None,
+        self,
+        out_dir: Path,
+        *,
+        mode: str,
+        project: str,
+        entity: str | None,
+        name: str,
+        group: str,
+        job_type: str,
+        tags: Sequence[str],
+        config: Mapping[str, Any],
+        metrics_offset: int | None = None,
+        wandb_id: str | None = None,
     ):
         """``metrics_offset``/``wandb_id``: continue a run from a checkpoint: metrics.jsonl is cut
         back to what it held then (lines written after it are re-made by the resumed steps), and
         the W&B run with that id continues."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if metrics_offset is None:
-            self._metrics = (self.out_dir / METRICS_FILE).open("w")
-        else:
-            self._metrics = (self.out_dir / METRICS_FILE).open("a")
-            self._metrics.truncate(metrics_offset)
-            self._metrics.seek(0, os.SEEK_END)  # tell() must report the cut length, not the old one
+        self._metrics = self._open_metrics(metrics_offset)
         self.wandb_run = None
         self.mode = mode
         self._exit_code = 0
         if mode != "disabled":
-            import wandb
+            self._start_wandb(
+                project=project,
+                entity=entity,
+                name=name,
+                group=group,
+                job_type=job_type,
+                tags=list(tags),
+                config=dict(config),
+                mode=mode,
+                id=wandb_id,
+                resume="allow" if wandb_id else None,
+            )
 
-            self._wandb = wandb
-            try:
-                self.wandb_run = wandb.init(
-                    project=project, entity=entity, name=name, group=group, job_type=job_type,
-                    tags=list(tags), config=dict(config), mode=mode,
-                    id=wandb_id, resume="allow" if wandb_id else None,
-                    # Beside the run's other outputs unless the user chose a W&B dir. Passed on
-                    # every call: W&B reads WANDB_DIR only once per process.
-                    dir=os.environ.get("WANDB_DIR") or str(self.out_dir),
-                    settings=wandb.Settings(silent=True),  # our one line says where the run is
-                )
-            except wandb.errors.Error as err:  # e.g. a wrong API key or entity when online
-                self._metrics.close()
-                raise UserError(f"W&B refused the run ({type(err).__name__}: {err}). Check `wandb login` "
-                                "and logger.entity/logger.project, or use logger.mode=offline") from None
+    def _open_metrics(self, offset: int | None):
+        path = self.out_dir / METRICS_FILE
+        if offset is None:
+            return path.open("w")
+        metrics = path.open("a")
+        metrics.truncate(offset)
+        metrics.seek(0, os.SEEK_END)  # tell() must report the cut length, not the old one
+        return metrics
+
+    def _start_wandb(self, **init: Any) -> None:
+        import wandb
+
+        self._wandb = wandb
+        try:
+            self.wandb_run = wandb.init(
+                **init,
+                # Beside the run's other outputs unless the user chose a W&B dir. Passed on
+                # every call: W&B reads WANDB_DIR only once per process.
+                dir=os.environ.get("WANDB_DIR") or str(self.out_dir),
+                settings=wandb.Settings(silent=True),  # our one line says where the run is
+            )
+        except wandb.errors.Error as err:  # e.g. a wrong API key or entity when online
+            self._metrics.close()
+            raise UserError(
+                f"W&B refused the run ({type(err).__name__}: {err}). Check `wandb login` "
+                "and logger.entity/logger.project, or use logger.mode=offline"
+            ) from None
 
     @property
     def wandb_dir(self) -> Path | None:
@@ -117,14 +145,21 @@ class RunLogger:
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
         self._metrics.flush()
         if self.wandb_run:  # strings (e.g. the eval classifier's id) live in W&B's config/summary
-            self.wandb_run.log({k: v for k, v in metrics.items() if not isinstance(v, str)}, step=step)
+            self.wandb_run.log(
+                {k: v for k, v in metrics.items() if not isinstance(v, str)}, step=step
+            )
 
     def log_samples(self, step: int, images: torch.Tensor) -> Path:
         """Saves a grid of ``images`` (B, C, H, W) in [-1, 1] as PNG and to W&B as ``samples``."""
         from torchvision.utils import make_grid, save_image
 
-        grid = make_grid(images.detach().cpu(), nrow=int(math.sqrt(images.shape[0])) or 1,
-                         normalize=True, value_range=(-1, 1), padding=1)
+        grid = make_grid(
+            images.detach().cpu(),
+            nrow=int(math.sqrt(images.shape[0])) or 1,
+            normalize=True,
+            value_range=(-1, 1),
+            padding=1,
+        )
         # Blow small grids (64 digits of 8×8 are 73 px wide) up to ≥ 256 px, pixels kept sharp.
         scale = max(1, 256 // grid.shape[-1])
         grid = grid.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
@@ -132,22 +167,33 @@ class RunLogger:
         path.parent.mkdir(exist_ok=True)
         save_image(grid, path)
         if self.wandb_run:
-            self.wandb_run.log({"samples": self._wandb.Image(str(path), caption=f"step {step}")}, step=step)
+            self.wandb_run.log(
+                {"samples": self._wandb.Image(str(path), caption=f"step {step}")}, step=step
+            )
         return path
 
-    def log_diagnostics(self, step: int, values: Mapping[str, float],
-                        samples: Mapping[str, torch.Tensor]) -> None:
+    def log_diagnostics(
+        self, step: int, values: Mapping[str, float], samples: Mapping[str, torch.Tensor]
+    ) -> None:
         """Per-layer diagnostics to metrics.jsonl and W&B; activation samples as W&B histograms."""
         if values:
             self.log(step, values)
         if self.wandb_run and samples:
-            self.wandb_run.log({f"{prefix.replace('diag/', 'hist/', 1)}/act": self._wandb.Histogram(s.numpy())
-                                for prefix, s in samples.items()}, step=step)
+            self.wandb_run.log(
+                {
+                    f"{prefix.replace('diag/', 'hist/', 1)}/act": self._wandb.Histogram(s.numpy())
+                    for prefix, s in samples.items()
+                },
+                step=step,
+            )
 
     def log_table(self, key: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if self.wandb_run and rows:
             columns = list(rows[0])
-            data = [[json.dumps(r[c]) if isinstance(r[c], list) else r[c] for c in columns] for r in rows]
+            data = [
+                [json.dumps(r[c]) if isinstance(r[c], list) else r[c] for c in columns]
+                for r in rows
+            ]
             self.wandb_run.log({key: self._wandb.Table(columns=columns, data=data)}, step=0)
 
     def metrics_offset(self) -> int:
@@ -178,4 +224,5 @@ def offline_hint(logger: RunLogger, why: str) -> str | None:
     """One line saying where an offline run is and how to upload it."""
     if logger.mode != "offline" or logger.wandb_dir is None:
         return None
-    return f"W&B offline ({why}): run saved in {logger.wandb_dir}; upload with `wandb sync {logger.wandb_dir}`"
+    where = logger.wandb_dir
+    return f"W&B offline ({why}): run saved in {where}; upload with `wandb sync {where}`"

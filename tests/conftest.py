@@ -40,8 +40,19 @@ def run_config(overrides: list[str], out_dir: Path):
     """The typed RunConfig for ``overrides``, exactly as ``python train.py <overrides>`` builds it
     (with the session's data dir)."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=[f"data_dir={DATA_DIR}", *overrides], return_hydra_config=True)
+        cfg = compose(
+            "config", overrides=[f"data_dir={DATA_DIR}", *overrides], return_hydra_config=True
+        )
     return train.to_run_config(cfg, cfg.hydra, out_dir)
+
+
+def data_source(name: str, root: Path | str = "data", **changes):
+    """The DataConfig that ``dataset=<name>`` builds (conf/dataset/<name>.yaml), with changes."""
+    import dataclasses
+
+    from gan.config import DataConfig, preset
+
+    return dataclasses.replace(preset(DataConfig, "dataset", name, root=str(root)), **changes)
 
 
 def wandb_records(run_root: Path) -> list[dict]:
@@ -50,6 +61,11 @@ def wandb_records(run_root: Path) -> list[dict]:
     import subprocess
 
     (log,) = run_root.rglob("run-*.wandb")
-    out = subprocess.run(["wandb", "leet", "inspect", "--json", str(log)], check=True,
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        ["wandb", "leet", "inspect", "--json", str(log)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]

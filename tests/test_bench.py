@@ -9,12 +9,13 @@ import pytest
 from gan import bench
 from gan.trainer import GANTrainer
 
+QUICK = ["--dataset", "digits", "--steps", "3", "--repeats", "1"]
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "dcgan"])
 def test_bench_quick_mode_prints_a_table_and_a_json_line(model, capsys, tmp_path):
-    assert bench.main(["--model", model, "--dataset", "digits", "--steps", "3", "--repeats", "1",
-                       "--data-dir", str(tmp_path)]) == 0
+    assert bench.main(["--model", model, *QUICK, "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "× reference" in out and "logging overhead" in out
     result = json.loads(out.strip().splitlines()[-1])
@@ -32,8 +33,9 @@ def test_bench_applies_the_speed_options_to_the_project_loop(capsys, tmp_path, m
         return GANTrainer(*args, **kwargs)
 
     monkeypatch.setattr(bench, "GANTrainer", recording_trainer)
-    assert bench.main(["--model", "mlp", "--dataset", "digits", "--steps", "3", "--repeats", "1",
-                       "--precision", "bf16", "--channels-last", "on", "--data-dir", str(tmp_path)]) == 0
+    options = ["--precision", "bf16", "--channels-last", "on", "--data-dir", str(tmp_path)]
+    assert bench.main(["--model", "mlp", *QUICK, *options]) == 0
     assert built == [{"torch_compile": False, "precision": "bf16"}] * 2  # logging on and off
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (result["precision"], result["channels_last"], result["compile"]) == ("bf16", True, False)
+    settings = (result["precision"], result["channels_last"], result["compile"])
+    assert settings == ("bf16", True, False)

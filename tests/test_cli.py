@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 import conftest
 from conftest import ROOT, wandb_records
 
@@ -15,8 +16,14 @@ QUICK = ["trainer.steps=20", "trainer.log_every=10", "trainer.sample_every=10"]
 
 
 def train(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", *args, f"data_dir={conftest.DATA_DIR}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "train.py", *args, f"data_dir={conftest.DATA_DIR}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_train_he_xavier_end_to_end(tmp_path):
@@ -40,7 +47,11 @@ def test_ablation_preset_makes_one_finished_wandb_run_per_job_and_a_report(tmp_p
     assert proc.returncode == 0, proc.stderr
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert sorted((s["arm"], s["seed"]) for s in summaries) == [
-        ("default", 0), ("default", 1), ("he_xavier", 0), ("he_xavier", 1)]
+        ("default", 0),
+        ("default", 1),
+        ("he_xavier", 0),
+        ("he_xavier", 1),
+    ]
     assert all(s["status"] == "finished" for s in summaries)
     assert len(list(sweep.glob("*/metrics.jsonl"))) == 4
     assert len({s["wandb"]["id"] for s in summaries}) == 4
@@ -61,12 +72,23 @@ def test_ablation_preset_makes_one_finished_wandb_run_per_job_and_a_report(tmp_p
     assert "| default | 2 | 0 |" in text and "| he_xavier | 2 | 0 |" in text
 
 
-@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1"],
-                                      ["hydra/launcher=submitit_local"]])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1"],
+        ["hydra/launcher=submitit_local"],
+    ],
+)
 def test_parallel_launchers_run_every_job(launcher, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = train("-m", *launcher, "init=default,he_xavier", "logger.mode=disabled", *QUICK,
-                 f"hydra.sweep.dir={sweep}")
+    proc = train(
+        "-m",
+        *launcher,
+        "init=default,he_xavier",
+        "logger.mode=disabled",
+        *QUICK,
+        f"hydra.sweep.dir={sweep}",
+    )
     assert proc.returncode == 0, proc.stderr
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert sorted(s["arm"] for s in summaries) == ["default", "he_xavier"]
@@ -80,7 +102,11 @@ def test_parallel_launchers_run_every_job(launcher, tmp_path):
         (["trainer.stpes=5"], "Key 'stpes' is not in struct", 1),
         (["trainer.batch_size=0"], "error: trainer.batch_size must be > 0, got 0", 2),
         (["logger.mode=online"], "error: logger.mode=online but no W&B credentials were found", 2),
-        (["model=dcgan", "model.generator_widths=[8,8,8,8]"], "error: model=dcgan: the generator halves", 2),
+        (
+            ["model=dcgan", "model.generator_widths=[8,8,8,8]"],
+            "error: model=dcgan: the generator halves",
+            2,
+        ),
     ],
 )
 def test_bad_input_is_a_clear_message_and_writes_no_result(args, message, code, tmp_path):

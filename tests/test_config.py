@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import CONF_DIR, run_config
 
+from conftest import CONF_DIR, run_config
 from gan import data, nets
+from gan.config import ModelConfig
 from gan.errors import UserError
 from gan.run import build_networks
 
@@ -25,8 +26,12 @@ def test_groups_have_the_public_options():
 @pytest.mark.parametrize(
     ("init", "model", "dataset"),
     # every init option on both models, and every model × dataset
-    sorted({*itertools.product(options("init"), options("model"), ["digits"]),
-            *itertools.product(["he_xavier"], options("model"), options("dataset"))}),
+    sorted(
+        {
+            *itertools.product(options("init"), options("model"), ["digits"]),
+            *itertools.product(["he_xavier"], options("model"), options("dataset")),
+        }
+    ),
 )
 def test_every_option_composes_and_builds(init, model, dataset, tmp_path):
     cfg = run_config([f"init={init}", f"model={model}", f"dataset={dataset}"], tmp_path)
@@ -60,7 +65,10 @@ def test_run_config_is_typed(tmp_path):
         ("trainer.compile=yes", "trainer.compile must be bool, got 'yes'"),
         ("logger.mode=cloud", "logger.mode must be one of auto, online, offline, disabled"),
         ("seed=-1", "seed must be >= 0"),
-        ("init.discriminator=he_xavir", r"unknown init scheme 'he_xavir'; valid: .*default, .*he_xavier"),
+        (
+            "init.discriminator=he_xavir",
+            r"unknown init scheme 'he_xavir'; valid: .*default, .*he_xavier",
+        ),
         ("init.generator.weights.tanh.gain=-1", "gain must be a number > 0 or 'auto'"),
         ("+init.generator.weights.selu=xavier_normal", r"unknown activation\(s\) \['selu'\]"),
     ],
@@ -72,7 +80,7 @@ def test_bad_values_are_errors_naming_the_key(override, message, tmp_path):
 
 def test_dcgan_refuses_an_image_side_its_stages_cannot_halve():
     with pytest.raises(UserError, match="side is divisible by 8; got 28×28"):
-        nets.build("dcgan", (1, 28, 28), z_dim=8, g_widths=[8, 8, 8], d_widths=[8], slope=0.2)
+        nets.build(ModelConfig("dcgan", 8, 0.2, (8, 8, 8), (8,)), (1, 28, 28))
 
 
 def test_the_wandb_sweep_file_calls_train_py_with_valid_overrides(tmp_path):
@@ -81,8 +89,31 @@ def test_the_wandb_sweep_file_calls_train_py_with_valid_overrides(tmp_path):
     sweep = yaml.safe_load((CONF_DIR.parent / "sweep.yaml").read_text())
     assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]
     params = sweep["parameters"]
-    grid = itertools.product(*[[(k, v) for v in (p["values"] if "values" in p else [p["value"]])]
-                               for k, p in params.items()])
+    grid = itertools.product(
+        *[
+            [(k, v) for v in (p["values"] if "values" in p else [p["value"]])]
+            for k, p in params.items()
+        ]
+    )
     for combo in grid:  # each agent run gets `key=value` overrides: every one must compose
         cfg = run_config([f"{k}={v}" for k, v in combo], tmp_path)
         assert (cfg.init.arm, cfg.seed) == (dict(combo)["init"], dict(combo)["seed"])
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment, tmp_path):
+    """Every job of every sweep preset builds a valid RunConfig: a typo in a sweep list fails
+    here, not after the first job of a long sweep."""
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
+    parsed = OverridesParser.create().parse_overrides(
+        [f"{k}={v}" for k, v in params["hydra"]["sweeper"]["params"].items()]
+    )
+    axes = [[f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+    jobs = list(itertools.product(*axes))
+    assert len(jobs) >= 2
+    for job in jobs:
+        cfg = run_config([f"experiment={experiment}", *job], tmp_path)
+        assert cfg.init.arm == dict(o.split("=", 1) for o in job).get("init", cfg.init.arm)

@@ -11,12 +11,14 @@ import time
 import pytest
 import torch
 
+from conftest import data_source
 from gan import data
 from gan.errors import UserError
 
 
 def test_digits_is_offline_normalized_and_split():
-    train, test = data.load("digits", root=None, train=True), data.load("digits", root=None, train=False)
+    digits = data_source("digits")
+    train, test = data.load(digits, train=True), data.load(digits, train=False)
     assert train.images.shape == (1437, 1, 8, 8) and test.images.shape == (360, 1, 8, 8)
     assert train.images.dtype == torch.float32
     assert train.images.min() == -1 and train.images.max() == 1
@@ -36,7 +38,9 @@ def test_fashion_mnist_unpacks_debians_files_offline(tmp_path):
     for prefix in ("train", "t10k"):
         write_idx(offline / f"{prefix}-images-idx3-ubyte.gz", images, 0x803)
         write_idx(offline / f"{prefix}-labels-idx1-ubyte.gz", torch.arange(5), 0x801)
-    split = data.load("fashion_mnist", tmp_path / "data", offline_dir=offline)
+    split = data.load(
+        data_source("fashion_mnist", tmp_path / "data", offline_dir=offline), train=True
+    )
     assert split.images.shape == (5, 1, 28, 28)
     assert split.images[0, 0, 0, 1].item() == pytest.approx(1 / 127.5 - 1)
     assert split.labels.tolist() == [0, 1, 2, 3, 4]
@@ -76,7 +80,7 @@ def test_a_hung_download_times_out_with_the_offline_routes(silent_server, tmp_pa
     monkeypatch.setattr(MNIST, "mirrors", [silent_server])
     start = time.monotonic()
     with pytest.raises(UserError) as err:
-        data.load("mnist", tmp_path, download_timeout=0.5)
+        data.load(data_source("mnist", tmp_path, download_timeout=0.5), train=True)
     assert time.monotonic() - start < 20  # 4 files × 0.5 s, not forever
     message = str(err.value)
     assert "could not download MNIST" in message and "dataset=digits" in message

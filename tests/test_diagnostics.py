@@ -1,4 +1,5 @@
-"""Per-layer diagnostics: their definitions, and that recording them changes nothing."""
+"""Per-layer diagnostics: their definitions, how they aggregate, and that recording them changes
+nothing."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import json
 
 import pytest
 import torch
-from conftest import run_config
+from torch import nn
 
-from gan.diagnostics import activation_stats
+import conftest
+from conftest import data_source, run_config
+from gan import diagnostics
+from gan.diagnostics import AGGREGATION, MEAN_OVER_PASSES, LayerDiagnostics, activation_stats
 from gan.run import run
 
 
@@ -17,10 +21,52 @@ def test_activation_statistics_definitions():
     assert tanh["saturated_frac"].item() == 0.5 and "dead_frac" not in tanh
     sigmoid = activation_stats(torch.tensor([0.005, 0.995, 0.5, 0.02]), "sigmoid")
     assert sigmoid["saturated_frac"].item() == 0.5
-    assert activation_stats(torch.tensor([0.0, 0.0, 1.0, 2.0]), "relu")["dead_frac"].item() == 0.5
+    relu = activation_stats(torch.tensor([0.0, 0.0, 1.0, 2.0]), "relu")
+    assert relu["dead_frac"].item() == 0.5
     leaky = activation_stats(torch.tensor([-0.01, 0.0, 1.0, 2.0]), "leaky_relu")
     assert leaky["dead_frac"].item() == 0.25
     assert leaky["act_mean"].item() == pytest.approx(2.99 / 4)
+
+
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu", "tanh", "sigmoid"])
+def test_every_activation_statistic_declares_its_aggregation(kind):
+    assert set(activation_stats(torch.rand(10), kind)) <= set(AGGREGATION)
+
+
+def test_statistics_are_averaged_over_passes_or_read_once_as_declared():
+    layer = nn.Linear(3, 2)
+    net = nn.Sequential(layer, nn.Tanh())
+    recorder = LayerDiagnostics({"G": net})
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    with recorder.recording():
+        first, second = net(x), net(2 * x)
+        second.sum().backward()
+    values = recorder.results()
+    prefix = "diag/G/0"
+    assert recorder._calls == {prefix: 2}
+    for name, stat in (("act_mean", torch.mean), ("act_std", lambda y: y.std(correction=0))):
+        expected = (stat(first) + stat(second)).item() / 2  # the mean over the two passes
+        assert values[f"{prefix}/{name}"] == pytest.approx(expected, rel=1e-6)
+    assert values[f"{prefix}/weight_std"] == pytest.approx(layer.weight.std(correction=0).item())
+    assert values[f"{prefix}/grad_norm"] == pytest.approx(layer.weight.grad.norm().item())
+    assert AGGREGATION["act_mean"] == MEAN_OVER_PASSES
+
+
+def test_a_statistic_without_a_declared_aggregation_fails_loudly(monkeypatch):
+    stats = diagnostics.activation_stats
+    monkeypatch.setattr(
+        diagnostics,
+        "activation_stats",
+        lambda y, kind: {**stats(y, kind), "act_kurtosis": y.mean()},
+    )
+    net = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    recorder = LayerDiagnostics({"G": net})
+    with pytest.raises(KeyError, match="'act_kurtosis' declares no aggregation.*AGGREGATION"):
+        with recorder.recording():
+            net(torch.randn(4, 3))
+    recorder._sums = {"diag/G/0/act_kurtosis": torch.tensor(1.0)}  # reached results() anyway
+    with pytest.raises(KeyError, match="'act_kurtosis' declares no aggregation"):
+        recorder.results()
 
 
 def read_lines(out) -> list[dict]:
@@ -36,16 +82,19 @@ def test_diagnostics_cover_every_layer_and_leave_training_unchanged(tmp_path):
     diag = [line for line in lines if any(k.startswith("diag/") for k in line)]
     assert [line["step"] for line in diag] == [0, 20]  # recorded entering steps 1 and 21
     keys = set(diag[0]) - {"step"}
+    leaky = ("act_mean", "act_std", "dead_frac", "weight_std", "grad_norm")
     for layer in ("G/fc1", "G/fc2", "G/fc3", "G/fc4", "D/fc1", "D/fc2"):  # feed Leaky ReLU
-        assert {f"diag/{layer}/{s}" for s in ("act_mean", "act_std", "dead_frac", "weight_std", "grad_norm")} <= keys
+        assert {f"diag/{layer}/{s}" for s in leaky} <= keys
     for layer in ("G/out", "D/out"):  # feed tanh / the sigmoid in the loss
         assert {f"diag/{layer}/{s}" for s in ("act_std", "saturated_frac", "grad_norm")} <= keys
     assert 0 < diag[0]["diag/D/out/act_mean"] < 1  # a probability: the sigmoid was applied
     assert 0.3 < diag[0]["diag/G/fc2/dead_frac"] < 0.7  # BatchNorm'd Leaky ReLU: about half < 0
     # he_xavier's initial weight std is what the init report promised
-    report = {(r["network"], r["layer"]): r for r in json.loads((tmp_path / "diag" / "init_report.json").read_text())
-              if r["param"] == "weight"}
-    assert diag[0]["diag/G/fc3/weight_std"] == pytest.approx(report[("generator", "fc3")]["measured_std"], rel=1e-5)
+    report = json.loads((tmp_path / "diag" / "init_report.json").read_text())
+    weights = {(r["network"], r["layer"]): r for r in report if r["param"] == "weight"}
+    promised = weights[("generator", "fc3")]["measured_std"]
+    assert diag[0]["diag/G/fc3/weight_std"] == pytest.approx(promised, rel=1e-5)
+
     def train_lines(lines: list[dict]) -> list[dict]:
         return [line for line in lines if "train/loss_D" in line]
 
@@ -53,17 +102,19 @@ def test_diagnostics_cover_every_layer_and_leave_training_unchanged(tmp_path):
 
 
 def test_d_is_observed_in_its_own_step_only(tmp_path):
-    from gan.diagnostics import LayerDiagnostics
+    from gan import data
     from gan.run import build_networks
     from gan.trainer import GANTrainer
-    from gan import data
 
     g, d, _ = build_networks(run_config(["init=he_xavier"], tmp_path))
-    trainer = GANTrainer(g, d, data.load("digits", None).images, batch_size=8, lr=2e-4,
-                         betas=(0.5, 0.999), seed=0)
-    diagnostics = LayerDiagnostics({"G": g, "D": d})
-    with diagnostics.recording():
+    images = data.load(data_source("digits", conftest.DATA_DIR), train=True).images
+    trainer = GANTrainer(g, d, images, batch_size=8, lr=2e-4, betas=(0.5, 0.999), seed=0)
+    recorder = LayerDiagnostics({"G": g, "D": d})
+    with recorder.recording():
         trainer.gan_step(trainer._next_batch())
-    # G runs once; D once on reals and fakes together (no BatchNorm); its G-step pass is not counted
-    assert diagnostics._calls == {**{f"diag/G/{n}": 1 for n in ("fc1", "fc2", "fc3", "fc4", "out")},
-                                  **{f"diag/D/{n}": 1 for n in ("fc1", "fc2", "out")}}
+    # G runs once; D once on reals and fakes together (no BatchNorm); its G-step pass is not
+    # counted
+    assert recorder._calls == {
+        **{f"diag/G/{n}": 1 for n in ("fc1", "fc2", "fc3", "fc4", "out")},
+        **{f"diag/D/{n}": 1 for n in ("fc1", "fc2", "out")},
+    }

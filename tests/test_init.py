@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import run_config
 from torch import nn
 
+from conftest import run_config
 from gan import nets
 from gan.errors import UserError
 from gan.init import Rule, Scheme, SigmoidInLoss, fans, initialize, trace_feeds
@@ -44,7 +44,8 @@ def xavier_std(layer: nn.Module) -> float:
 
 
 def weighted_layers(net: nn.Module) -> dict[str, nn.Module]:
-    return {p: m for p, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))}
+    kinds = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    return {p: m for p, m in net.named_modules() if isinstance(m, kinds)}
 
 
 @pytest.mark.parametrize("dataset", ["digits", "mnist"])
@@ -99,17 +100,17 @@ def test_default_leaves_pytorch_init_bit_identical(model, tmp_path):
     cfg = run_config([f"model={model}", "init=default", "seed=7"], tmp_path)
     g, d, records = build_networks(cfg)
     torch.manual_seed(7)
-    g_fresh, d_fresh = nets.build(model, (1, 8, 8), z_dim=cfg.model.z_dim,
-                                  g_widths=cfg.model.generator_widths,
-                                  d_widths=cfg.model.discriminator_widths, slope=cfg.model.slope)
+    g_fresh, d_fresh = nets.build(cfg.model, (1, 8, 8))
     for net, fresh in ((g, g_fresh), (d, d_fresh)):
-        for (name, p), (_, q) in zip(net.state_dict().items(), fresh.state_dict().items(), strict=True):
+        pairs = zip(net.state_dict().items(), fresh.state_dict().items(), strict=True)
+        for (name, p), (_, q) in pairs:
             assert torch.equal(p, q), name
     # The report states torch's own promise: std 1/sqrt(3·fan_in), torch's fan_in = size(1)·k·k.
     for r in records:
         if r.param == "weight" and r.type in ("Linear", "Conv2d", "ConvTranspose2d"):
             torch_fan_in = math.prod(r.shape[1:])
-            assert r.rule == "default" and r.expected_std == pytest.approx(1 / math.sqrt(3 * torch_fan_in))
+            assert r.rule == "default"
+            assert r.expected_std == pytest.approx(1 / math.sqrt(3 * torch_fan_in))
             n = math.prod(r.shape)
             if n >= 2000:  # uniform draws: the std estimate is tighter than for normal ones
                 assert r.measured_std == pytest.approx(r.expected_std, rel=std_tolerance(n))
@@ -123,12 +124,14 @@ def test_per_network_selection_is_independent(tmp_path):
     assert mixed.init.generator.name == "he_xavier" and mixed.init.discriminator.name == "default"
     (g_both, _, _), (g_mix, d_mix, _), (_, d_ctl, _) = map(build_networks, (both, mixed, control))
     for a, b in ((g_both, g_mix), (d_mix, d_ctl)):
-        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+        pairs = zip(a.state_dict().values(), b.state_dict().values())
+        assert all(torch.equal(p, q) for p, q in pairs)
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
-    first, again, other = (build_networks(run_config(["init=he_xavier", f"seed={s}"], tmp_path))[0]
-                           for s in (3, 3, 4))
+    first, again, other = (
+        build_networks(run_config(["init=he_xavier", f"seed={s}"], tmp_path))[0] for s in (3, 3, 4)
+    )
     assert all(torch.equal(p, q) for p, q in zip(first.parameters(), again.parameters()))
     assert not torch.equal(first.fc2.weight, other.fc2.weight)
 
@@ -140,8 +143,12 @@ def test_conv_transpose_fan_in_counts_the_terms_each_output_sums():
     assert fans(layer) == (256 * 16 / 4, 64 * 16)
     assert nn.init._calculate_fan_in_and_fan_out(layer.weight)[0] == 64 * 16  # what torch assumes
     net = nn.Sequential(layer, nn.ReLU())
-    initialize(net, Scheme.parse("he", {"weights": "kaiming_normal"}, "test"),
-               network="generator", generator=torch.Generator().manual_seed(0))
+    initialize(
+        net,
+        Scheme.parse("he", {"weights": "kaiming_normal"}, "test"),
+        network="generator",
+        generator=torch.Generator().manual_seed(0),
+    )
     # Empirically: He with gain² = 2 turns unit-variance inputs into outputs of variance 2.
     x = torch.randn(8, 256, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -156,8 +163,16 @@ def test_fans_match_torch_for_linear_and_stride_one_conv():
 
 
 def test_trace_sees_through_norm_dropout_and_reshape_and_reads_the_actual_slope():
-    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.1), nn.Unflatten(1, (2, 4)),
-                        nn.Flatten(), nn.LeakyReLU(0.3), nn.Linear(8, 1), SigmoidInLoss())
+    net = nn.Sequential(
+        nn.Linear(4, 8),
+        nn.BatchNorm1d(8),
+        nn.Dropout(0.1),
+        nn.Unflatten(1, (2, 4)),
+        nn.Flatten(),
+        nn.LeakyReLU(0.3),
+        nn.Linear(8, 1),
+        SigmoidInLoss(),
+    )
     feeds = {path: f for path, _, f in trace_feeds(net)}
     assert (feeds["0"].kind, feeds["0"].slope, feeds["0"].via) == ("leaky_relu", 0.3, "5")
     assert feeds["6"].kind == "sigmoid"
@@ -167,8 +182,14 @@ def test_trace_sees_through_norm_dropout_and_reshape_and_reads_the_actual_slope(
     ("net", "message"),
     [
         (nn.Sequential(nn.Linear(4, 4), nn.ELU()), "layer '0' (Linear) feeds '1' (ELU)"),
-        (nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1), nn.Tanh()), "layer '0' (Linear) feeds '1' (Linear)"),
-        (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)), "layer '2' (Linear) feeds no nonlinearity"),
+        (
+            nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1), nn.Tanh()),
+            "layer '0' (Linear) feeds '1' (Linear)",
+        ),
+        (
+            nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)),
+            "layer '2' (Linear) feeds no nonlinearity",
+        ),
         (nn.Sequential(nn.Embedding(4, 4), nn.ReLU()), "layer '0' (Embedding) has parameters"),
     ],
 )
@@ -180,8 +201,12 @@ def test_anything_unmappable_is_an_error_naming_the_layer(net, message):
 def test_scheme_without_a_rule_for_an_activation_fails_loudly():
     scheme = Scheme.parse("partial", {"weights": {"relu": "kaiming_normal"}}, "test")
     with pytest.raises(UserError, match="no weight rule for layers feeding tanh.*layer '0'"):
-        initialize(nn.Sequential(nn.Linear(3, 3), nn.Tanh()), scheme, network="generator",
-                   generator=torch.Generator())
+        initialize(
+            nn.Sequential(nn.Linear(3, 3), nn.Tanh()),
+            scheme,
+            network="generator",
+            generator=torch.Generator(),
+        )
 
 
 def test_unknown_rule_lists_the_valid_ones():
@@ -191,7 +216,11 @@ def test_unknown_rule_lists_the_valid_ones():
 
 def test_xavier_gain_auto_is_calculate_gains_five_thirds_for_tanh():
     net = nn.Sequential(nn.Linear(500, 400), nn.Tanh())
-    scheme = Scheme.parse("x", {"weights": {"tanh": {"rule": "xavier_normal", "gain": "auto"}}}, "t")
-    (record, _) = initialize(net, scheme, network="generator", generator=torch.Generator().manual_seed(0))
+    auto = {"rule": "xavier_normal", "gain": "auto"}
+    scheme = Scheme.parse("x", {"weights": {"tanh": auto}}, "t")
+    (record, _) = initialize(
+        net, scheme, network="generator", generator=torch.Generator().manual_seed(0)
+    )
     assert record.gain == pytest.approx(5 / 3)
-    assert record.measured_std == pytest.approx(5 / 3 * math.sqrt(2 / 900), rel=std_tolerance(200_000))
+    expected = 5 / 3 * math.sqrt(2 / 900)
+    assert record.measured_std == pytest.approx(expected, rel=std_tolerance(200_000))

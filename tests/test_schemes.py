@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from conftest import run_config
 from torch import nn
 
+from conftest import run_config
 from gan.config import resolve_scheme
 from gan.errors import UserError
 from gan.init import TRUNC_STD_FACTOR, SigmoidInLoss, fans, initialize
@@ -30,13 +30,19 @@ def init_layer(overrides: list[str], layer_kind: str, activation: str, tmp_path)
     """A layer feeding ``activation``, initialized as the discriminator is under ``overrides``."""
     scheme = run_config(overrides, tmp_path).init.discriminator
     layer = LAYERS[layer_kind]()
-    initialize(nn.Sequential(layer, ACTIVATIONS[activation]()), scheme, network="discriminator",
-               generator=torch.Generator().manual_seed(0))
+    initialize(
+        nn.Sequential(layer, ACTIVATIONS[activation]()),
+        scheme,
+        network="discriminator",
+        generator=torch.Generator().manual_seed(0),
+    )
     return layer
 
 
 def gain_of(activation: str) -> float:
-    return nn.init.calculate_gain(activation, 0.2) if activation == "leaky_relu" else nn.init.calculate_gain(activation)
+    if activation == "leaky_relu":
+        return nn.init.calculate_gain(activation, 0.2)
+    return nn.init.calculate_gain(activation)
 
 
 def check_distribution(w: torch.Tensor, std: float, dist: str, mean: float = 0.0) -> None:
@@ -58,7 +64,8 @@ def check_distribution(w: torch.Tensor, std: float, dist: str, mean: float = 0.0
 @pytest.mark.parametrize("activation", ["leaky_relu", "tanh"])
 @pytest.mark.parametrize("gain", ["1.0", "auto"])
 def test_xavier(layer_kind, dist, activation, gain, tmp_path):
-    layer = init_layer(["init=xavier", f"init.dist={dist}", f"init.gain={gain}"], layer_kind, activation, tmp_path)
+    overrides = ["init=xavier", f"init.dist={dist}", f"init.gain={gain}"]
+    layer = init_layer(overrides, layer_kind, activation, tmp_path)
     fan_in, fan_out = fans(layer)
     g = 1.0 if gain == "1.0" else gain_of(activation)
     check_distribution(layer.weight, g * math.sqrt(2 / (fan_in + fan_out)), dist)
@@ -69,7 +76,8 @@ def test_xavier(layer_kind, dist, activation, gain, tmp_path):
 @pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
 @pytest.mark.parametrize("activation", ["leaky_relu", "tanh"])
 def test_he(layer_kind, dist, mode, activation, tmp_path):
-    layer = init_layer(["init=he", f"init.dist={dist}", f"init.mode={mode}"], layer_kind, activation, tmp_path)
+    overrides = ["init=he", f"init.dist={dist}", f"init.mode={mode}"]
+    layer = init_layer(overrides, layer_kind, activation, tmp_path)
     slope = 0.2 if activation == "leaky_relu" else 0.0  # tanh layers get the ReLU gain
     fan = fans(layer)[0 if mode == "fan_in" else 1]
     check_distribution(layer.weight, math.sqrt(2 / (1 + slope**2)) / math.sqrt(fan), dist)
@@ -79,7 +87,9 @@ def test_he_on_linear_draws_like_torchs_own_kaiming_normal(tmp_path):
     # For Linear our fans are torch's: our draws and kaiming_normal_'s must share one std.
     ours = init_layer(["init=he"], "linear", "leaky_relu", tmp_path).weight.detach()
     theirs = torch.empty(300, 400)
-    nn.init.kaiming_normal_(theirs, a=0.2, nonlinearity="leaky_relu", generator=torch.Generator().manual_seed(1))
+    nn.init.kaiming_normal_(
+        theirs, a=0.2, nonlinearity="leaky_relu", generator=torch.Generator().manual_seed(1)
+    )
     assert ours.std().item() == pytest.approx(theirs.std().item(), rel=2 * rel_tol(ours.numel()))
 
 
@@ -91,7 +101,9 @@ def test_lecun(layer_kind, dist, tmp_path):
 
 
 @pytest.mark.parametrize("layer_kind", LAYERS)
-@pytest.mark.parametrize(("option", "std"), [("normal_small", 0.01), ("normal_large", 1.0), ("dcgan", 0.02)])
+@pytest.mark.parametrize(
+    ("option", "std"), [("normal_small", 0.01), ("normal_large", 1.0), ("dcgan", 0.02)]
+)
 def test_fixed_std_schemes(layer_kind, option, std, tmp_path):
     layer = init_layer([f"init={option}"], layer_kind, "leaky_relu", tmp_path)
     check_distribution(layer.weight, std, "normal")
@@ -101,8 +113,12 @@ def test_fixed_std_schemes(layer_kind, option, std, tmp_path):
 def test_dcgan_batchnorm_weight_is_normal_one_point_oh_two(tmp_path):
     scheme = run_config(["init=dcgan"], tmp_path).init.generator
     bn = nn.BatchNorm1d(20_000)
-    initialize(nn.Sequential(nn.Linear(3, 20_000), bn, nn.ReLU()), scheme, network="generator",
-               generator=torch.Generator().manual_seed(0))
+    initialize(
+        nn.Sequential(nn.Linear(3, 20_000), bn, nn.ReLU()),
+        scheme,
+        network="generator",
+        generator=torch.Generator().manual_seed(0),
+    )
     check_distribution(bn.weight.detach(), 0.02, "normal", mean=1.0)
     assert torch.count_nonzero(bn.bias) == 0
 
@@ -114,7 +130,8 @@ def test_orthogonal(layer_kind, activation, tmp_path):
     w = layer.weight.detach().reshape(layer.weight.shape[0], -1).double()
     gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w  # the shorter side is orthonormal
     g = gain_of(activation)
-    torch.testing.assert_close(gram, g**2 * torch.eye(gram.shape[0], dtype=torch.double), atol=1e-5, rtol=0)
+    eye = torch.eye(gram.shape[0], dtype=torch.double)
+    torch.testing.assert_close(gram, g**2 * eye, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("layer_kind", LAYERS)
@@ -150,17 +167,23 @@ def test_a_scheme_written_in_yaml_with_layer_overrides(tmp_path):
     net.add_module("act", nn.ReLU())
     net.add_module("out", nn.Linear(300, 200))
     net.add_module("tanh", nn.Tanh())
-    records = initialize(net, g_scheme, network="generator", generator=torch.Generator().manual_seed(0))
+    records = initialize(
+        net, g_scheme, network="generator", generator=torch.Generator().manual_seed(0)
+    )
     rules = {(r.layer, r.param): r.rule for r in records}
-    assert rules[("hidden1", "weight")] == "normal(0, 0.5)" and rules[("out", "weight")] == "xavier_normal"
+    assert rules[("hidden1", "weight")] == "normal(0, 0.5)"
+    assert rules[("out", "weight")] == "xavier_normal"
     check_distribution(net.hidden1.weight.detach(), 0.5, "normal")
 
 
 def test_an_override_pattern_that_matches_nothing_is_an_error(tmp_path):
-    (tmp_path / "typo.yaml").write_text("generator:\n  weights: kaiming_normal\n  overrides: {'fc9': zeros}\n")
+    (tmp_path / "typo.yaml").write_text(
+        "generator:\n  weights: kaiming_normal\n  overrides: {'fc9': zeros}\n"
+    )
     scheme = resolve_scheme("typo", "generator", tmp_path, "typo")
     net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
-    with pytest.raises(UserError, match=r"override pattern\(s\) \['fc9'\] match no layer.*layers are: 0"):
+    message = r"override pattern\(s\) \['fc9'\] match no layer.*layers are: 0"
+    with pytest.raises(UserError, match=message):
         initialize(net, scheme, network="generator", generator=torch.Generator())
 
 

@@ -1,0 +1,49 @@
+"""What a person sees on the terminal: log lines routed by level, and progress bars.
+
+Library modules log through ``logging.getLogger(__name__)``. Under ``train.py`` Hydra's job
+logging (``conf/config.yaml``) sends INFO to stdout, warnings and errors to stderr, and everything
+to the run's ``train.log``; other entry points call ``setup()`` for the same console routing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+class BelowWarning(logging.Filter):
+    """Passes INFO and DEBUG only: stdout carries progress and results, stderr the problems."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def setup(level: int = logging.INFO) -> None:
+    """Console routing for entry points without Hydra: INFO to stdout, WARNING+ to stderr."""
+    root = logging.getLogger()
+    if any(getattr(h, "_gan_console", False) for h in root.handlers):
+        return
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(BelowWarning())
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._gan_console = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def progress_bar(total: int, done: int = 0, *, desc: str, enabled: bool = True, unit: str = "step"):
+    """A tqdm bar on the terminal (never in train.log); ``enabled=False`` draws nothing."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=done,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
