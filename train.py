@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,9 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gan import tracking
 from gan.config import RunConfig, run_config
-from gan.errors import UserError, exits_on_user_error
-from gan.run import Preempted, run
+from gan.errors import UserError, exits_on_user_error, report_user_error
+from gan.files import atomic_file
+from gan.run import Interrupted, Preempted, run
 
 log = logging.getLogger("train")
 
@@ -35,7 +38,7 @@ def to_run_config(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> RunC
         OmegaConf.to_container(cfg, resolve=True),
         out_dir=out_dir,
         init_choice=hydra_cfg.runtime.choices["init"],
-        init_overrides=[o for o in hydra_cfg.overrides.task if o.startswith("init.")],
+        init_overrides=[o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith("init.")],
         scheme_dir=CONF_DIR / "init",
     )
 
@@ -77,20 +80,63 @@ def run_dir_log(out_dir: Path) -> Iterator[None]:
         handler.close()
 
 
+def record_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run's own .hydra files say what it now runs (e.g. the raised trainer.steps), so
+    the report's settings guard and the next resume read the truth."""
+    task = [o for o in cfg.hydra.overrides.task if not o.startswith("resume=")]
+    plain = cfg.copy()
+    with open_dict(plain):
+        plain.pop("hydra", None)
+    for name, content in (("config.yaml", plain), ("overrides.yaml", OmegaConf.create(task))):
+        with atomic_file(run_dir / ".hydra" / name) as f:
+            f.write(OmegaConf.to_yaml(content).encode())
+
+
+def job_failed(out_dir: Path, status: str, error: BaseException) -> dict:
+    """In a multirun, a job that cannot run is a result: its summary.json says why, and the sweep
+    goes on (``gan.sweeps`` lists it at the end and sets the exit status)."""
+    summary_path = out_dir / tracking.SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update(
+        status=status,
+        error=f"{type(error).__name__}: {error}" if status == "failed" else str(error),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracking.write_json(summary_path, summary)
+    return summary
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 @exits_on_user_error
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    if cfg.resume is not None:
-        cfg, hydra_cfg, out_dir = resumed_config(cfg.resume, hydra_cfg)
-    with run_dir_log(out_dir):
-        try:
-            run(to_run_config(cfg, hydra_cfg, out_dir))
-        except Preempted as stop:
-            log.error("preempted: %s", stop)
-            raise SystemExit(stop.exit_code) from None
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        resumed = cfg.resume is not None
+        if resumed:
+            cfg, hydra_cfg, out_dir = resumed_config(cfg.resume, hydra_cfg)
+        with run_dir_log(out_dir):
+            on_accepted = (lambda: record_resumed_config(cfg, out_dir)) if resumed else None
+            return run(to_run_config(cfg, hydra_cfg, out_dir), on_accepted=on_accepted)
+    except (Preempted, Interrupted) as stop:
+        log.error("preempted: %s", stop)
+        raise SystemExit(stop.exit_code) from None
+    except UserError as err:
+        if not multirun:
+            raise
+        report_user_error(err)
+        return job_failed(out_dir, "invalid", err)
+    except Exception as err:  # noqa: BLE001 - a sweep outlives one job's crash, and says so
+        if not multirun:
+            raise
+        log.exception("job failed: %s", err)
+        return job_failed(out_dir, "failed", err)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # before the run's own signal handling (imports, composition)
+        print("interrupted during start-up: nothing was trained", file=sys.stderr)
+        sys.exit(130)

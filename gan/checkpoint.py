@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gan import faults
 from gan.errors import UserError
 from gan.files import atomic_file
 
@@ -47,6 +48,7 @@ def save(run_dir: Path, blob: dict[str, Any]) -> Path:
     torch.save({"format": FORMAT, **blob}, buffer)
     with atomic_file(path) as f:
         f.write(buffer.getbuffer())
+        faults.point("checkpoint_write")
     return path
 
 

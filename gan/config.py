@@ -288,8 +288,22 @@ def resolve_scheme(spec: Any, network: str, scheme_dir: Path, name: str) -> Sche
 
 def arm_name(init_choice: str, init_overrides: list[str]) -> str:
     """``he_xavier``, or ``he_xavier,discriminator=default`` when init.* was overridden."""
-    extras = [o.removeprefix("init.") for o in init_overrides]
+    extras = [o.lstrip("+~").removeprefix("init.") for o in init_overrides]
     return ",".join([init_choice, *extras])
+
+
+def _check_init_parameters(init_cfg: Mapping[str, Any], choice: str, scheme_dir: Path) -> None:
+    """Refuses a scalar under init that the chosen option does not declare (``+init.std=0.1`` on
+    a scheme without ``std``): it would change nothing, yet the run would look like another arm."""
+    declared = {k for k in load_init_file(choice, scheme_dir) if k not in NETWORKS}
+    unknown = sorted(k for k in init_cfg if k not in NETWORKS and k not in declared)
+    if unknown:
+        takes = ", ".join(sorted(declared)) or "none"
+        raise UserError(
+            f"init={choice} has no parameter {', '.join(unknown)} (its parameters: {takes}); "
+            "choose a scheme that has it, or override a rule directly, e.g. "
+            "init.generator.weights.tanh.gain=1.5"
+        )
 
 
 def run_config(
@@ -306,14 +320,17 @@ def run_config(
     if unknown:
         raise UserError(f"unknown top-level key(s) {sorted(unknown)}; valid: {sorted(known)}")
     seed = _coerce(cfg.get("seed"), int, "seed")
-    if seed < 0:
-        raise UserError(f"seed must be >= 0, got {seed}")
+    if not 0 <= seed < 2**64:  # torch.manual_seed's range
+        raise UserError(f"seed must be in [0, 2**64), got {seed}")
+    if not str(cfg.get("data_dir") or "").strip():
+        raise UserError("data_dir must not be empty (it would silently mean the current directory)")
     init_cfg = cfg.get("init") or {}
     # Besides the two networks, an init option may hold scalar parameters (dist, gain, std…) that
     # its sections use through ${init.<name>}; a mapping under any other key is a typo.
     stray = [k for k, v in init_cfg.items() if k not in NETWORKS and isinstance(v, (Mapping, list))]
     if stray:
         raise UserError(f"unknown section(s) in init: {stray}; valid: {list(NETWORKS)}")
+    _check_init_parameters(init_cfg, init_choice, scheme_dir)
     schemes = {
         net: resolve_scheme(init_cfg.get(net, init_choice), net, scheme_dir, init_choice)
         for net in NETWORKS

@@ -1,13 +1,21 @@
-"""Files that are either whole or absent: write to a unique temporary file, fsync, rename."""
+"""Files that are either whole or absent (write to a unique temporary file, fsync, rename), and
+run directories that one process at a time may write."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from gan.errors import UserError
+
+CLAIM_FILE = ".claim"
 
 
 @contextmanager
@@ -34,3 +42,64 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_partials(directory: Path) -> list[Path]:
+    """Deletes the temporary files of ``atomic_file`` writes that a killed process left behind
+    (only safe while ``directory`` is claimed: no other writer can be mid-write)."""
+    leftovers = sorted(Path(directory).glob(".*.partial"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+@contextmanager
+def claimed(directory: Path) -> Iterator[None]:
+    """Holds ``directory`` for this process: ``.claim`` is created exclusively (O_EXCL) and removed
+    on exit. A claim whose process is gone (same host, no such pid) is taken over; a live one is a
+    UserError, so two processes never write one run directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CLAIM_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%F %T")}
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            _refuse_live_claim(path, directory)
+            path.unlink(missing_ok=True)  # the holder is gone: take it over
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _refuse_live_claim(path: Path, directory: Path) -> None:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # half-written by a process killed at that instant: nobody holds it
+    same_host = holder.get("host") == socket.gethostname()
+    if same_host and not _alive(int(holder.get("pid", -1))):
+        return
+    raise UserError(
+        f"run directory {directory} is being written by another process (pid {holder.get('pid')} "
+        f"on {holder.get('host')}, since {holder.get('since')}); two runs must not share it. "
+        f"Wait for it, or give this run its own directory (hydra.run.dir=...); if no such run is "
+        f"going on, delete {path}"
+    )
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

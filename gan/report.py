@@ -12,6 +12,7 @@ import argparse
 import csv
 import itertools
 import json
+import logging
 import math
 import sys
 import warnings
@@ -22,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from gan import console
 from gan.errors import UserError, exits_on_user_error
 from gan.figures import pyplot
 from gan.tracking import METRICS_FILE, SUMMARY_FILE
+
+log = logging.getLogger(__name__)
 
 CURVES = ("train/loss_D", "train/loss_G", "train/acc_D", "train/acc_G", "eval/fcd")
 FINALS = ("train/loss_D", "train/loss_G", "train/acc_D", "train/acc_G", "eval/fcd")
@@ -58,16 +62,21 @@ class Run:
         return float(values[i]), int(steps[i])
 
 
-def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Path]]:
+def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Skipped]]:
     """Runs under ``inputs`` that have a summary; also the directories skipped as incomplete."""
     runs, incomplete = [], []
     for root in inputs:
         if not Path(root).is_dir():
             raise UserError(f"{root} is not a directory")
         for metrics in sorted(Path(root).rglob(METRICS_FILE)):
-            run = read_run(metrics.parent)
+            try:
+                run = read_run(metrics.parent)
+            except UnreadableRun as err:
+                log.warning("warning: skipping %s: %s", metrics.parent, err)
+                incomplete.append(Skipped(metrics.parent, str(err)))
+                continue
             if run is None:
-                incomplete.append(metrics.parent)
+                incomplete.append(Skipped(metrics.parent, "no finished summary"))
             else:
                 runs.append(run)
     if not runs:
@@ -80,12 +89,28 @@ def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Path]]:
     return runs, incomplete
 
 
+class UnreadableRun(Exception):
+    """A run whose files cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
 def read_run(run_dir: Path) -> Run | None:
     """The run in ``run_dir``; None while it has no finished (or diverged) summary."""
     summary_path = run_dir / SUMMARY_FILE
     if not summary_path.is_file():
         return None
-    summary = json.loads(summary_path.read_text())
+    try:
+        summary = json.loads(summary_path.read_text())
+    except ValueError as err:
+        raise UnreadableRun(f"{summary_path} is not valid JSON ({err})") from None
     if summary.get("status") not in ("finished", "diverged"):
         return None
     run = Run(
@@ -103,11 +128,14 @@ def read_run(run_dir: Path) -> Run | None:
 
 def _read_curves(metrics: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for line in metrics.read_text().splitlines():
-        record = json.loads(line)
-        for key in CURVES:
-            if key in record:
-                series[key].append((record["step"], record[key]))
+    for number, line in enumerate(metrics.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            for key in CURVES:
+                if key in record:  # non-finite values are written as "NaN" / "Infinity"
+                    series[key].append((int(record["step"]), float(record[key])))
+        except (ValueError, TypeError, KeyError) as err:
+            raise UnreadableRun(f"{metrics} line {number} is not a valid record ({err})") from None
     return {
         k: (np.array([s for s, _ in v]), np.array([x for _, x in v], dtype=float))
         for k, v in series.items()
@@ -248,6 +276,13 @@ def arms_of(runs: Sequence[Run]) -> dict[str, list[Run]]:
 def plot_curves(arms: dict[str, list[Run]], path: Path) -> None:
     plt = pyplot()
     keys = [k for k in CURVES if any(k in r.curves for runs in arms.values() for r in runs)]
+    if not keys:  # e.g. every run diverged before its first logging window
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no curves: no run logged a metric window", ha="center", va="center")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
     cols = 3 if len(keys) > 4 else 2
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.3 * rows), squeeze=False)
@@ -310,7 +345,7 @@ def steps_to(r: Run, threshold: float) -> int | None:
 
 
 def write_report(
-    runs: list[Run], incomplete: list[Path], out: Path, threshold: float | None
+    runs: list[Run], incomplete: list[Skipped], out: Path, threshold: float | None
 ) -> str:
     """Writes summary.csv, curves.png and report.md into ``out``; returns report.md's text."""
     arms = arms_of(runs)
@@ -488,13 +523,12 @@ def verdict_section(said: list[str], n_pairs: int) -> list[str]:
     return lines
 
 
-def skipped(incomplete: list[Path]) -> list[str]:
+def skipped(incomplete: list[Skipped]) -> list[str]:
     if not incomplete:
         return []
     return [
         "",
-        f"Skipped {len(incomplete)} incomplete run(s) (no finished summary): "
-        + ", ".join(str(p) for p in incomplete),
+        f"Skipped {len(incomplete)} incomplete run(s): " + ", ".join(map(str, incomplete)),
     ]
 
 
@@ -512,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         help="report the steps each run needs to reach eval/fcd ≤ this value",
     )
     args = parser.parse_args(argv)
+    console.setup()
     runs, incomplete = load_runs(args.inputs)
     out = args.out or args.inputs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)

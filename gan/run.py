@@ -6,17 +6,19 @@ directory. A run started with ``cfg.resume`` continues the checkpoint in ``cfg.o
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from gan import checkpoint, data, nets, quality, tracking
+from gan import checkpoint, data, faults, files, nets, quality, tracking
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import InitRecord, format_table, initialize
@@ -33,8 +35,20 @@ from gan.trainer import (
 
 log = logging.getLogger(__name__)
 
-# What a resumed run must share with the checkpoint's, or its curves would not continue the run.
-RESUME_IDENTITY = ("seed", "model", "init")  # and dataset.name
+# What a resumed run may change: its length, periods, threads, logging, paths. Anything else
+# (seed, model, init, dataset, lr, batch size, precision…) would not continue the same run.
+RESUME_MAY_CHANGE = (
+    "trainer.steps",
+    "trainer.sample_every",
+    "trainer.diag_every",
+    "trainer.eval_every",
+    "trainer.ckpt_every",
+    "trainer.threads",
+    "trainer.device",
+    "eval.batch_size",
+    "data_dir",
+    "logger.",
+)
 
 
 class Preempted(Exception):
@@ -48,13 +62,36 @@ class Preempted(Exception):
         self.exit_code = 128 + signum
 
 
-def run(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Runs (or continues) one configuration; returns what summary.json holds."""
+class Interrupted(BaseException):
+    """A second SIGINT/SIGTERM: stop at once, without the checkpoint the first one asks for.
+    A BaseException, like KeyboardInterrupt, so that no handler of errors swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"{signal.Signals(signum).name} again: stopped at once")
+        self.exit_code = 128 + signum
+
+
+def run(
+    cfg: RunConfig, *, progress: bool = True, on_accepted: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """Runs (or continues) one configuration; returns what summary.json holds.
+
+    ``on_accepted`` is called once the configuration (and a resumed run's changes) passed every
+    check and the run directory is this process's, before anything else is written.
+    """
     env = prepare(cfg)
-    images, evaluation = load_data(cfg, env.device, progress)
-    trainer, records = build_trainer(cfg, env, images)
-    announce(cfg, env, trainer, records, len(images))
-    summary, result = train(cfg, env, trainer, records, evaluation, progress)
+    # From here on a signal asks for a checkpoint and a clean stop (at the first step if it
+    # comes during start-up), and no other process may write the run directory.
+    with stop_on_signals() as asked, files.claimed(cfg.out_dir):
+        files.remove_partials(cfg.out_dir)  # left by a process killed mid-write
+        if on_accepted:
+            on_accepted()
+        images, evaluation = load_data(cfg, env.device, progress)
+        trainer, records = build_trainer(cfg, env, images)
+        announce(cfg, env, trainer, records, len(images))
+        summary, result = train(cfg, env, trainer, records, evaluation, asked, progress)
+    if result.status == "stopped":
+        raise Preempted(asked["signal"], result.step, str(cfg.out_dir))
     log_result(cfg, summary, result)
     return summary
 
@@ -79,6 +116,14 @@ def prepare(cfg: RunConfig) -> Environment:
     if precision_warning:
         log.warning(precision_warning)
     if cfg.trainer.threads:
+        cores = os.cpu_count() or 1
+        if cfg.trainer.threads > cores:
+            log.warning(
+                "warning: trainer.threads=%d exceeds the %d CPU cores here; more threads "
+                "than cores slow training down",
+                cfg.trainer.threads,
+                cores,
+            )
         torch.set_num_threads(cfg.trainer.threads)
     resumed = checkpoint.load(cfg.out_dir) if cfg.resume else None
     if resumed:
@@ -87,29 +132,69 @@ def prepare(cfg: RunConfig) -> Environment:
 
 
 def check_resumable(cfg: RunConfig, resumed: dict[str, Any], device: torch.device) -> None:
-    """Refuses to continue a checkpoint as a different experiment, device or length."""
-    saved = resumed["config"]
-    changed = [k for k in RESUME_IDENTITY if saved.get(k) != cfg.resolved.get(k)]
-    if saved["dataset"]["name"] != cfg.data.name:
-        changed.append("dataset")
+    """Refuses to continue a checkpoint as a different experiment, device or length, or over a
+    metrics.jsonl that lost lines."""
     trained_on = resumed["trainer"]["device"]
     if trained_on != device.type:  # random generator states differ by device
         raise UserError(
             f"resume={cfg.out_dir}: the run trained on {trained_on}, this machine would use "
             f"{device.type}; resume it with trainer.device={trained_on}"
         )
+    changed = changed_settings(resumed["config"], cfg.resolved)
     if changed:
         raise UserError(
             f"resume={cfg.out_dir}: this run's {', '.join(changed)} differ(s) from the "
-            "checkpoint's; a resumed run must continue the same experiment. Drop those "
+            "checkpoint's; a resumed run must continue the same experiment (only "
+            f"{', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)} may change). Drop those "
             "overrides, or start a new run"
         )
     step = resumed["trainer"]["step"]
-    if step >= cfg.trainer.steps:
+    if step >= cfg.trainer.steps and _final_status(cfg.out_dir):
         raise UserError(
             f"resume={cfg.out_dir}: the checkpoint is at step {step}, trainer.steps="
             f"{cfg.trainer.steps}; raise trainer.steps to train further"
         )
+    metrics = cfg.out_dir / tracking.METRICS_FILE
+    size = metrics.stat().st_size if metrics.is_file() else None
+    if size is None or size < resumed["metrics_offset"]:
+        what = "is missing" if size is None else f"has {size:,} bytes"
+        raise UserError(
+            f"resume={cfg.out_dir}: {tracking.METRICS_FILE} {what}, but the checkpoint was taken "
+            f"after {resumed['metrics_offset']:,}; the run's record was lost or cut, and resuming "
+            "would leave a hole in it. Restore the file, or start a new run"
+        )
+
+
+def _final_status(run_dir) -> str | None:
+    """The status summary.json ends with, if it does: a run killed after its last checkpoint but
+    before its summary is not final, and resuming it writes the summary."""
+    try:
+        status = json.loads((run_dir / tracking.SUMMARY_FILE).read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+    return status if status in ("finished", "diverged") else None
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs, outside RESUME_MAY_CHANGE; a changed seed, model, init or
+    dataset is named by its group. Keys a checkpoint of an older version lacks are not compared."""
+    old, new = _flatten(saved), _flatten(now)
+    changed: dict[str, None] = {}
+    for key in old.keys() & new.keys():
+        if old[key] == new[key] or key.startswith(RESUME_MAY_CHANGE):
+            continue
+        group = key.split(".", 1)[0]
+        changed[group if group in ("seed", "model", "init", "dataset") else key] = None
+    return list(changed)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}"))
+    return flat
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +218,7 @@ def load_data(
 ) -> tuple[torch.Tensor, Evaluation | None]:
     data.ensure_dir(cfg.data.root)
     split = data.load(cfg.data, train=True)
+    faults.point("data_load")
     if cfg.trainer.batch_size > len(split):
         raise UserError(
             f"trainer.batch_size={cfg.trainer.batch_size} exceeds the {len(split)} "
@@ -246,6 +332,7 @@ class RunEvents:
         if self.evaluation is None:
             return
         scores = self.evaluation.score(generator)
+        faults.point("evaluation")
         identity = self.evaluation.evaluator.classifier.identity
         self.logger.log(step, {**scores, "eval/classifier": identity})
         if not self.best or scores["eval/fcd"] < self.best["eval/fcd_best"]:  # GANs can worsen
@@ -310,26 +397,28 @@ def train(
     trainer: GANTrainer,
     records: list[InitRecord],
     evaluation: Evaluation | None,
+    asked: dict[str, int | None],
     progress: bool,
 ) -> tuple[dict[str, Any], TrainResult]:
-    """Trains to ``trainer.steps`` and writes summary.json; raises Preempted on a signal."""
+    """Trains to ``trainer.steps``; summary.json says ``running`` meanwhile and the truth after."""
     summary = start_summary(cfg, env)
-    best: dict[str, Any] = dict(env.resumed["best"]) if env.resumed else {}
-    # Signals are caught until W&B has finished (the logger closes first): a Ctrl-C during a
-    # slow upload then still ends with a checkpoint and a summary.
-    with stop_on_signals() as asked, open_logger(cfg, env) as logger:
-        record_start(env, logger, records, evaluation, summary)
-        events = RunEvents(cfg, trainer, logger, evaluation, best, asked)
-        try:
-            result = trainer.run(schedule_of(cfg), logger, events, progress)
-        except BaseException:
-            summary.update(status="failed", step=trainer.step)
-            tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
-            raise
-        record_result(summary, result, best, env, logger)
     tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
-    if result.status == "stopped":
-        raise Preempted(asked["signal"], result.step, str(cfg.out_dir))
+    best: dict[str, Any] = dict(env.resumed["best"]) if env.resumed else {}
+    try:
+        with open_logger(cfg, env) as logger:
+            faults.point("wandb_init")
+            record_start(env, logger, records, evaluation, summary)
+            events = RunEvents(cfg, trainer, logger, evaluation, best, asked)
+            result = trainer.run(schedule_of(cfg), logger, events, progress)
+            record_result(summary, result, best, env, logger)
+    except BaseException as err:  # the status must say what happened, whatever it was
+        status = "preempted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed"
+        summary.update(status=status, step=trainer.step)
+        tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+        raise
+    faults.point("summary")
+    # Still inside the signal guard: a signal now cannot leave summary.json saying "running".
+    tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
     return summary, result
 
 
@@ -449,7 +538,7 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
 
     def handler(signum, frame):
         if asked["signal"] is not None:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         asked["signal"] = signum
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -57,10 +57,25 @@ def resolve_mode(mode: str) -> tuple[str, str]:
     return mode, f"logger.mode={mode}"
 
 
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float as the string ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"``: strict JSON readers accept the files, and ``float()`` reads them back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return NON_FINITE[str(value)]
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Writes JSON atomically: a reader never sees a half-written file."""
+    """Writes strict JSON atomically: a reader never sees a half-written file."""
     with atomic_file(path) as f:
-        f.write((json.dumps(data, indent=2, allow_nan=True) + "\n").encode())
+        f.write((json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n").encode())
 
 
 class RunLogger:
@@ -142,7 +157,8 @@ class RunLogger:
         return Path(self.wandb_run.dir).parent if self.wandb_run else None
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
+        line = json.dumps(strict_json({"step": step, **metrics}), allow_nan=False)
+        self._metrics.write(line + "\n")
         self._metrics.flush()
         if self.wandb_run:  # strings (e.g. the eval classifier's id) live in W&B's config/summary
             self.wandb_run.log(
@@ -179,13 +195,14 @@ class RunLogger:
         if values:
             self.log(step, values)
         if self.wandb_run and samples:
-            self.wandb_run.log(
-                {
-                    f"{prefix.replace('diag/', 'hist/', 1)}/act": self._wandb.Histogram(s.numpy())
-                    for prefix, s in samples.items()
-                },
-                step=step,
-            )
+            histograms = {}
+            for prefix, sample in samples.items():
+                finite = sample[torch.isfinite(sample)]  # a diverging run's activations: NaN/inf
+                if len(finite):
+                    key = f"{prefix.replace('diag/', 'hist/', 1)}/act"
+                    histograms[key] = self._wandb.Histogram(finite.double().numpy())
+            if histograms:
+                self.wandb_run.log(histograms, step=step)
 
     def log_table(self, key: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if self.wandb_run and rows:

@@ -127,6 +127,11 @@ def resolve_device(device: str) -> torch.device:
         raise UserError(
             f"trainer.device: unknown device {device!r}; use auto, cpu, cuda or cuda:N"
         ) from None
+    if resolved.type not in ("cpu", "cuda"):  # mps, xpu, meta…: paths never exercised here
+        raise UserError(
+            f"trainer.device={device}: this toolkit trains on cpu or cuda only "
+            "(its loop, fused Adam and checkpoints are tested there); use auto, cpu, cuda or cuda:N"
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(
             f"trainer.device={device} but CUDA is not available here; "

@@ -64,7 +64,11 @@ def test_run_config_is_typed(tmp_path):
         ("trainer.precision=fp16", "trainer.precision must be one of fp32, bf16, got 'fp16'"),
         ("trainer.compile=yes", "trainer.compile must be bool, got 'yes'"),
         ("logger.mode=cloud", "logger.mode must be one of auto, online, offline, disabled"),
-        ("seed=-1", "seed must be >= 0"),
+        ("seed=-1", r"seed must be in \[0, 2\*\*64\), got -1"),
+        ("seed=18446744073709551616", r"seed must be in \[0, 2\*\*64\)"),
+        ("data_dir=''", "data_dir must not be empty"),
+        ("+init.std=0.1", r"init=he_xavier has no parameter std \(its parameters: none\)"),
+        ("+init.foo=1", "init=he_xavier has no parameter foo"),
         (
             "init.discriminator=he_xavir",
             r"unknown init scheme 'he_xavir'; valid: .*default, .*he_xavier",

@@ -1,0 +1,37 @@
+"""Named fault points, for the fault-injection tests: nothing happens unless ``GAN_FAULT`` is set.
+
+``GAN_FAULT=<point>:<signal>[@<n>]`` makes the process send itself the signal (SIGTERM, SIGINT or
+KILL) the n-th time (default: the first) it passes ``point(<point>)``. The points sit where a real
+interruption would hurt most: see ``POINTS``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "GAN_FAULT"
+POINTS = (
+    "data_load",  # after the training split is loaded, before anything is written
+    "wandb_init",  # after the logger (and W&B) started
+    "evaluation",  # in the middle of an evaluation
+    "checkpoint_write",  # after the temporary checkpoint file is written, before its rename
+    "summary",  # after training, before summary.json is written
+)
+_passes: dict[str, int] = {}
+
+
+def point(name: str) -> None:
+    """Marks fault point ``name``; signals this process if ``GAN_FAULT`` asks for it here."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    where, _, what = spec.partition(":")
+    if where != name:
+        return
+    what, _, nth = what.partition("@")
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] != int(nth or 1):
+        return
+    signum = signal.SIGKILL if what == "KILL" else signal.Signals[what]
+    os.kill(os.getpid(), signum)
