@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,11 +35,14 @@ def to_run_config(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> RunC
         if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.sweep_id is None:
             # Every job of a sweep sits in the sweep's directory: its name identifies the sweep.
             cfg.logger.sweep_id = "-".join(Path(out_dir).parent.parts[-2:])
+        elif cfg.logger.sweep_id is None and os.environ.get("WANDB_SWEEP_ID"):
+            cfg.logger.sweep_id = os.environ["WANDB_SWEEP_ID"]  # a run of `wandb agent`
     return run_config(
         OmegaConf.to_container(cfg, resolve=True),
         out_dir=out_dir,
         init_choice=hydra_cfg.runtime.choices["init"],
         init_overrides=[o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith("init.")],
+        overrides=[o for o in hydra_cfg.overrides.task if not o.startswith("resume=")],
         scheme_dir=CONF_DIR / "init",
     )
 
@@ -55,12 +59,15 @@ def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, Dict
         raise UserError(
             f"resume={resume}: not a run directory of train.py (no .hydra/overrides.yaml there)"
         )
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    # summary.json keeps the run's own overrides: Hydra has already replaced .hydra/overrides.yaml
+    # with this command's when the resume runs in the run dir itself (hydra.run.dir=DIR).
+    own = summary.get("overrides") or list(OmegaConf.load(saved))
     now = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
-    overrides = [*OmegaConf.load(saved), *now, f"resume={resume}"]
-    cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    summary = run_dir / "summary.json"
-    if cfg.logger.sweep_id is None and summary.is_file():  # a sweep's job keeps its sweep's id
-        cfg.logger.sweep_id = json.loads(summary.read_text()).get("sweep_id")
+    cfg = compose("config", overrides=[*own, *now, f"resume={resume}"], return_hydra_config=True)
+    if cfg.logger.sweep_id is None:  # a sweep's job keeps its sweep's id
+        cfg.logger.sweep_id = summary.get("sweep_id")
     return cfg, cfg.hydra, run_dir
 
 

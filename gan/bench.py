@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import sys
 import tempfile
@@ -42,7 +43,9 @@ from gan.trainer import (
     GANTrainer,
     Schedule,
     check_precision,
+    cpu_has_native_bf16,
     resolve_device,
+    resolve_precision,
     to_channels_last,
     wants_channels_last,
 )
@@ -244,8 +247,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="fp32",
-        help="the project's loop under bf16 autocast or not",
+        default="auto",
+        help="the project's loop in fp32 or under bf16 autocast; auto as trainer.precision=auto",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -314,7 +317,7 @@ def _print_results(
     print(
         f"{args.model} GAN on {args.dataset}, batch {args.batch_size}, best of {args.repeats} × "
         f"{args.steps} timed steps, {device}, {threads} threads, channels_last={channels_last}, "
-        f"compile={args.compile}, precision={args.precision}"
+        f"compile={args.compile}, precision={args.precision} ({args.precision_resolved})"
     )
     print(f"{'loop':<24}{'steps/s':>10}{'images/s':>12}{'× reference':>13}{'peak MB':>10}")
     for key, r in rows.items():
@@ -333,11 +336,34 @@ def _print_results(
         "channels_last": channels_last,
         "compile": args.compile,
         "precision": args.precision,
+        "precision_resolved": args.precision_resolved,
+        "cpu": cpu_features(),
         "ratio": on / ref,
         "logging_overhead": off / on - 1,
         **rows,
     }
     print(json.dumps(result))
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_features() -> dict[str, object]:
+    """The CPU's model and the flags that decide bf16's speed (Linux /proc/cpuinfo), and
+    whether oneDNN runs bf16 natively here."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    return {
+        "model": fields.get("model name") or platform.processor(),
+        **{flag: flag in flags for flag in CPU_FLAGS},
+        "native_bf16": cpu_has_native_bf16(),
+    }
 
 
 @exits_on_user_error
@@ -348,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps, --batch-size and --repeats must be > 0")
     device = resolve_device(args.device)
     channels_last = wants_channels_last(args.model, args.channels_last)
-    warning = check_precision(args.precision, device)
+    args.precision_resolved = resolve_precision(args.precision, device)
+    warning = check_precision(args.precision_resolved, device)
     if warning:
         print(warning, file=sys.stderr)
     loops = _loops(args, device, channels_last)

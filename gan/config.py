@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,11 @@ from gan.init import Scheme
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the YAML files: every default
 NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 CHANNELS_LAST_SETTINGS = ("auto", "on", "off")
+G_NORMS = ("batch", "none")  # the generator's normalization (model.g_norm)
+D_NORMS = ("none", "batch", "spectral")  # the discriminator's (model.d_norm)
+OPTIMIZERS = ("adam", "sgd")  # trainer.optimizer, for both networks
 
 
 def check_precision_name(precision: str) -> None:
@@ -55,9 +58,13 @@ class ModelConfig:
     slope: float  # Leaky ReLU negative slope
     generator_widths: tuple[int, ...]
     discriminator_widths: tuple[int, ...]
+    g_norm: str  # one of G_NORMS
+    d_norm: str  # one of D_NORMS
 
     def __post_init__(self) -> None:
         _positive(self, "z_dim", "model")
+        _one_of(self, "g_norm", G_NORMS, "model")
+        _one_of(self, "d_norm", D_NORMS, "model")
         if not 0 <= self.slope < 1:
             raise UserError(f"model.slope must be in [0, 1), got {self.slope}")
         for key in ("generator_widths", "discriminator_widths"):
@@ -73,7 +80,10 @@ class TrainerConfig:
     steps: int
     batch_size: int
     lr: float
-    betas: tuple[float, float]
+    betas: tuple[float, float]  # Adam's
+    optimizer: str  # one of OPTIMIZERS
+    default_lr: Mapping[str, float]  # per optimizer: what lr resolves to unless set (the YAML)
+    momentum: float  # SGD's
     log_every: int  # metrics are averaged over this many steps
     sample_every: int  # sample grid from fixed noise
     diag_every: int  # per-layer diagnostics (0: off)
@@ -105,6 +115,16 @@ class TrainerConfig:
                 f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}"
             )
         check_precision_name(self.precision)
+        _one_of(self, "optimizer", OPTIMIZERS, "trainer")
+        if set(self.default_lr) != set(OPTIMIZERS) or not all(
+            lr > 0 for lr in self.default_lr.values()
+        ):
+            raise UserError(
+                f"trainer.default_lr must give each of {', '.join(OPTIMIZERS)} a learning rate "
+                f"> 0, got {dict(self.default_lr)}"
+            )
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"trainer.momentum must be in [0, 1), got {self.momentum}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UserError(f"trainer.betas must be two numbers in [0, 1), got {list(self.betas)}")
 
@@ -132,6 +152,7 @@ class LoggerConfig:
     tags: tuple[str, ...]
     job_type: str
     sweep_id: str | None  # shared by every job of a sweep (a tag): None = the sweep dir's name
+    log_artifacts: bool  # the final checkpoint and the feature classifier as W&B artifacts
 
     def __post_init__(self) -> None:
         if self.mode not in LOGGER_MODES:
@@ -161,10 +182,18 @@ class RunConfig:
     eval: EvalConfig
     resume: bool  # continue the run in out_dir from its checkpoint
     resolved: Mapping[str, Any] = dataclasses.field(compare=False)  # for W&B's config
+    # This job's own Hydra overrides (in a multirun, not the whole sweep's), for W&B.
+    overrides: tuple[str, ...] = dataclasses.field(compare=False)
 
     @property
     def run_name(self) -> str:
         return f"{self.init.arm}-{self.model.name}-{self.data.name}-s{self.seed}"
+
+
+def _one_of(obj: Any, key: str, valid: Sequence[str], group: str) -> None:
+    value = getattr(obj, key)
+    if value not in valid:
+        raise UserError(f"{group}.{key} must be one of {', '.join(valid)}, got {value!r}")
 
 
 def _positive(obj: Any, key: str, group: str) -> None:
@@ -190,6 +219,10 @@ _SCALARS = {
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Mapping:
+        if not isinstance(value, Mapping):
+            raise UserError(f"{where} must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -312,6 +345,7 @@ def run_config(
     out_dir: Path,
     init_choice: str,
     init_overrides: list[str],
+    overrides: Sequence[str] = (),
     scheme_dir: Path,
 ) -> RunConfig:
     """The typed run configuration from Hydra's resolved config (a plain mapping)."""
@@ -349,4 +383,5 @@ def run_config(
         eval=build(EvalConfig, cfg.get("eval") or {}, "eval"),
         resume=cfg.get("resume") is not None,
         resolved={k: v for k, v in cfg.items() if k != "resume"},
+        overrides=tuple(overrides),
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gan.init import WEIGHTED_LAYERS, SigmoidInLoss, trace_feeds
+from gan.init import WEIGHTED_LAYERS, SigmoidInLoss, trace_feeds, trainable_weight
 
 HISTOGRAM_SAMPLES = 10_000  # activations kept per layer for a histogram
 
@@ -107,7 +107,8 @@ class LayerDiagnostics:
         ]
         # The weights this step's forward passes use, before the optimizer steps.
         weight_stds = {
-            t.prefix: t.layer.weight.detach().float().std(correction=0) for t in self.targets
+            t.prefix: trainable_weight(t.layer).detach().float().std(correction=0)
+            for t in self.targets
         }
         try:
             yield
@@ -117,8 +118,9 @@ class LayerDiagnostics:
         for t in self.targets:
             self._add(t.prefix, "weight_std", weight_stds[t.prefix])
         for t in self.targets:
-            if t.layer.weight.grad is not None:
-                self._add(t.prefix, "grad_norm", t.layer.weight.grad.detach().float().norm())
+            grad = trainable_weight(t.layer).grad  # under spectral norm: its original's
+            if grad is not None:
+                self._add(t.prefix, "grad_norm", grad.detach().float().norm())
 
     def _add(self, prefix: str, statistic: str, value: torch.Tensor) -> None:
         """Records one value: summed over passes, or kept as read, as AGGREGATION declares."""
@@ -130,7 +132,7 @@ class LayerDiagnostics:
 
     def _hook(self, target: _Target, keep_samples: bool):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            if not target.layer.weight.requires_grad:
+            if not trainable_weight(target.layer).requires_grad:
                 return  # D's pass inside the G step (its weights frozen) runs the updated D
             y = torch.sigmoid(output) if target.logits else output
             for statistic, value in activation_stats(y, target.kind).items():

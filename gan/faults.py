@@ -27,9 +27,12 @@ def point(name: str) -> None:
     if not spec:
         return
     where, _, what = spec.partition(":")
+    what, _, nth = what.partition("@")
+    if where not in POINTS or (what != "KILL" and what not in signal.Signals.__members__):
+        # A typo must not pass for a test whose fault never happened.
+        raise RuntimeError(f"{ENV}={spec!r}: expected <point>:<SIGNAL|KILL>[@n], points {POINTS}")
     if where != name:
         return
-    what, _, nth = what.partition("@")
     _passes[name] = _passes.get(name, 0) + 1
     if _passes[name] != int(nth or 1):
         return

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from gan.errors import UserError
 
@@ -86,7 +87,52 @@ def _activation(module: nn.Module) -> tuple[str, float | None] | None:
 
 
 def _leaves(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(path, m) for path, m in net.named_modules() if next(m.children(), None) is None]
+    """Modules without children, in registration order. A parametrized layer (spectral norm) counts
+    as a leaf: its only children are its parametrizations, which are not layers of the network."""
+    inside = {
+        id(sub)
+        for m in net.modules()
+        if parametrize.is_parametrized(m)
+        for sub in m.parametrizations.modules()
+    }
+    return [
+        (path, m)
+        for path, m in net.named_modules()
+        if id(m) not in inside and all(id(c) in inside for c in m.children())
+    ]
+
+
+def trainable_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight tensor the optimizer trains and the init rule draws: ``layer.weight``, or under a
+    parametrization (spectral norm) its ``original``, since ``layer.weight`` is then recomputed
+    from it on every access (and, in training mode, advances the power iteration)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original
+    return layer.weight
+
+
+def own_tensors(module: nn.Module) -> list[tuple[str, str, torch.Tensor]]:
+    """``(name, kind, tensor)`` for each parameter of ``module`` itself, the weight first: ``name``
+    is its path below the module (``weight``, or ``parametrizations.weight.original`` under a
+    parametrization), ``kind`` what it is to the layer (``weight`` | ``bias``)."""
+    found = []
+    if parametrize.is_parametrized(module):
+        for kind, chain in module.parametrizations.items():
+            if not isinstance(getattr(chain, "original", None), nn.Parameter):
+                raise UserError(
+                    f"'{type(module).__name__}.{kind}' has a parametrization with several "
+                    "originals, which the init rule does not cover"
+                )
+            found.append((f"parametrizations.{kind}.original", kind, chain.original))
+    found += [(name, name, t) for name, t in module.named_parameters(recurse=False)]
+    return found
+
+
+def layer_type(module: nn.Module) -> str:
+    """The class name, a parametrized layer's as it was before (``Linear``, not
+    ``ParametrizedLinear``): the parameter's path says that it is parametrized."""
+    cls = type(module)
+    return cls.__bases__[0].__name__ if parametrize.is_parametrized(module) else cls.__name__
 
 
 def trace_feeds(net: nn.Module) -> list[tuple[str, nn.Module, Feeds | None]]:
@@ -99,7 +145,7 @@ def trace_feeds(net: nn.Module) -> list[tuple[str, nn.Module, Feeds | None]]:
     traced: list[tuple[str, nn.Module, Feeds | None]] = []
     for i, (path, module) in enumerate(leaves):
         if not isinstance(module, WEIGHTED_LAYERS + _NORMS):
-            if any(True for _ in module.parameters(recurse=False)):
+            if own_tensors(module):
                 raise UserError(
                     f"layer '{path}' ({type(module).__name__}) has parameters the init rule does "
                     "not cover; it knows Linear, Conv*, ConvTranspose* and normalization layers"
@@ -533,8 +579,8 @@ class InitRecord:
 
     network: str  # generator | discriminator
     layer: str  # module path
-    param: str  # weight | bias
-    type: str  # module class
+    param: str  # weight | bias, or parametrizations.weight.original under spectral norm
+    type: str  # module class (as it was before a parametrization)
     shape: list[int]
     activation: str | None  # what the layer feeds
     slope: float | None
@@ -557,14 +603,15 @@ class Slot:
 
     path: str
     module: nn.Module
-    param: str  # weight | bias
+    param: str  # the tensor's path below the module (own_tensors' name)
+    kind: str  # weight | bias
     tensor: torch.Tensor
     feeds: Feeds | None
 
     @property
     def role(self) -> str:
         """weight | bias (of a Linear/Conv) | norm_weight | norm_bias."""
-        return f"norm_{self.param}" if isinstance(self.module, _NORMS) else self.param
+        return f"norm_{self.kind}" if isinstance(self.module, _NORMS) else self.kind
 
 
 _ZEROS = Rule("zeros")
@@ -604,7 +651,8 @@ def _target(scheme: Scheme, rule: Rule, slot: Slot) -> Target:
             f"{_INSTEAD[where]}"
         )
     if role != "weight":
-        return Target(slot.tensor, role, None if role.startswith("norm_") else slot.module.weight)
+        matrix = None if role.startswith("norm_") else trainable_weight(slot.module)
+        return Target(slot.tensor, role, matrix)
     fan_in, fan_out = fans(slot.module)
     return Target(slot.tensor, role, slot.tensor, fan_in, fan_out, _gain(rule, slot.feeds))
 
@@ -620,7 +668,7 @@ def _init_tensor(
         network=network,
         layer=slot.path,
         param=slot.param,
-        type=type(slot.module).__name__,
+        type=layer_type(slot.module),
         shape=list(slot.tensor.shape),
         activation=str(feeds) if feeds else None,
         slope=feeds.slope if feeds else None,
@@ -648,11 +696,14 @@ def initialize(
     """
     traced = trace_feeds(net)
     slots = [
-        Slot(path, module, param, t, feeds)
+        Slot(path, module, param, kind, t, feeds)
         for path, module, feeds in traced
-        for param, t in module.named_parameters(recurse=False)
+        for param, kind, t in own_tensors(module)
     ]
     done = [_init_tensor(scheme, network, slot, generator) for slot in slots]
+    for slot, (record, _) in zip(slots, done):
+        if slot.param != slot.kind and record.rule != "default":  # a redrawn original
+            _resync_parametrization(slot.module, slot.kind)
     covered = {id(slot.tensor) for slot in slots}
     missed = [name for name, p in net.named_parameters() if id(p) not in covered]
     if missed:
@@ -666,6 +717,17 @@ def initialize(
             f"{network}; its layers are: {layers}"
         )
     return [record for record, _ in done]
+
+
+def _resync_parametrization(module: nn.Module, kind: str) -> None:
+    """After an original is redrawn, spectral norm's u and v still approximate the singular vectors
+    of the draw they were registered on, so the first forward would divide by a stale sigma.
+    Reruns the power iteration torch runs at registration (15 steps; no random draws) on the new
+    original, as if it had been registered on it."""
+    chain = module.parametrizations[kind]
+    for p in chain:
+        if isinstance(p, nn.utils.parametrizations._SpectralNorm):  # torch's own class
+            p._power_method(p._reshape_weight_to_matrix(chain.original.detach()), 15)
 
 
 def format_table(records: list[InitRecord]) -> str:

@@ -18,7 +18,7 @@ from gan.config import ModelConfig
 from gan.errors import UserError
 from gan.init import SigmoidInLoss
 
-MODELS = ("mlp", "dcgan")
+MODELS = ("mlp", "dcgan", "mlp_deep")  # mlp_deep: the mlp builder, a preset (conf/model/)
 
 
 class Generator(nn.Sequential):
@@ -38,25 +38,41 @@ class Discriminator(nn.Sequential):
         self.image_shape = tuple(image_shape)
 
 
+def spectral(layer: nn.Module) -> nn.Module:
+    """``layer`` with torch's spectral-norm parametrization: its weight is ``original / sigma``,
+    sigma estimated by one power iteration per training forward pass. Registering it draws the
+    power iteration's start vectors from the global RNG."""
+    return nn.utils.parametrizations.spectral_norm(layer)
+
+
+def _d_layer(layer: nn.Module, d_norm: str) -> nn.Module:
+    return spectral(layer) if d_norm == "spectral" else layer
+
+
 def mlp(
     image_shape: Sequence[int],
     z_dim: int,
     g_widths: Sequence[int],
     d_widths: Sequence[int],
     slope: float,
+    *,
+    g_norm: str = "batch",
+    d_norm: str = "none",
 ) -> tuple[Generator, Discriminator]:
     """The classic fully connected GAN.
 
-    G: z → widths[0] → … → widths[-1] → C·H·W → tanh, Leaky ReLU between; BatchNorm (default
-    eps 1e-5, momentum 0.1) after every hidden Linear except the first, as customary.
-    D: C·H·W → widths … → 1, Leaky ReLU between, sigmoid in the loss.
+    G: z → widths[0] → … → widths[-1] → C·H·W → tanh, Leaky ReLU between; with ``g_norm=batch``
+    BatchNorm (default eps 1e-5, momentum 0.1) after every hidden Linear except the first, as
+    customary. D: C·H·W → widths … → 1, Leaky ReLU between, sigmoid in the loss; ``d_norm``:
+    ``none``, ``batch`` (after every hidden Linear but the first, as in G) or ``spectral`` (every
+    Linear). The keyword defaults are the architecture as it always was (conf/model/mlp.yaml).
     """
     pixels = math.prod(image_shape)
     g: OrderedDict[str, nn.Module] = OrderedDict()
     width_in = z_dim
     for i, width in enumerate(g_widths, start=1):
         g[f"fc{i}"] = nn.Linear(width_in, width)
-        if i > 1:
+        if i > 1 and g_norm == "batch":
             g[f"bn{i}"] = nn.BatchNorm1d(width)
         g[f"act{i}"] = nn.LeakyReLU(slope)
         width_in = width
@@ -67,10 +83,12 @@ def mlp(
     d: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     width_in = pixels
     for i, width in enumerate(d_widths, start=1):
-        d[f"fc{i}"] = nn.Linear(width_in, width)
+        d[f"fc{i}"] = _d_layer(nn.Linear(width_in, width), d_norm)
+        if i > 1 and d_norm == "batch":
+            d[f"bn{i}"] = nn.BatchNorm1d(width)
         d[f"act{i}"] = nn.LeakyReLU(slope)
         width_in = width
-    d["out"] = nn.Linear(width_in, 1)
+    d["out"] = _d_layer(nn.Linear(width_in, 1), d_norm)
     d["sigmoid"] = SigmoidInLoss()
     return Generator(g, z_dim, image_shape), Discriminator(d, image_shape)
 
@@ -81,15 +99,19 @@ def dcgan(
     g_widths: Sequence[int],
     d_widths: Sequence[int],
     slope: float,
+    *,
+    g_norm: str = "batch",
+    d_norm: str = "batch",
 ) -> tuple[Generator, Discriminator]:
     """A DCGAN for small square images; each stage halves (D) or doubles (G) the side.
 
     G: Linear z → g_widths[0]×s×s (s = side / 2^len(g_widths)), BatchNorm, ReLU, then
-    ConvTranspose(k4, s2, p1) stages with BatchNorm + ReLU, the last to C channels and tanh.
-    A Linear projection (not a ConvTranspose on a 1×1 input) keeps every ConvTranspose's fan-in
-    equal to in·k²/stride², the fan the init rule uses.
-    D: Conv(k4, s2, p1) stages with Leaky ReLU (BatchNorm on all but the first), then Flatten and
-    a Linear to one logit.
+    ConvTranspose(k4, s2, p1) stages with BatchNorm + ReLU, the last to C channels and tanh;
+    ``g_norm=none`` drops every BatchNorm. A Linear projection (not a ConvTranspose on a 1×1
+    input) keeps every ConvTranspose's fan-in equal to in·k²/stride², the fan the init rule uses.
+    D: Conv(k4, s2, p1) stages with Leaky ReLU, then Flatten and a Linear to one logit;
+    ``d_norm``: ``batch`` (BatchNorm on all stages but the first), ``none`` or ``spectral`` (every
+    Conv and the Linear). The keyword defaults are the architecture as it always was.
     """
     channels, height, width = image_shape
     for name, widths in (("generator", g_widths), ("discriminator", d_widths)):
@@ -100,23 +122,25 @@ def dcgan(
                 f"a square image whose side is divisible by {factor}; got {height}×{width}. "
                 "Change model.generator_widths/discriminator_widths or use model=mlp"
             )
-    g = _dcgan_generator(channels, height, z_dim, g_widths)  # built first: global RNG order
-    d = _dcgan_discriminator(channels, height, d_widths, slope)
+    g = _dcgan_generator(channels, height, z_dim, g_widths, g_norm)  # first: global RNG order
+    d = _dcgan_discriminator(channels, height, d_widths, slope, d_norm)
     return Generator(g, z_dim, image_shape), Discriminator(d, image_shape)
 
 
 def _dcgan_generator(
-    channels: int, side: int, z_dim: int, widths: Sequence[int]
+    channels: int, side: int, z_dim: int, widths: Sequence[int], norm: str
 ) -> OrderedDict[str, nn.Module]:
     start = side // 2 ** len(widths)  # the projection's side, doubled by each stage
     g: OrderedDict[str, nn.Module] = OrderedDict()
     g["project"] = nn.Linear(z_dim, widths[0] * start * start)
     g["reshape"] = nn.Unflatten(1, (widths[0], start, start))
-    g["bn0"] = nn.BatchNorm2d(widths[0])
+    if norm == "batch":
+        g["bn0"] = nn.BatchNorm2d(widths[0])
     g["act0"] = nn.ReLU()
     for i, (c_in, c_out) in enumerate(zip(widths, widths[1:]), start=1):
         g[f"up{i}"] = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
-        g[f"bn{i}"] = nn.BatchNorm2d(c_out)
+        if norm == "batch":
+            g[f"bn{i}"] = nn.BatchNorm2d(c_out)
         g[f"act{i}"] = nn.ReLU()
     g["out"] = nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1)
     g["tanh"] = nn.Tanh()
@@ -124,30 +148,36 @@ def _dcgan_generator(
 
 
 def _dcgan_discriminator(
-    channels: int, side: int, widths: Sequence[int], slope: float
+    channels: int, side: int, widths: Sequence[int], slope: float, norm: str
 ) -> OrderedDict[str, nn.Module]:
     d: OrderedDict[str, nn.Module] = OrderedDict()
     c_in = channels
     for i, c_out in enumerate(widths, start=1):
-        d[f"conv{i}"] = nn.Conv2d(c_in, c_out, 4, 2, 1)
-        if i > 1:
+        d[f"conv{i}"] = _d_layer(nn.Conv2d(c_in, c_out, 4, 2, 1), norm)
+        if i > 1 and norm == "batch":
             d[f"bn{i}"] = nn.BatchNorm2d(c_out)
         d[f"act{i}"] = nn.LeakyReLU(slope)
         c_in = c_out
     d["flatten"] = nn.Flatten()
     end = side // 2 ** len(widths)  # the side after the last stage
-    d["out"] = nn.Linear(c_in * end * end, 1)
+    d["out"] = _d_layer(nn.Linear(c_in * end * end, 1), norm)
     d["sigmoid"] = SigmoidInLoss()
     return d
 
 
 def build(model: ModelConfig, image_shape: Sequence[int]) -> tuple[Generator, Discriminator]:
     """Builds (G, D) on the CPU with PyTorch's default init, drawing from the global RNG."""
-    builders = {"mlp": mlp, "dcgan": dcgan}
+    builders = {"mlp": mlp, "dcgan": dcgan, "mlp_deep": mlp}
     if model.name not in builders:
         raise UserError(f"unknown model {model.name!r}; valid: {', '.join(MODELS)}")
     return builders[model.name](
-        image_shape, model.z_dim, model.generator_widths, model.discriminator_widths, model.slope
+        image_shape,
+        model.z_dim,
+        model.generator_widths,
+        model.discriminator_widths,
+        model.slope,
+        g_norm=model.g_norm,
+        d_norm=model.d_norm,
     )
 
 

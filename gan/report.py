@@ -1,9 +1,11 @@
 """`python -m gan.report <multirun dir> [...]`: an ablation's statistics from its files alone.
 
-Reads every run directory below the inputs (``summary.json`` + ``metrics.jsonl``; no network, no
-W&B account) and writes into ``--out``: ``curves.png`` (mean and 95 % confidence band across seeds
-per arm), ``report.md`` (per-arm table, pairwise tests, plain-words verdict) and ``summary.csv``
-(one row per run).
+Reads every run directory below the inputs (``summary.json`` + ``metrics.jsonl`` + the last sample
+grid; no network, no W&B account) and writes into ``--out``: ``report.md`` and the same page as a
+self-contained ``report.html`` (per-arm tables, pairwise tests with Holm's correction and
+bootstrap intervals, a plain-words verdict), ``curves.png`` (mean and 95 % confidence band across
+seeds per arm), ``samples.png`` (each arm's median-FCD seed), ``diagnostics.png`` (per-layer
+statistics by arm at step 0 and the last diagnostic step) and ``summary.csv`` (one row per run).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import logging
 import math
 import sys
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,18 +24,54 @@ from pathlib import Path
 
 import numpy as np
 
-from gan import console
+from gan import console, report_figures, report_html
 from gan.errors import UserError, exits_on_user_error
-from gan.figures import pyplot
+from gan.report_figures import SamplePick, band  # noqa: F401 - band: part of this module's API
+from gan.stats import (  # noqa: F401 - re-exported: the report's statistics, by their old names
+    BOOTSTRAP_RESAMPLES,
+    bootstrap_ci,
+    compare,
+    hedges_g,
+    holm,
+    mean_ci,
+    t_half_width,
+)
 from gan.tracking import METRICS_FILE, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
-CURVES = ("train/loss_D", "train/loss_G", "train/acc_D", "train/acc_G", "eval/fcd")
+CURVES = (
+    "train/loss_D",
+    "train/loss_G",
+    "train/acc_D",
+    "train/acc_G",
+    "train/D_x",
+    "train/D_G_z",
+    "eval/fcd",
+    "eval/kcd",
+    "eval/class_kl",
+)
+# summary.csv's final-value columns: the first five in their original order, then the newer ones.
 FINALS = ("train/loss_D", "train/loss_G", "train/acc_D", "train/acc_G", "eval/fcd")
+MORE_FINALS = (
+    "eval/kcd",
+    "eval/kcd_std",
+    "eval/class_kl",
+    "eval/classes_covered",
+    "train/D_x",
+    "train/D_G_z",
+)
 PRIMARY = "eval/fcd"  # lower is better; the verdict is given on it when present
+KCD = "eval/kcd"  # lower is better, unbiased: a second verdict beside FCD's
 TRAIN_FINALS = ("train/acc_D", "train/acc_G", "train/loss_D", "train/loss_G")  # report.md's order
+COVERAGE = ("eval/class_kl", "eval/classes_covered", "train/D_x", "train/D_G_z")
+LABELS = {"train/D_x": "D(x)", "train/D_G_z": "D(G(z))", "eval/classes_covered": "classes covered"}
 ALPHA = 0.05
+# Series read from metrics.jsonl: these prefixes, as numbers. Keys the report relies on must be
+# numbers (a string there makes the line invalid); other strings (eval/classifier) are labels.
+SERIES_PREFIXES = ("train/", "eval/", "diag/")
+NUMERIC = frozenset(CURVES + FINALS + MORE_FINALS)
+NON_FINITE = ("NaN", "Infinity", "-Infinity")  # how the runs write non-finite numbers
 
 
 @dataclass
@@ -48,6 +85,11 @@ class Run:
     # key → (steps, values)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     diverged_step: int | None = None
+
+    def last_sample(self) -> Path | None:
+        """The run's last sample grid (``samples/step_NNNNNNN.png``), if any."""
+        grids = sorted((self.path / "samples").glob("step_*.png"))
+        return grids[-1] if grids else None
 
     def final(self, key: str) -> float | None:
         return float(self.curves[key][1][-1]) if key in self.curves else None
@@ -131,15 +173,27 @@ def _read_curves(metrics: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for number, line in enumerate(metrics.read_text().splitlines(), start=1):
         try:
             record = json.loads(line)
-            for key in CURVES:
-                if key in record:  # non-finite values are written as "NaN" / "Infinity"
-                    series[key].append((int(record["step"]), float(record[key])))
+            for key, value in record.items():
+                if key.startswith(SERIES_PREFIXES) and (key in NUMERIC or _is_number(value)):
+                    # non-finite values are written as "NaN" / "Infinity": float() reads them
+                    series[key].append((int(record["step"]), float(value)))
         except (ValueError, TypeError, KeyError) as err:
             raise UnreadableRun(f"{metrics} line {number} is not a valid record ({err})") from None
-    return {
-        k: (np.array([s for s, _ in v]), np.array([x for _, x in v], dtype=float))
-        for k, v in series.items()
-    }
+    return {key: _by_step(pairs) for key, pairs in series.items()}
+
+
+def _by_step(pairs: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) in step order; a step logged twice (lines re-made by a resume) keeps its
+    last value, so runs align step by step."""
+    last = dict(pairs)
+    steps = sorted(last)
+    return np.array(steps, dtype=int), np.array([last[s] for s in steps], dtype=float)
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+        value in NON_FINITE
+    )
 
 
 def _refuse_mixed_kinds(runs: list[Run]) -> None:
@@ -193,75 +247,7 @@ def _refuse_mixed_settings(runs: list[Run]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
-    """(mean, half-width of the t-based confidence interval, n); half-width nan for n < 2."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, 0
-    return float(x.mean()), float(t_half_width(x[:, None], level)[0]), len(x)
-
-
-def t_half_width(samples: np.ndarray, level: float = 0.95) -> np.ndarray:
-    """Half-width of the Student-t confidence interval of the mean, per column of (n, k) samples;
-    nan where n < 2."""
-    from scipy import stats
-
-    n = samples.shape[0]
-    if n < 2:
-        return np.full(samples.shape[1], math.nan)
-    return stats.t.ppf(0.5 + level / 2, n - 1) * samples.std(0, ddof=1) / math.sqrt(n)
-
-
-def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """Welch's t-test, Mann–Whitney U (two-sided) and Hedges' g (a − b, pooled sd)."""
-    from scipy import stats
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.var() == 0 and b.var() == 0:  # no spread at all: the tests are undefined
-        return dict.fromkeys(("t", "p_welch", "u", "p_mannwhitney", "hedges_g"), math.nan)
-    with (
-        warnings.catch_warnings()
-    ):  # near-identical seeds: scipy's precision note, the numbers stand
-        warnings.simplefilter("ignore", RuntimeWarning)
-        welch = stats.ttest_ind(a, b, equal_var=False)
-        mw = stats.mannwhitneyu(a, b, alternative="two-sided")
-    return {
-        "t": float(welch.statistic),
-        "p_welch": float(welch.pvalue),
-        "u": float(mw.statistic),
-        "p_mannwhitney": float(mw.pvalue),
-        "hedges_g": hedges_g(a, b),
-    }
-
-
-def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
-    """Standardized mean difference a − b (pooled sd), corrected for small samples."""
-    na, nb = len(a), len(b)
-    pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
-    if pooled == 0:
-        return math.copysign(math.inf, a.mean() - b.mean())
-    correction = 1 - 3 / (4 * (na + nb) - 9)  # small-sample bias of Cohen's d
-    return float((a.mean() - b.mean()) / pooled * correction)
-
-
-def band(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Steps common to all runs, mean and 95 % CI half-width across runs at each step."""
-    curves = [r.curves[key] for r in runs if key in r.curves]
-    if not curves:
-        return None
-    steps = curves[0][0]
-    for s, _ in curves[1:]:
-        steps = np.intersect1d(steps, s)
-    matrix = np.stack([v[np.isin(s, steps)] for s, v in curves])  # (runs, steps)
-    return steps, matrix.mean(0), t_half_width(matrix)
-
-
-# --------------------------------------------------------------------------------------------
-# Outputs
+# Runs by arm, per-run rows
 # --------------------------------------------------------------------------------------------
 
 
@@ -273,48 +259,14 @@ def arms_of(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return dict(sorted(grouped.items(), key=lambda kv: (kv[0] != "default", kv[0])))
 
 
-def plot_curves(arms: dict[str, list[Run]], path: Path) -> None:
-    plt = pyplot()
-    keys = [k for k in CURVES if any(k in r.curves for runs in arms.values() for r in runs)]
-    if not keys:  # e.g. every run diverged before its first logging window
-        fig, ax = plt.subplots(figsize=(5, 1.5))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no curves: no run logged a metric window", ha="center", va="center")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return
-    cols = 3 if len(keys) > 4 else 2
-    rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.3 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys, strict=False):  # more axes than keys: the rest are blank
-        _plot_bands(ax, arms, key)
-    for ax in list(axes.flat)[len(keys) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle("mean across seeds, 95 % confidence band", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_bands(ax, arms: dict[str, list[Run]], key: str) -> None:
-    """One panel: each arm's mean curve of ``key`` and its band, over finished runs."""
-    for i, (arm, runs) in enumerate(arms.items()):
-        b = band([r for r in runs if r.status == "finished"], key)
-        if b is None:
-            continue
-        steps, mean, half = b
-        ax.plot(steps, mean, color=f"C{i}", label=f"{arm} (n={len(runs)})")
-        ax.fill_between(steps, mean - half, mean + half, color=f"C{i}", alpha=0.2, lw=0)
-    ax.set(title=key, xlabel="step")
-    if "acc" in key:
-        ax.axhline(0.5, color="grey", lw=0.6, ls="--")
-
-
 def _fmt(mean: float, half: float, digits: int = 3) -> str:
     if math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def _digits(key: str) -> int:
+    return 2 if key.startswith("eval/") else 3
 
 
 def run_row(r: Run, threshold: float | None) -> dict[str, object]:
@@ -333,6 +285,8 @@ def run_row(r: Run, threshold: float | None) -> dict[str, object]:
     row[f"best {PRIMARY}"], row[f"best {PRIMARY} step"] = best if best else (None, None)
     if threshold is not None:
         row[f"steps to {PRIMARY} ≤ {threshold:g}"] = steps_to(r, threshold)
+    for key in MORE_FINALS:
+        row[f"final {key}"] = r.final(key)
     return row
 
 
@@ -344,26 +298,64 @@ def steps_to(r: Run, threshold: float) -> int | None:
     return int(steps[hit[0]]) if len(hit) else None
 
 
+def sample_picks(arms: dict[str, list[Run]]) -> list[SamplePick]:
+    """Per arm, the last grid of the finished seed with the median final FCD (the lower of the
+    two middle ones for an even count), or of its first finished seed when it has no FCD."""
+    picks = []
+    for arm, runs in arms.items():
+        ok = [r for r in runs if r.status == "finished" and r.last_sample()]
+        scored = sorted(
+            (r for r in ok if math.isfinite(r.final(PRIMARY) or math.nan)),
+            key=lambda r: r.final(PRIMARY),
+        )
+        if scored:
+            run = scored[(len(scored) - 1) // 2]
+            why = f"seed {run.seed}: median final FCD {run.final(PRIMARY):.2f}"
+        elif ok:
+            run, why = ok[0], f"seed {ok[0].seed} (no FCD)"
+        else:
+            picks.append(SamplePick(arm, f"{arm}\nno finished run with samples", None))
+            continue
+        grid = run.last_sample()
+        step = int(grid.stem.removeprefix("step_"))
+        picks.append(SamplePick(arm, f"{arm}\n{why}, step {step}", grid))
+    return picks
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
 def write_report(
     runs: list[Run], incomplete: list[Skipped], out: Path, threshold: float | None
 ) -> str:
-    """Writes summary.csv, curves.png and report.md into ``out``; returns report.md's text."""
+    """Writes summary.csv, the figures, report.md and report.html into ``out``; returns
+    report.md's text."""
     arms = arms_of(runs)
     finished = {arm: [r for r in rs if r.status == "finished"] for arm, rs in arms.items()}
     write_csv([run_row(r, threshold) for rs in arms.values() for r in rs], out / "summary.csv")
-    plot_curves(arms, out / "curves.png")
-    has_fcd = any(PRIMARY in r.curves for r in runs)
-    metrics = ([PRIMARY] if has_fcd else []) + list(TRAIN_FINALS)
+    report_figures.plot_curves(arms, CURVES, out / "curves.png")
+    logged = {key for r in runs for key in r.curves}
+    quality = [k for k in (PRIMARY, KCD) if k in logged]
+    metrics = quality + (["eval/class_kl"] if "eval/class_kl" in logged else [])
+    metrics += list(TRAIN_FINALS)
     pairs = list(itertools.combinations(finished, 2))
+    comparisons = pairwise(finished, pairs, metrics)
     lines = [
         *intro(runs, arms),
-        *arm_table(arms, finished, has_fcd, threshold),
-        *pairwise_tests(finished, pairs, metrics),
-        *verdict_section(verdicts(finished, pairs, metrics[0], has_fcd), len(pairs)),
+        *arm_table(arms, finished, PRIMARY in logged, KCD in logged, threshold),
+        *coverage_table(finished, [k for k in COVERAGE if k in logged]),
+        *samples_section(arms, out),
+        *diagnostics_section(arms, out),
+        *pairwise_tables(comparisons, metrics),
+        *verdict_section(comparisons, quality or metrics[:1], bool(quality), len(pairs)),
         *skipped(incomplete),
     ]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
+    page = report_html.render(text, out, title=lines[0].lstrip("# "))
+    (out / "report.html").write_text(page)
     return text
 
 
@@ -380,8 +372,10 @@ def intro(runs: list[Run], arms: dict[str, list[Run]]) -> list[str]:
         f"# Init ablation: model={runs[0].model}, dataset={runs[0].dataset}",
         "",
         f"{len(runs)} runs in {len(arms)} arms; mean ± 95 % confidence interval (Student t) "
-        "across seeds; final = the last logging window. Diverged runs are counted but left out "
-        "of the statistics.",
+        "across seeds; final = the last logging window or evaluation. Diverged runs are counted "
+        "but left out of the statistics. FCD: Fréchet distance in the dataset classifier's "
+        "features (biased upwards at small sample sizes); KCD: the unbiased kernel distance in "
+        "the same features (0 for the real distribution, so it can be slightly negative).",
         "",
         "![curves](curves.png)",
         "",
@@ -392,6 +386,7 @@ def arm_table(
     arms: dict[str, list[Run]],
     finished: dict[str, list[Run]],
     has_fcd: bool,
+    has_kcd: bool,
     threshold: float | None,
 ) -> list[str]:
     """The per-arm table: runs, divergences and the mean ± CI of each final value."""
@@ -399,6 +394,7 @@ def arm_table(
     if has_fcd:
         header += ["final FCD", "best FCD"]
         header += [f"steps to FCD ≤ {threshold:g}"] if threshold is not None else []
+    header += ["final KCD"] if has_kcd else []
     header += [f"final {key.split('/')[1]}" for key in TRAIN_FINALS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, rs in arms.items():
@@ -406,6 +402,8 @@ def arm_table(
         cells = [arm, str(len(ok)), str(sum(r.status == "diverged" for r in rs))]
         if has_fcd:
             cells += _fcd_cells(ok, threshold)
+        if has_kcd:
+            cells.append(_fmt(*mean_ci([r.final(KCD) for r in ok])[:2], 2))
         cells += [_fmt(*mean_ci([r.final(key) for r in ok])[:2]) for key in TRAIN_FINALS]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -422,103 +420,207 @@ def _fcd_cells(ok: list[Run], threshold: float | None) -> list[str]:
     return cells
 
 
+def coverage_table(finished: dict[str, list[Run]], keys: list[str]) -> list[str]:
+    """Class coverage and D's mean outputs on reals and fakes (final, mean ± CI per arm)."""
+    if not keys:
+        return []
+    header = ["arm", "n", *(f"final {LABELS.get(k, k.split('/')[1])}" for k in keys)]
+    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm, ok in finished.items():
+        cells = [_fmt(*mean_ci([r.final(k) for r in ok])[:2], _digits(k)) for k in keys]
+        lines.append("| " + " | ".join([arm, str(len(ok)), *cells]) + " |")
+    return [
+        *lines,
+        "",
+        "class_kl: KL(predicted-class histogram ‖ uniform), 0 when balanced, ln 10 = 2.30 when one "
+        "class takes all; classes covered: classes with at least half their fair share; D(x), "
+        'D(G(z)): D\'s mean probability of "real" on reals and on fakes (0.5: D cannot tell).',
+    ]
+
+
+def samples_section(arms: dict[str, list[Run]], out: Path) -> list[str]:
+    picks = sample_picks(arms)
+    report_figures.plot_samples(picks, out / "samples.png")
+    return [
+        "",
+        "## Samples",
+        "",
+        "![samples](samples.png)",
+        "",
+        "Each arm's last sample grid, from its finished seed with the median final FCD (the "
+        "lower middle one for an even count; the first seed when no FCD was logged).",
+    ]
+
+
+def diagnostics_section(arms: dict[str, list[Run]], out: Path) -> list[str]:
+    lines = ["", "## Per-layer diagnostics", ""]
+    if report_figures.plot_diagnostics(arms, out / "diagnostics.png") is None:
+        (out / "diagnostics.png").unlink(missing_ok=True)  # an earlier report's would mislead
+        return [*lines, "No run recorded per-layer diagnostics (trainer.diag_every=0)."]
+    last = report_figures.last_diag_step(arms)
+    when = (
+        f"at step 0 (dashed, open markers; every run) and at step {last}, the last diagnostic "
+        "step (solid; finished runs)"
+        if last
+        else "at step 0 only: no later diagnostic step was recorded (runs shorter than "
+        "trainer.diag_every)"
+    )
+    return [
+        *lines,
+        "![diagnostics](diagnostics.png)",
+        "",
+        f"Mean across seeds per arm, layer by layer, {when}. Activation std, gradient norm and "
+        "weight std on log axes (▼ at a panel's bottom: exactly 0). Dead: the share of a ReLU's "
+        "outputs at 0 or a Leaky ReLU's below 0; saturated: of tanh outputs with |y| > 0.99, of "
+        "sigmoid outputs below 0.01 or above 0.99.",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Pairwise tests and the verdict
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """One cell group of the pairwise tables: arms ``a`` and ``b`` on final ``key``."""
+
+    key: str
+    a: str
+    b: str
+    va: list[float]
+    vb: list[float]
+    tests: dict[str, float] | None = None  # None: fewer than 2 finished runs in an arm
+    bootstrap: tuple[float, float] = (math.nan, math.nan)
+    holm: float = math.nan  # Welch's p adjusted over every test of the tables
+
+    @property
+    def tested(self) -> bool:
+        return self.tests is not None and not math.isnan(self.tests["p_welch"])
+
+
 def _finite_finals(runs: list[Run], key: str) -> list[float]:
     return [x for r in runs if (x := r.final(key)) is not None and math.isfinite(x)]
 
 
-def pairwise_tests(
+def pairwise(
     finished: dict[str, list[Run]], pairs: list[tuple[str, str]], metrics: list[str]
-) -> list[str]:
+) -> list[Comparison]:
+    """Every pair of arms on every metric, Welch's p Holm-adjusted across all of them."""
+    comparisons = []
+    for key in metrics:
+        for a, b in pairs:
+            c = Comparison(
+                key, a, b, _finite_finals(finished[a], key), _finite_finals(finished[b], key)
+            )
+            if len(c.va) >= 2 and len(c.vb) >= 2:
+                c.tests = compare(c.va, c.vb)
+                if c.tested:
+                    c.bootstrap = bootstrap_ci(c.va, c.vb)
+            comparisons.append(c)
+    adjusted = holm([c.tests["p_welch"] if c.tested else math.nan for c in comparisons])
+    for c, p in zip(comparisons, adjusted):
+        c.holm = p
+    return comparisons
+
+
+def pairwise_tables(comparisons: list[Comparison], metrics: list[str]) -> list[str]:
     """One table per metric: each pair of arms, their difference and its tests."""
-    lines = ["", "## Pairwise tests", ""]
+    if not comparisons:
+        return ["", "## Pairwise tests", "", "A single arm: there is no pair to compare.", ""]
+    family = sum(c.tested for c in comparisons)
+    lines = [
+        "",
+        "## Pairwise tests",
+        "",
+        "Mean difference A − B of the final values with two 95 % intervals: Welch's t and a "
+        f"percentile bootstrap ({BOOTSTRAP_RESAMPLES:,} resamples per arm, seeded; with few "
+        "seeds it is narrower than the t interval, as a resample never leaves the observed "
+        f"values). Holm p: Welch's p adjusted by Holm's method over all {family} tests below.",
+        "",
+    ]
     for key in metrics:
         lines += [
             f"**final {key}**",
             "",
-            "| A | B | mean A − B | Welch p | Mann–Whitney p | Hedges' g |",
-            "|---|---|---|---|---|---|",
+            "| A | B | mean A − B | t 95 % CI | bootstrap 95 % CI | Welch p | Holm p "
+            "| Mann–Whitney p | Hedges' g |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for a, b in pairs:
-            va, vb = _finite_finals(finished[a], key), _finite_finals(finished[b], key)
-            lines.append(_test_row(a, b, va, vb))
+        lines += [_test_row(c) for c in comparisons if c.key == key]
         lines.append("")
     return lines
 
 
-def _test_row(a: str, b: str, va: list[float], vb: list[float]) -> str:
-    if len(va) < 2 or len(vb) < 2:
-        return f"| {a} | {b} | – | needs ≥ 2 runs per arm | | |"
-    c = compare(va, vb)
-    diff = f"{np.mean(va) - np.mean(vb):+.3f}"
-    if math.isnan(c["p_welch"]):
-        return f"| {a} | {b} | {diff} | – (no variance) | – | – |"
+def _test_row(c: Comparison) -> str:
+    if c.tests is None:
+        return f"| {c.a} | {c.b} | – | needs ≥ 2 runs per arm | | | | | |"
+    diff = f"{np.mean(c.va) - np.mean(c.vb):+.3f}"
+    if not c.tested:
+        return f"| {c.a} | {c.b} | {diff} | – (no variance) | – | – | – | – | – |"
+    t = c.tests
     return (
-        f"| {a} | {b} | {diff} | {c['p_welch']:.3g} | {c['p_mannwhitney']:.3g} | "
-        f"{c['hedges_g']:+.2f} |"
+        f"| {c.a} | {c.b} | {diff} | [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}] | "
+        f"[{c.bootstrap[0]:+.3f}, {c.bootstrap[1]:+.3f}] | {t['p_welch']:.3g} | {c.holm:.3g} | "
+        f"{t['p_mannwhitney']:.3g} | {t['hedges_g']:+.2f} |"
     )
 
 
-def verdicts(
-    finished: dict[str, list[Run]], pairs: list[tuple[str, str]], key: str, lower_is_better: bool
-) -> list[str]:
+def verdicts(comparisons: list[Comparison], key: str, lower_is_better: bool) -> list[str]:
     """A sentence per pair of arms with ≥ 2 finished runs each, on final ``key``."""
     said = []
-    for a, b in pairs:
-        va, vb = _finite_finals(finished[a], key), _finite_finals(finished[b], key)
-        if len(va) < 2 or len(vb) < 2:
+    for c in comparisons:
+        if c.key != key or c.tests is None:
             continue
-        c = compare(va, vb)
-        if math.isnan(c["p_welch"]):
-            said.append(
-                f"{a} and {b}: final {key} has no spread across seeds; no test is possible."
-            )
+        if c.tested:
+            said.append(verdict(c, lower_is_better))
         else:
-            said.append(verdict(key, a, b, va, vb, c, lower_is_better))
+            said.append(
+                f"{c.a} and {c.b}: final {key} has no spread across seeds; no test is possible."
+            )
     return said
 
 
-def verdict(
-    key: str,
-    a: str,
-    b: str,
-    va: list[float],
-    vb: list[float],
-    c: dict[str, float],
-    lower_is_better: bool,
-) -> str:
-    ma, mb = float(np.mean(va)), float(np.mean(vb))
-    significant = c["p_welch"] < ALPHA
+def verdict(c: Comparison, lower_is_better: bool) -> str:
+    """Significant means Holm-adjusted p < ALPHA; the raw p is stated beside it."""
+    ma, mb = float(np.mean(c.va)), float(np.mean(c.vb))
+    significant = c.holm < ALPHA
     strength = (
-        f"Welch p = {c['p_welch']:.3g}, Hedges' g = {c['hedges_g']:+.2f}, "
-        f"n = {len(va)} vs {len(vb)}"
+        f"Welch p = {c.tests['p_welch']:.3g}, Holm p = {c.holm:.3g}, "
+        f"Hedges' g = {c.tests['hedges_g']:+.2f}, n = {len(c.va)} vs {len(c.vb)}"
     )
     if not lower_is_better:  # no quality metric: say whether they differ, not which is better
         word = "differ significantly" if significant else "do not differ significantly"
         return (
-            f"{a} and {b} {word} in final {key} ({ma:.3f} vs {mb:.3f}; {strength}). "
+            f"{c.a} and {c.b} {word} in final {c.key} ({ma:.3f} vs {mb:.3f}; {strength}). "
             "Losses and accuracies do not rank GANs: add a quality metric (eval/fcd) to say which "
             "is better."
         )
-    better, worse = (a, b) if ma < mb else (b, a)
+    better, worse = (c.a, c.b) if ma < mb else (c.b, c.a)
     lo, hi = min(ma, mb), max(ma, mb)
     if significant:
         return (
-            f"**{better}** is better than {worse} on final {key} "
+            f"**{better}** is better than {worse} on final {c.key} "
             f"({lo:.2f} vs {hi:.2f}; {strength})."
         )
     return (
-        f"{better} has the lower final {key} ({lo:.2f} vs {hi:.2f}), but the difference is not "
-        f"significant at {ALPHA} ({strength})."
+        f"{better} has the lower final {c.key} ({lo:.2f} vs {hi:.2f}), but the difference is not "
+        f"significant at {ALPHA} after Holm's correction ({strength})."
     )
 
 
-def verdict_section(said: list[str], n_pairs: int) -> list[str]:
+def verdict_section(
+    comparisons: list[Comparison], keys: list[str], lower_is_better: bool, n_pairs: int
+) -> list[str]:
+    said = [s for key in keys for s in verdicts(comparisons, key, lower_is_better)]
     fallback = ["Fewer than two arms with ≥ 2 finished runs: no comparison possible."]
     lines = ["## Verdict", "", *[f"- {v}" for v in said or fallback], ""]
-    if n_pairs > 1:
+    family = sum(c.tested for c in comparisons)
+    if family > 1:
         lines.append(
-            f"{n_pairs} pairs are tested; p-values are not corrected for multiple comparisons "
-            f"(Bonferroni: compare against {ALPHA / n_pairs:.3g})."
+            f"Significance is judged on Holm-adjusted p-values over all {family} tests of the "
+            f"pairwise tables ({n_pairs} pair(s) of arms × metrics), so testing more metrics or "
+            "arms makes each verdict stricter."
         )
     return lines
 
@@ -530,6 +632,16 @@ def skipped(incomplete: list[Skipped]) -> list[str]:
         "",
         f"Skipped {len(incomplete)} incomplete run(s): " + ", ".join(map(str, incomplete)),
     ]
+
+
+OUTPUTS = (
+    "report.md",
+    "report.html",
+    "curves.png",
+    "samples.png",
+    "diagnostics.png",
+    "summary.csv",
+)
 
 
 @exits_on_user_error
@@ -552,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     text = write_report(runs, incomplete, out, args.fcd_threshold)
     print(text)
-    print(f"wrote {out / 'report.md'}, {out / 'curves.png'}, {out / 'summary.csv'}")
+    written = [str(out / name) for name in OUTPUTS if (out / name).is_file()]
+    print("wrote " + ", ".join(written))
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from gan import checkpoint, data, faults, files, nets, quality, tracking
+from gan import outcome as outcomes
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import InitRecord, format_table, initialize
@@ -29,6 +30,7 @@ from gan.trainer import (
     check_precision,
     derive_seed,
     resolve_device,
+    resolve_precision,
     to_channels_last,
     wants_channels_last,
 )
@@ -45,6 +47,7 @@ RESUME_MAY_CHANGE = (
     "trainer.ckpt_every",
     "trainer.threads",
     "trainer.device",
+    "trainer.precision",  # as a setting (auto may stay auto); the resolved one must not change
     "eval.batch_size",
     "data_dir",
     "logger.",
@@ -69,6 +72,17 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"{signal.Signals(signum).name} again: stopped at once")
         self.exit_code = 128 + signum
+
+    def explain(self, step: int, saved_step: int | None, run_dir) -> None:
+        """Says where the run stopped and what can continue it."""
+        if saved_step is None:
+            then = "no checkpoint was written yet: run the same command again"
+        else:
+            then = (
+                f"the checkpoint of step {saved_step} continues with "
+                f"`python train.py resume={run_dir}`"
+            )
+        self.args = (f"{self.args[0]} at step {step}; {then}",)
 
 
 def run(
@@ -104,6 +118,7 @@ def run(
 @dataclass(frozen=True)
 class Environment:
     device: torch.device
+    precision: str  # trainer.precision resolved for this device: fp32 | bf16
     wandb_mode: str  # online | offline | disabled
     wandb_why: str  # what decided the mode, for the offline hint
     resumed: dict[str, Any] | None  # the checkpoint being continued
@@ -112,7 +127,8 @@ class Environment:
 def prepare(cfg: RunConfig) -> Environment:
     mode, why = tracking.resolve_mode(cfg.logger.mode)
     device = resolve_device(cfg.trainer.device)
-    precision_warning = check_precision(cfg.trainer.precision, device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    precision_warning = check_precision(precision, device)
     if precision_warning:
         log.warning(precision_warning)
     if cfg.trainer.threads:
@@ -127,11 +143,13 @@ def prepare(cfg: RunConfig) -> Environment:
         torch.set_num_threads(cfg.trainer.threads)
     resumed = checkpoint.load(cfg.out_dir) if cfg.resume else None
     if resumed:
-        check_resumable(cfg, resumed, device)
-    return Environment(device, mode, why, resumed)
+        check_resumable(cfg, resumed, device, precision)
+    return Environment(device, precision, mode, why, resumed)
 
 
-def check_resumable(cfg: RunConfig, resumed: dict[str, Any], device: torch.device) -> None:
+def check_resumable(
+    cfg: RunConfig, resumed: dict[str, Any], device: torch.device, precision: str
+) -> None:
     """Refuses to continue a checkpoint as a different experiment, device or length, or over a
     metrics.jsonl that lost lines."""
     trained_on = resumed["trainer"]["device"]
@@ -139,6 +157,13 @@ def check_resumable(cfg: RunConfig, resumed: dict[str, Any], device: torch.devic
         raise UserError(
             f"resume={cfg.out_dir}: the run trained on {trained_on}, this machine would use "
             f"{device.type}; resume it with trainer.device={trained_on}"
+        )
+    trained_in = resumed.get("precision", "fp32")  # older checkpoints: fp32, the old default
+    if trained_in != precision:
+        raise UserError(
+            f"resume={cfg.out_dir}: the run trained in {trained_in}, and trainer.precision="
+            f"{cfg.trainer.precision} resolves to {precision} here; resume it with "
+            f"trainer.precision={trained_in}"
         )
     changed = changed_settings(resumed["config"], cfg.resolved)
     if changed:
@@ -279,7 +304,9 @@ def build_trainer(
         betas=t.betas,
         seed=cfg.seed,
         torch_compile=t.compile,
-        precision=t.precision,
+        precision=env.precision,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
     )
     if env.resumed:
         trainer.load_state_dict(env.resumed["trainer"])
@@ -295,12 +322,13 @@ def announce(
         log.info("%s: resuming from step %d in %s", cfg.run_name, trainer.step, cfg.out_dir)
         return
     log.info(
-        "%s: G %s and D %s parameters, %s images on %s",
+        "%s: G %s and D %s parameters, %s images on %s in %s",
         cfg.run_name,
         f"{nets.count_parameters(trainer.g):,}",
         f"{nets.count_parameters(trainer.d):,}",
         f"{n_images:,}",
         env.device,
+        env.precision,
     )
     log.info("%s", format_table(records))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,9 +352,11 @@ class RunEvents:
         evaluation: Evaluation | None,
         best: dict[str, Any],
         asked: dict[str, int | None],
+        saved: dict[str, int | None],
     ):
         self.cfg, self.trainer, self.logger = cfg, trainer, logger
         self.evaluation, self.best, self.asked = evaluation, best, asked
+        self.saved = saved  # {"step": the last checkpoint written}, for a run stopped at once
 
     def evaluate(self, step: int, generator: nets.Generator) -> None:
         if self.evaluation is None:
@@ -348,9 +378,11 @@ class RunEvents:
             "wandb_id": wandb_run.id if wandb_run else None,
             "metrics_offset": self.logger.metrics_offset(),
             "best": dict(self.best),
+            "precision": self.trainer.precision,
         }
         try:
             checkpoint.save(self.cfg.out_dir, blob)
+            self.saved["step"] = step
         except OSError as err:  # e.g. a full disk: the previous checkpoint is still intact
             log.warning(
                 "warning: checkpoint at step %d not written (%s); the last good one is kept",
@@ -385,9 +417,21 @@ def open_logger(cfg: RunConfig, env: Environment) -> tracking.RunLogger:
         group=cfg.logger.group or cfg.init.arm,
         job_type=cfg.logger.job_type,
         tags=[cfg.model.name, cfg.data.name, *cfg.logger.tags, *sweep_tags],
-        config={**cfg.resolved, "arm": cfg.init.arm},
+        config={**wandb_config(cfg), "precision": env.precision},
         metrics_offset=env.resumed["metrics_offset"] if env.resumed else None,
         wandb_id=env.resumed["wandb_id"] if env.resumed else None,
+        args=cfg.overrides,
+    )
+
+
+def wandb_config(cfg: RunConfig) -> dict[str, Any]:
+    choices = {
+        "init": cfg.init.arm.split(",", 1)[0],  # an arm starts with its init option's name
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+    }
+    return tracking.wandb_config(
+        cfg.resolved, choices=choices, arm=cfg.init.arm, overrides=cfg.overrides
     )
 
 
@@ -404,16 +448,22 @@ def train(
     summary = start_summary(cfg, env)
     tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
     best: dict[str, Any] = dict(env.resumed["best"]) if env.resumed else {}
+    saved = {"step": trainer.step if env.resumed else None}  # the last checkpoint on disk
     try:
         with open_logger(cfg, env) as logger:
             faults.point("wandb_init")
             record_start(env, logger, records, evaluation, summary)
-            events = RunEvents(cfg, trainer, logger, evaluation, best, asked)
+            events = RunEvents(cfg, trainer, logger, evaluation, best, asked, saved)
             result = trainer.run(schedule_of(cfg), logger, events, progress)
             record_result(summary, result, best, env, logger)
+            record_artifacts(cfg, logger, evaluation, result)
     except BaseException as err:  # the status must say what happened, whatever it was
-        status = "preempted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed"
-        summary.update(status=status, step=trainer.step)
+        if isinstance(err, (Interrupted, KeyboardInterrupt)):  # stopped at once: what lasts
+            summary.update(status="preempted", steps=saved["step"] or 0)  # is the checkpoint
+            if isinstance(err, Interrupted):
+                err.explain(trainer.step, saved["step"], cfg.out_dir)
+        else:
+            summary.update(status="failed", steps=trainer.step)
         tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
         raise
     faults.point("summary")
@@ -431,7 +481,11 @@ def start_summary(cfg: RunConfig, env: Environment) -> dict[str, Any]:
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "device": str(env.device),
+        "precision": env.precision,
         "sweep_id": cfg.logger.sweep_id,
+        # What resume= composes the run from: .hydra/overrides.yaml is rewritten by Hydra when a
+        # resume names the run dir as its own hydra.run.dir.
+        "overrides": list(cfg.overrides),
     }
 
 
@@ -443,7 +497,9 @@ def record_start(
     summary: dict[str, Any],
 ) -> None:
     """What the run logs once, before training: where W&B is, the init table, the classifier."""
-    hint = tracking.offline_hint(logger, env.wandb_why)
+    hint = tracking.offline_hint(logger, env.wandb_why) or tracking.online_hint(
+        logger, env.wandb_why
+    )
     if hint:
         log.info("%s", hint)
     if not env.resumed:
@@ -471,6 +527,7 @@ SUMMARY_KEYS_IN_WANDB = (
     "steps_per_second",
     "diverged",
     "diverged_step",
+    "outcome",
 )
 
 
@@ -493,9 +550,43 @@ def record_result(
     )
     if result.status == "diverged":
         summary.update(diverged=True, diverged_step=result.diverged_step)
+    if result.status in ("finished", "diverged"):  # a stopped run has come to nothing yet
+        windows = outcomes.read_windows(logger.out_dir / tracking.METRICS_FILE)
+        summary["outcome"] = outcomes.outcome(windows, result.status)
     logger.summarize({k: v for k, v in summary.items() if k in SUMMARY_KEYS_IN_WANDB})
     if result.status == "stopped":
         logger.mark_preempted()
+
+
+def record_artifacts(
+    cfg: RunConfig,
+    logger: tracking.RunLogger,
+    evaluation: Evaluation | None,
+    result: TrainResult,
+) -> None:
+    """With ``logger.log_artifacts``: a finished run's final checkpoint, and the feature classifier
+    its scores were computed with, aliased by its id (FCDs compare only under one classifier)."""
+    if not (cfg.logger.log_artifacts and logger.wandb_run):
+        return
+    if result.status == "finished":  # a stopped run resumes, a diverged one has no final state
+        logger.log_artifact(
+            cfg.out_dir / checkpoint.CHECKPOINT_FILE,
+            name=f"checkpoint-{logger.wandb_run.id}",
+            kind="model",
+            aliases=("final",),
+            metadata={"run_name": cfg.run_name, "arm": cfg.init.arm, "step": result.step},
+        )
+    if evaluation:
+        classifier = evaluation.evaluator.classifier
+        # Where quality.load_classifier caches it.
+        name = f"{cfg.data.name}-v{quality.CLASSIFIER_VERSION}"
+        logger.log_artifact(
+            cfg.data.root / "classifiers" / f"{name}.pt",
+            name=f"classifier-{cfg.data.name}",
+            kind="classifier",
+            aliases=(classifier.identity,),
+            metadata={"identity": classifier.identity, "test_accuracy": classifier.test_accuracy},
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,7 +602,7 @@ def log_result(cfg: RunConfig, summary: dict[str, Any], result: TrainResult) -> 
         outcome = f"{result.step} steps"
     parts = [
         f"done {cfg.run_name}: {outcome} in {result.seconds:.1f} s "
-        f"({summary['steps_per_second']:.1f} steps/s)"
+        f"({summary['steps_per_second']:.1f} steps/s), {summary['outcome']}"
     ]
     last = result.last
     if last:

@@ -1,4 +1,5 @@
-"""The end of a multirun: one line per job that did not finish, and an exit status that says so.
+"""The end of a multirun: one line per job that did not finish, the ablation report in
+``<sweep dir>/report/``, and an exit status that says whether every job ran.
 
 Registered as a Hydra callback in ``conf/config.yaml``. Each job leaves its outcome in its own
 ``summary.json`` (``train.py`` writes one even for a job refused as invalid), so this works the
@@ -15,6 +16,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from gan.errors import UserError
 
 # Outcomes that do not fail a sweep: divergence is a result (some arms are meant to diverge).
 ACCEPTED = ("finished", "diverged")
@@ -74,8 +77,34 @@ def summarize(outcomes: list[JobOutcome]) -> tuple[list[str], bool]:
     return [head, *lines], failed
 
 
+def write_sweep_report(sweep_dir: Path) -> str:
+    """Writes ``gan.report``'s report of the sweep into ``<sweep_dir>/report/``; returns one line
+    saying where it is, or why there is none. Never raises: the jobs' results stand whatever
+    happens to their report."""
+    from gan import report
+
+    out = Path(sweep_dir) / "report"
+    try:
+        runs, incomplete = report.load_runs([sweep_dir])
+        out.mkdir(exist_ok=True)
+        report.write_report(runs, incomplete, out, threshold=None)
+    except UserError as err:  # nothing finished, or runs that cannot be averaged
+        return f"report: none written: {err}"
+    except Exception as err:  # noqa: BLE001 - a report bug must not turn a sweep into a failure
+        return (
+            f"report: failed ({type(err).__name__}: {err}); "
+            f"`python -m gan.report {sweep_dir}` shows the traceback"
+        )
+    return f"report: {out / 'report.html'} (and report.md, figures, summary.csv)"
+
+
 class SweepSummary(Callback):
-    """Prints the sweep's outcome per job; exits 1 if a job failed other than by diverging."""
+    """Prints the sweep's outcome per job, writes its report (``report: false`` turns that off,
+    e.g. ``hydra.callbacks.sweep_summary.report=false``); exits 1 if a job failed other than by
+    diverging."""
+
+    def __init__(self, report: bool = True) -> None:
+        self.report = report
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -83,6 +112,8 @@ class SweepSummary(Callback):
         # Printed, not logged: after the jobs, logging is Hydra's own (stdout, "[HYDRA]" lines).
         stream = sys.stderr if failed else sys.stdout
         print("\n".join(lines), file=stream, flush=True)
+        if self.report:
+            print(write_sweep_report(sweep_dir), flush=True)
         if failed:
             print(
                 f"sweep {sweep_dir}: some jobs did not finish (above); exit status 1",

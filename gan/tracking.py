@@ -2,15 +2,22 @@
 
 metrics.jsonl is the W&B-independent record: one JSON object per log step, ``{"step": N, ...}``.
 W&B is imported only when a run actually logs to it.
+
+In W&B, every row is logged at ``step=`` the trainer step (W&B's ``Step`` is the number of updates
+made) and carries it as ``trainer/step``, the declared x-axis of the run's metrics
+(``METRIC_DEFINITIONS``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import netrc
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,9 +27,24 @@ import torch
 from gan.errors import UserError
 from gan.files import atomic_file
 
+log = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics.jsonl"
 INIT_REPORT_FILE = "init_report.json"
 SUMMARY_FILE = "summary.json"
+
+STEP_METRIC = "trainer/step"  # in every W&B row: the x-axis of the metrics below
+# (name or glob, summary) as W&B's define_metric takes them; None keeps W&B's default summary,
+# the last value under the plain name. An exact name takes precedence over a glob.
+METRIC_DEFINITIONS = (
+    ("train/*", None),
+    ("eval/*", None),
+    ("eval/fcd", "min,last"),  # GANs can worsen: the best score and the final one
+    ("eval/kcd", "min,last"),
+    # Per-layer statistics at init (the step-0 record: what the init did) and at the end.
+    ("diag/*", "first,last"),
+    ("hist/*", None),
+)
 
 
 def has_wandb_credentials() -> bool:
@@ -78,6 +100,41 @@ def write_json(path: Path, data: Any) -> None:
         f.write((json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n").encode())
 
 
+def wandb_config(
+    resolved: Mapping[str, Any], *, choices: Mapping[str, str], arm: str, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """The run's W&B config: the resolved config, each config group (``choices``: group → the
+    option chosen) as its option's name with its contents under ``<group>_config``, the arm, and
+    this job's own Hydra overrides (``hydra_overrides``).
+
+    A `wandb agent` sweep over a group records and locks the option's name under the group's key:
+    the same value, so the sweep never replaces the nested contents, and runs look alike in W&B
+    whether Hydra or an agent launched them. ``<group>_config`` is no Hydra key, so no sweep
+    parameter can name it.
+    """
+    config = {key: value for key, value in resolved.items() if key not in choices}
+    for group, choice in choices.items():
+        config[group] = choice
+        config[f"{group}_config"] = resolved[group]
+    return {**config, "arm": arm, "hydra_overrides": list(overrides)}
+
+
+@contextmanager
+def _program_args(args: Sequence[str] | None) -> Iterator[None]:
+    """W&B records ``sys.argv[1:]`` at init as the run's command; in a multirun, every job run in
+    Hydra's own process would record the whole sweep's command line. ``args`` stands in for them
+    during the call."""
+    if args is None:
+        yield
+        return
+    saved = sys.argv[1:]
+    sys.argv[1:] = list(args)
+    try:
+        yield
+    finally:
+        sys.argv[1:] = saved
+
+
 class RunLogger:
     """Logs one run to metrics.jsonl, PNGs and (unless disabled) one W&B run; use as a context.
 
@@ -99,10 +156,12 @@ class RunLogger:
         config: Mapping[str, Any],
         metrics_offset: int | None = None,
         wandb_id: str | None = None,
+        args: Sequence[str] | None = None,
     ):
         """``metrics_offset``/``wandb_id``: continue a run from a checkpoint: metrics.jsonl is cut
         back to what it held then (lines written after it are re-made by the resumed steps), and
-        the W&B run with that id continues."""
+        the W&B run with that id continues. ``args``: the command-line arguments W&B records for
+        the run (default: this process's)."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = self._open_metrics(metrics_offset)
@@ -121,6 +180,7 @@ class RunLogger:
                 mode=mode,
                 id=wandb_id,
                 resume="allow" if wandb_id else None,
+                args=args,
             )
 
     def _open_metrics(self, offset: int | None):
@@ -132,24 +192,31 @@ class RunLogger:
         metrics.seek(0, os.SEEK_END)  # tell() must report the cut length, not the old one
         return metrics
 
-    def _start_wandb(self, **init: Any) -> None:
+    def _start_wandb(self, args: Sequence[str] | None, **init: Any) -> None:
         import wandb
 
         self._wandb = wandb
         try:
-            self.wandb_run = wandb.init(
-                **init,
-                # Beside the run's other outputs unless the user chose a W&B dir. Passed on
-                # every call: W&B reads WANDB_DIR only once per process.
-                dir=os.environ.get("WANDB_DIR") or str(self.out_dir),
-                settings=wandb.Settings(silent=True),  # our one line says where the run is
-            )
+            with _program_args(args):
+                self.wandb_run = wandb.init(
+                    **init,
+                    # Beside the run's other outputs unless the user chose a W&B dir. Passed on
+                    # every call: W&B reads WANDB_DIR only once per process.
+                    dir=os.environ.get("WANDB_DIR") or str(self.out_dir),
+                    settings=wandb.Settings(silent=True),  # our one line says where the run is
+                )
         except wandb.errors.Error as err:  # e.g. a wrong API key or entity when online
             self._metrics.close()
             raise UserError(
                 f"W&B refused the run ({type(err).__name__}: {err}). Check `wandb login` "
                 "and logger.entity/logger.project, or use logger.mode=offline"
             ) from None
+        self.wandb_run.define_metric(STEP_METRIC, hidden=True)  # an axis, not a chart
+        for name, summary in METRIC_DEFINITIONS:
+            self.wandb_run.define_metric(name, step_metric=STEP_METRIC, summary=summary)
+
+    def _wandb_log(self, step: int, values: Mapping[str, Any]) -> None:
+        self.wandb_run.log({**values, STEP_METRIC: step}, step=step)
 
     @property
     def wandb_dir(self) -> Path | None:
@@ -161,9 +228,7 @@ class RunLogger:
         self._metrics.write(line + "\n")
         self._metrics.flush()
         if self.wandb_run:  # strings (e.g. the eval classifier's id) live in W&B's config/summary
-            self.wandb_run.log(
-                {k: v for k, v in metrics.items() if not isinstance(v, str)}, step=step
-            )
+            self._wandb_log(step, {k: v for k, v in metrics.items() if not isinstance(v, str)})
 
     def log_samples(self, step: int, images: torch.Tensor) -> Path:
         """Saves a grid of ``images`` (B, C, H, W) in [-1, 1] as PNG and to W&B as ``samples``."""
@@ -183,9 +248,7 @@ class RunLogger:
         path.parent.mkdir(exist_ok=True)
         save_image(grid, path)
         if self.wandb_run:
-            self.wandb_run.log(
-                {"samples": self._wandb.Image(str(path), caption=f"step {step}")}, step=step
-            )
+            self._wandb_log(step, {"samples": self._wandb.Image(str(path), caption=f"step {step}")})
         return path
 
     def log_diagnostics(
@@ -202,7 +265,7 @@ class RunLogger:
                     key = f"{prefix.replace('diag/', 'hist/', 1)}/act"
                     histograms[key] = self._wandb.Histogram(finite.double().numpy())
             if histograms:
-                self.wandb_run.log(histograms, step=step)
+                self._wandb_log(step, histograms)
 
     def log_table(self, key: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if self.wandb_run and rows:
@@ -211,7 +274,31 @@ class RunLogger:
                 [json.dumps(r[c]) if isinstance(r[c], list) else r[c] for c in columns]
                 for r in rows
             ]
-            self.wandb_run.log({key: self._wandb.Table(columns=columns, data=data)}, step=0)
+            self._wandb_log(0, {key: self._wandb.Table(columns=columns, data=data)})
+
+    def log_artifact(
+        self,
+        path: Path,
+        *,
+        name: str,
+        kind: str,
+        aliases: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One file as a W&B artifact of type ``kind`` (W&B adds the alias ``latest``). The file
+        is copied now, so a later change (a resumed run's next checkpoint) cannot alter it before
+        an offline run is synced. A file that cannot be logged is a warning: the run's results
+        stand without it."""
+        if not self.wandb_run:
+            return
+        try:
+            artifact = self._wandb.Artifact(name, type=kind, metadata=dict(metadata or {}))
+            artifact.add_file(str(path))
+            self.wandb_run.log_artifact(artifact, aliases=list(aliases))
+        except (OSError, ValueError, self._wandb.errors.Error) as err:
+            log.warning(
+                "warning: W&B artifact %s not logged (%s: %s)", name, type(err).__name__, err
+            )
 
     def metrics_offset(self) -> int:
         """Bytes of metrics.jsonl written so far (stored in checkpoints)."""
@@ -243,3 +330,10 @@ def offline_hint(logger: RunLogger, why: str) -> str | None:
         return None
     where = logger.wandb_dir
     return f"W&B offline ({why}): run saved in {where}; upload with `wandb sync {where}`"
+
+
+def online_hint(logger: RunLogger, why: str) -> str | None:
+    """One line with an online run's page (W&B's own lines are silenced)."""
+    if logger.mode != "online" or logger.wandb_run is None:
+        return None
+    return f"W&B online ({why}): {logger.wandb_run.url}"

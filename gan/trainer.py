@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.config import CHANNELS_LAST_SETTINGS, PRECISIONS, check_precision_name
+from gan.config import CHANNELS_LAST_SETTINGS, OPTIMIZERS, PRECISIONS, check_precision_name
 from gan.console import progress_bar
 from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
@@ -95,11 +95,12 @@ class Schedule:
 
     def diag_due(self, step: int) -> tuple[bool, bool]:
         """(scalars, histograms) for step ``step``. Scalars are recorded during steps 1,
-        diag_every + 1, … (logged at the updates made before: 0, diag_every, …); histograms at
-        the first and the last step."""
+        diag_every + 1, … and the last (logged at the updates made before: 0, diag_every, …,
+        steps - 1), so a run always has its end state; histograms at the first and last step."""
         if not self.diag_every:
             return False, False
-        return (step - 1) % self.diag_every == 0, step in (1, self.steps)
+        last = step == self.steps
+        return (step - 1) % self.diag_every == 0 or last, step == 1 or last
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,16 @@ def to_channels_last(
     return g.to(memory_format=fmt), d.to(memory_format=fmt), images.contiguous(memory_format=fmt)
 
 
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX), where it measured
+    faster; fp32 elsewhere, CUDA included, where bf16 measured slower for these small models
+    (README, Speed). ``fp32`` and ``bf16`` are taken as they are."""
+    check_precision_name(setting)
+    if setting != "auto":
+        return setting
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
 def check_precision(precision: str, device: torch.device) -> str | None:
     """Refuses bf16 where the device cannot run it; returns a warning where it runs but slowly."""
     check_precision_name(precision)
@@ -172,7 +183,7 @@ def check_precision(precision: str, device: torch.device) -> str | None:
             f"trainer.precision=bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
             "(it needs compute capability 8.0, Ampere or newer); use trainer.precision=fp32"
         )
-    if device.type == "cpu" and not _cpu_has_native_bf16():
+    if device.type == "cpu" and not cpu_has_native_bf16():
         return (
             "warning: trainer.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): "
             "bf16 is emulated here and training is ~20× slower than fp32"
@@ -180,19 +191,29 @@ def check_precision(precision: str, device: torch.device) -> str | None:
     return None
 
 
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
     # oneDNN's own check (AVX512-BF16 or AMX), as torch's tests use it; no oneDNN, no fast bf16.
     return torch.backends.mkldnn.is_available() and bool(
         torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
 
 
-def _adam(
-    net: nn.Module, lr: float, betas: tuple[float, float], device: torch.device
-) -> torch.optim.Adam:
-    # Fused Adam updates all tensors in one kernel; it exists for CPU and CUDA float tensors.
+def make_optimizer(
+    net: nn.Module,
+    name: str,
+    lr: float,
+    betas: tuple[float, float],
+    momentum: float,
+    device: torch.device,
+) -> torch.optim.Optimizer:
+    """``adam`` (takes ``betas``) or ``sgd`` (heavy-ball ``momentum``, no weight decay)."""
+    # Fused kernels update all tensors at once; they exist for CPU and CUDA float tensors.
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(net.parameters(), lr=lr, betas=betas, fused=fused)
+    if name == "adam":
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas, fused=fused)
+    if name == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, fused=fused)
+    raise UserError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
 class Sink(Protocol):
@@ -231,7 +252,8 @@ class GANTrainer:
     eager modules, which share the parameters, so their hooks fire). ``precision="bf16"``: forward
     passes and losses under bf16 autocast (matmuls and convolutions in bf16, BatchNorm and losses
     in fp32); weights, gradients and Adam stay fp32. ``check_precision`` says whether the device
-    runs bf16 natively.
+    runs bf16 natively. ``optimizer``: ``adam`` (with ``betas``) or ``sgd`` (with ``momentum``);
+    the keyword defaults are Adam as it always was, for callers that predate the choice.
     """
 
     def __init__(
@@ -246,16 +268,18 @@ class GANTrainer:
         seed: int,
         torch_compile: bool = False,
         precision: str = "fp32",
+        optimizer: str = "adam",
+        momentum: float = 0.0,
     ):
         self.g, self.d, self.images, self.batch_size = generator, discriminator, images, batch_size
         device = self.device = images.device
-        check_precision_name(precision)
-        self.bf16 = precision == "bf16"
+        self.precision = resolve_precision(precision, device)
+        self.bf16 = self.precision == "bf16"
         self.compiled = (
             (torch.compile(generator), torch.compile(discriminator)) if torch_compile else None
         )
-        self.g_opt = _adam(generator, lr, betas, device)
-        self.d_opt = _adam(discriminator, lr, betas, device)
+        self.g_opt = make_optimizer(generator, optimizer, lr, betas, momentum, device)
+        self.d_opt = make_optimizer(discriminator, optimizer, lr, betas, momentum, device)
         self.rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "train"))
         # Fixed noise for sample grids, from its own stream so sampling never shifts training draws.
         sample_rng = torch.Generator().manual_seed(derive_seed(seed, "samples"))
@@ -270,11 +294,11 @@ class GANTrainer:
         self.step = 0
         self.order = torch.randperm(len(images), generator=self.rng, device=device)
         self.cursor = 0
-        self.window = torch.zeros(len(METRICS), device=device)  # metric sums of the open window
+        # The open logging window, one row of METRICS per step (window_steps rows used): a step
+        # only copies its row in; means and the first non-finite loss are read at the window's
+        # one host sync. Sized by the schedule's log_every when training starts.
+        self.rows = torch.zeros(1, len(METRICS), device=device)
         self.window_steps = 0
-        # The first step whose losses were not finite (0: none yet), kept on the device.
-        self.step_tensor = torch.zeros((), dtype=torch.long, device=device)
-        self.first_bad_step = torch.zeros((), dtype=torch.long, device=device)
         self.last: dict[str, float] = {}  # the last closed window's metrics
 
     def state_dict(self) -> dict:
@@ -287,9 +311,8 @@ class GANTrainer:
             "rng": self.rng.get_state(),
             "order": self.order,
             "cursor": self.cursor,
-            "window": self.window,
+            "window_rows": self.rows[: self.window_steps].clone(),
             "window_steps": self.window_steps,
-            "first_bad_step": int(self.first_bad_step),
             "last": dict(self.last),
             "device": self.device.type,
         }
@@ -306,9 +329,12 @@ class GANTrainer:
             state["window_steps"],
         )
         self.order = state["order"].to(self.device)
-        self.window = state["window"].to(self.device)
-        self.step_tensor.fill_(self.step)
-        self.first_bad_step.fill_(state["first_bad_step"])
+        self._reserve_rows(self.window_steps)
+        if "window_rows" in state:
+            self.rows[: self.window_steps] = state["window_rows"].to(self.device)
+        elif self.window_steps:  # checkpoint format 1 kept the window's sums: one row holds them
+            self.rows[: self.window_steps] = 0
+            self.rows[0] = state["window"].to(self.device)
         self.last = dict(state["last"])
 
     def _next_batch(self) -> torch.Tensor:
@@ -352,22 +378,21 @@ class GANTrainer:
         self.g_opt.step()
         self.d.requires_grad_(True)
 
-        self._track_divergence(loss_d, loss_g)
         return step_metrics(loss_d, loss_g, d_real, d_fake, d_gen)
 
-    @torch.no_grad()
-    def _track_divergence(self, loss_d: torch.Tensor, loss_g: torch.Tensor) -> None:
-        # On the device, so no step waits on the host: the first step with a non-finite loss.
-        self.step_tensor += 1
-        finite = torch.isfinite(loss_d) & torch.isfinite(loss_g)
-        first = ~finite & (self.first_bad_step == 0)
-        self.first_bad_step = torch.where(first, self.step_tensor, self.first_bad_step)
+    def _reserve_rows(self, n: int) -> None:
+        if n > len(self.rows):
+            grown = torch.zeros(n, len(METRICS), device=self.device)
+            grown[: len(self.rows)] = self.rows
+            self.rows = grown
 
-    def _step(self, real: torch.Tensor, eager: bool = False) -> torch.Tensor:
-        """gan_step's metrics stacked in METRICS order, for the window's running sums."""
+    def _step(self, real: torch.Tensor, eager: bool = False) -> None:
+        """One gan_step; its metrics become the window's next row (METRICS order)."""
+        if self.window_steps == len(self.rows):  # a window longer than planned: grow
+            self._reserve_rows(2 * len(self.rows))
         try:
             metrics = self.gan_step(real, eager)
-            return torch.stack([metrics[name] for name in METRICS])
+            torch.stack([metrics[name] for name in METRICS], out=self.rows[self.window_steps])
         except (
             torch._dynamo.exc.BackendCompilerFailed
         ) as err:  # torch.compile compiles lazily, here
@@ -394,6 +419,8 @@ class GANTrainer:
         ``events`` evaluates, checkpoints (also when it asks to stop) and may ask to stop.
         """
         events = events or _NoEvents()
+        # A window never outlasts the run: a "never" period (bench) must not size the buffer.
+        self._reserve_rows(min(schedule.log_every, schedule.steps))
         diagnostics = LayerDiagnostics({"G": self.g, "D": self.d}) if schedule.diag_every else None
         bar = progress_bar(schedule.steps, self.step, desc="train", enabled=progress)
         start = time.perf_counter()
@@ -418,33 +445,36 @@ class GANTrainer:
             # Histograms only on the last step, so a resumed run's metrics equal an
             # uninterrupted one's (the same steps run hooked).
             with diagnostics.recording(keep_samples=histograms):
-                self.window += self._step(real, eager=True)
+                self._step(real, eager=True)
             values = diagnostics.results() if scalars else {}
             sink.log_diagnostics(step - 1, values, diagnostics.samples)
         else:
-            self.window += self._step(real)
+            self._step(real)
         self.window_steps += 1
         self.step = step
 
     def _close_window(self, step: int, sink: Sink, bar, start: float) -> TrainResult | None:
         """Logs the window's means; a TrainResult when the run diverged."""
-        # The window's only host sync: its metrics, the divergence flag, finite weights.
+        # The window's only host sync: its means, which of its steps had finite losses, and
+        # whether the weights are finite.
+        n = self.window_steps
+        rows = self.rows[:n]
+        finite_losses = torch.isfinite(rows[:, :2]).all(1)  # loss_D, loss_G: METRICS[:2]
+        total = rows[0].clone()
+        for row in rows[1:]:  # step by step, the summation order of a running sum
+            total += row
         synced = torch.cat(
-            (
-                self.window / self.window_steps,
-                self.first_bad_step[None].float(),
-                self._weights_finite()[None].float(),
-            )
+            (total / n, finite_losses.float(), self._weights_finite()[None].float())
         ).tolist()
-        *values, first_bad, weights_ok = synced
-        if first_bad or not weights_ok:
-            diverged_at = int(first_bad) or step
+        values, finite, weights_ok = synced[: len(METRICS)], synced[len(METRICS) : -1], synced[-1]
+        if not all(finite) or not weights_ok:
+            first_bad = finite.index(0.0) if not all(finite) else n - 1
+            diverged_at = step - n + 1 + first_bad
             sink.log(step, {"diverged": True, "diverged_step": diverged_at})
             seconds = time.perf_counter() - start
             return TrainResult("diverged", step, seconds, self.last, diverged_at)
         self.last = dict(zip(METRIC_KEYS, values))
         sink.log(step, self.last)
-        self.window.zero_()
         self.window_steps = 0
         bar.set_postfix(
             loss_D=f"{self.last['train/loss_D']:.3f}",

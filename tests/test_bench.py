@@ -38,4 +38,10 @@ def test_bench_applies_the_speed_options_to_the_project_loop(capsys, tmp_path, m
     assert built == [{"torch_compile": False, "precision": "bf16"}] * 2  # logging on and off
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     settings = (result["precision"], result["channels_last"], result["compile"])
-    assert settings == ("bf16", True, False)
+    assert settings == ("bf16", True, False) and result["precision_resolved"] == "bf16"
+    assert {"model", "avx2", "avx512_bf16", "amx_bf16", "native_bf16"} <= set(result["cpu"])
+
+
+def test_bench_measures_auto_precision_by_default():
+    args = bench._parser().parse_args([])
+    assert args.precision == "auto"

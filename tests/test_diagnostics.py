@@ -80,7 +80,7 @@ def test_diagnostics_cover_every_layer_and_leave_training_unchanged(tmp_path):
     run(run_config([*common, "trainer.diag_every=0"], tmp_path / "plain"), progress=False)
     lines = read_lines(tmp_path / "diag")
     diag = [line for line in lines if any(k.startswith("diag/") for k in line)]
-    assert [line["step"] for line in diag] == [0, 20]  # recorded entering steps 1 and 21
+    assert [line["step"] for line in diag] == [0, 20, 39]  # entering steps 1, 21 and the last
     keys = set(diag[0]) - {"step"}
     leaky = ("act_mean", "act_std", "dead_frac", "weight_std", "grad_norm")
     for layer in ("G/fc1", "G/fc2", "G/fc3", "G/fc4", "D/fc1", "D/fc2"):  # feed Leaky ReLU

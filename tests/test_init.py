@@ -11,7 +11,16 @@ from torch import nn
 from conftest import run_config
 from gan import nets
 from gan.errors import UserError
-from gan.init import Rule, Scheme, SigmoidInLoss, fans, initialize, trace_feeds
+from gan.init import (
+    Rule,
+    Scheme,
+    SigmoidInLoss,
+    fans,
+    format_table,
+    initialize,
+    trace_feeds,
+    trainable_weight,
+)
 from gan.run import build_networks
 
 # What each weighted layer feeds, written out by hand from the architectures' definitions (not
@@ -26,7 +35,38 @@ FEEDS = {
         "generator": {"project": RELU, "up1": RELU, "out": TANH},
         "discriminator": {"conv1": LEAKY, "conv2": LEAKY, "out": SIGMOID},
     },
+    "mlp_deep": {
+        "generator": {**{f"fc{i}": LEAKY for i in range(1, 7)}, "out": TANH},
+        "discriminator": {**{f"fc{i}": LEAKY for i in range(1, 7)}, "out": SIGMOID},
+    },
 }
+# Every normalization axis on each model (the weighted layers, hence FEEDS, stay the same), and how
+# many BatchNorm layers each network then has: (overrides, G's, D's), also written out by hand.
+VARIANTS = {
+    "mlp": [
+        ([], 3, 0),
+        (["model.g_norm=none"], 0, 0),
+        (["model.d_norm=batch"], 3, 1),
+        (["model.d_norm=spectral"], 3, 0),
+        (["model.g_norm=none", "model.d_norm=spectral"], 0, 0),
+    ],
+    "dcgan": [
+        ([], 2, 1),
+        (["model.g_norm=none"], 0, 1),
+        (["model.d_norm=none"], 2, 0),
+        (["model.d_norm=spectral"], 2, 0),
+    ],
+    "mlp_deep": [([], 0, 0), (["model.d_norm=spectral"], 0, 0)],
+}
+CASES = [
+    pytest.param(
+        model, dataset, overrides, g_bn, d_bn, id=f"{model}-{dataset}-{','.join(overrides)}"
+    )
+    for model, variants in VARIANTS.items()
+    for dataset in ("digits", "mnist")
+    for overrides, g_bn, d_bn in variants
+    if dataset == "digits" or not overrides  # every axis on digits; each model's default on mnist
+]
 
 
 def std_tolerance(n: int) -> float:
@@ -43,24 +83,39 @@ def xavier_std(layer: nn.Module) -> float:
     return math.sqrt(2 / (fan_in + fan_out))
 
 
+WEIGHTED_TYPES = ("Linear", "Conv2d", "ConvTranspose2d")
+
+
 def weighted_layers(net: nn.Module) -> dict[str, nn.Module]:
     kinds = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     return {p: m for p, m in net.named_modules() if isinstance(m, kinds)}
 
 
-@pytest.mark.parametrize("dataset", ["digits", "mnist"])
-@pytest.mark.parametrize("model", ["mlp", "dcgan"])
-def test_he_xavier_gives_every_weight_the_scheme_of_what_it_feeds(model, dataset, tmp_path):
-    cfg = run_config([f"model={model}", f"dataset={dataset}", "init=he_xavier"], tmp_path)
+def batch_norms(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+
+
+@pytest.mark.parametrize(("model", "dataset", "overrides", "g_bn", "d_bn"), CASES)
+def test_he_xavier_gives_every_weight_the_scheme_of_what_it_feeds(
+    model, dataset, overrides, g_bn, d_bn, tmp_path
+):
+    cfg = run_config(
+        [f"model={model}", f"dataset={dataset}", "init=he_xavier", *overrides], tmp_path
+    )
     g, d, records = build_networks(cfg)
+    assert (len(batch_norms(g)), len(batch_norms(d))) == (g_bn, d_bn)
     by_tensor = {(r.network, r.layer, r.param): r for r in records}
     checked = 0
     for network, net in (("generator", g), ("discriminator", d)):
         layers = weighted_layers(net)
         assert set(layers) == set(FEEDS[model][network]), "architecture changed: update FEEDS"
+        spectral = network == "discriminator" and cfg.model.d_norm == "spectral"
+        # Under spectral norm the rule draws the parametrization's original, and says so.
+        param = "parametrizations.weight.original" if spectral else "weight"
         for path, layer in layers.items():
             kind, slope = FEEDS[model][network][path]
-            record = by_tensor[(network, path, "weight")]
+            record = by_tensor[(network, path, param)]
+            assert record.type == type(layer).__name__.removeprefix("Parametrized")
             assert record.activation.startswith(kind)
             if kind in ("relu", "leaky_relu"):
                 assert record.rule == "kaiming_normal"
@@ -70,19 +125,70 @@ def test_he_xavier_gives_every_weight_the_scheme_of_what_it_feeds(model, dataset
             else:
                 assert record.rule == "xavier_normal" and record.gain == 1.0
                 expected = xavier_std(layer)
+            assert (record.fan_in, record.fan_out) == fans(layer)
             assert record.expected_std == pytest.approx(expected, rel=1e-9)
-            n = layer.weight.numel()
-            measured = layer.weight.std(correction=0).item()  # as the report measures
+            weight = trainable_weight(layer).detach()
+            n = weight.numel()
+            measured = weight.std(correction=0).item()  # as the report measures
             assert measured == pytest.approx(record.measured_std, rel=1e-3)
             if n >= 2000:  # enough draws for a sharp estimate; smaller ones are tested below
                 assert measured == pytest.approx(expected, rel=std_tolerance(n))
-                assert abs(layer.weight.mean().item()) < 5 * expected / math.sqrt(n)
+                assert abs(weight.mean().item()) < 5 * expected / math.sqrt(n)
                 checked += 1
             assert torch.count_nonzero(layer.bias) == 0
-        for module in net.modules():
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+            if spectral:  # the power iteration follows the new draw: D sees weight / sigma ≈ 1
+                assert effective_spectral_norm(layer) == pytest.approx(1.0, abs=0.1)
+        for module in batch_norms(net):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
     assert checked >= 3  # most weights; the rest are covered by the wide-layer test below
+    assert len(records) == len(list(g.parameters())) + len(list(d.parameters()))
+
+
+def effective_spectral_norm(layer: nn.Module) -> float:
+    """The largest singular value of the weight the layer computes with, read in eval mode (a
+    training-mode read would advance the power iteration)."""
+    was = layer.training
+    layer.eval()
+    with torch.no_grad():
+        matrix = layer.weight.flatten(1)
+    layer.train(was)
+    return torch.linalg.matrix_norm(matrix, 2).item()
+
+
+def test_spectral_norm_without_the_resync_would_start_from_a_stale_sigma(monkeypatch, tmp_path):
+    # The control for the check above: u and v left as registered on torch's default draw give
+    # D a weight many times the intended spectral norm.
+    from gan import init
+
+    monkeypatch.setattr(init, "_resync_parametrization", lambda module, kind: None)
+    cfg = run_config(["init=he_xavier", "model.d_norm=spectral"], tmp_path)
+    _, d, _ = build_networks(cfg)
+    assert effective_spectral_norm(d.fc2) > 3
+
+
+def test_the_init_table_names_the_original_under_spectral_norm(tmp_path):
+    plain = build_networks(run_config(["init=he_xavier"], tmp_path))[2]
+    cfg = run_config(["init=he_xavier", "model.d_norm=spectral"], tmp_path)
+    records = build_networks(cfg)[2]
+    tensors = [f"{r.layer}.{r.param}" for r in records if r.network == "discriminator"]
+    assert tensors == [
+        "fc1.parametrizations.weight.original",
+        "fc1.bias",
+        "fc2.parametrizations.weight.original",
+        "fc2.bias",
+        "out.parametrizations.weight.original",
+        "out.bias",
+    ]
+    assert "fc1.parametrizations.weight.original  Linear" in format_table(records)
+    # The generator's records, and every field but the path, are what they are without it.
+    assert [r for r in records if r.network == "generator"] == [
+        r for r in plain if r.network == "generator"
+    ]
+    for r, p in zip(records[-6:], plain[-6:]):
+        assert {**r.to_dict(), "param": p.param, "measured_std": 0} == {
+            **p.to_dict(),
+            "measured_std": 0,
+        }
 
 
 def test_small_layers_are_drawn_at_the_right_std_too():
@@ -95,9 +201,18 @@ def test_small_layers_are_drawn_at_the_right_std_too():
     assert w.std().item() == pytest.approx(math.sqrt(2 / 4005), rel=std_tolerance(w.numel()))
 
 
-@pytest.mark.parametrize("model", ["mlp", "dcgan"])
-def test_default_leaves_pytorch_init_bit_identical(model, tmp_path):
-    cfg = run_config([f"model={model}", "init=default", "seed=7"], tmp_path)
+@pytest.mark.parametrize(
+    ("model", "overrides"),
+    [
+        ("mlp", []),
+        ("dcgan", []),
+        ("mlp_deep", []),
+        ("mlp", ["model.g_norm=none", "model.d_norm=spectral"]),
+        ("dcgan", ["model.g_norm=none", "model.d_norm=spectral"]),
+    ],
+)
+def test_default_leaves_pytorch_init_bit_identical(model, overrides, tmp_path):
+    cfg = run_config([f"model={model}", "init=default", "seed=7", *overrides], tmp_path)
     g, d, records = build_networks(cfg)
     torch.manual_seed(7)
     g_fresh, d_fresh = nets.build(cfg.model, (1, 8, 8))
@@ -106,8 +221,9 @@ def test_default_leaves_pytorch_init_bit_identical(model, tmp_path):
         for (name, p), (_, q) in pairs:
             assert torch.equal(p, q), name
     # The report states torch's own promise: std 1/sqrt(3·fan_in), torch's fan_in = size(1)·k·k.
+    # Under spectral norm the state also holds u and v: untouched too, so not re-synced.
     for r in records:
-        if r.param == "weight" and r.type in ("Linear", "Conv2d", "ConvTranspose2d"):
+        if r.param.endswith(("weight", "original")) and r.type in WEIGHTED_TYPES:
             torch_fan_in = math.prod(r.shape[1:])
             assert r.rule == "default"
             assert r.expected_std == pytest.approx(1 / math.sqrt(3 * torch_fan_in))

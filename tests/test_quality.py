@@ -90,3 +90,62 @@ def test_the_cache_is_reused_and_a_corrupt_one_retrained(tmp_path, caplog):
     assert "is unreadable" in caplog.text
     assert again.identity == first.identity  # deterministic training: the same classifier
     assert quality.load_classifier(source, progress=False).identity == first.identity
+
+
+# --- KCD: the unbiased kernel distance ---------------------------------------------------------
+
+
+def direct_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD² written out pair by pair, as in its definition (Gretton et al. 2012)."""
+
+    def k(a, b):
+        return (a @ b / len(a) + 1) ** 3
+
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_mmd2_matches_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 5)), rng.normal(0.5, 2.0, size=(9, 5))
+    assert quality.mmd2_unbiased(x, y) == pytest.approx(direct_mmd2(x, y), rel=1e-10)
+
+
+def test_mmd2_is_unbiased_for_equal_distributions():
+    # Over many tiny draws of one distribution the mean is 0 within its standard error; the
+    # biased estimate (which keeps the k(a, a) terms) is clearly positive on the same draws.
+    def mean_k(a, b):
+        return ((a @ b.T / a.shape[1] + 1) ** 3).mean()
+
+    def biased(x, y):
+        return mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y)
+
+    rng = np.random.default_rng(1)
+    pairs = [rng.normal(size=(2, 8, 4)) for _ in range(4000)]
+    unbiased = np.array([quality.mmd2_unbiased(x, y) for x, y in pairs])
+    assert abs(unbiased.mean()) < 3 * unbiased.std() / math.sqrt(len(pairs))
+    assert np.mean([biased(x, y) for x, y in pairs]) > 10 * unbiased.std() / math.sqrt(len(pairs))
+
+
+def test_kernel_distance_separates_distributions_and_is_seeded():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(400, 6)), rng.normal(size=(400, 6))
+    same, same_std = quality.kernel_distance(a, b)
+    shifted, _ = quality.kernel_distance(a, b + 0.5)
+    assert abs(same) < 3 * same_std and shifted > 10 * same_std
+    assert quality.kernel_distance(a, b) == (same, same_std)  # deterministic
+    assert quality.kernel_distance(a[:3], b[:3], subsets=4)[1] >= 0  # tiny samples: subsets of 2
+
+
+def test_kcd_of_real_data_is_near_zero_and_logged_with_its_spread(digits):
+    _, evaluator, train = digits
+    real = evaluator.score(train.images[:360])
+    noise = evaluator.score(
+        torch.rand(360, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    )
+    assert abs(real["eval/kcd"]) < 3 * real["eval/kcd_std"]  # 0 within its spread
+    assert noise["eval/kcd"] > 20 * abs(real["eval/kcd"]) and noise["eval/kcd"] > 0
+    assert real["eval/kcd_std"] > 0  # subsets differ even when the whole test split is scored

@@ -6,12 +6,25 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 
 from gan import report
 
 
-def make_run(root, arm, seed, fcd_curve, dataset="digits", status="finished", acc_d=0.6):
+def make_run(
+    root,
+    arm,
+    seed,
+    fcd_curve,
+    dataset="digits",
+    status="finished",
+    acc_d=0.6,
+    evals=None,
+    diag=None,
+):
+    """A run directory as train.py leaves it. ``evals``: more eval/* values, logged with each FCD;
+    ``diag``: {step: {"G/fc1/act_std": value, ...}} diagnostic records (default: one at step 0)."""
     run_dir = root / f"{arm}-{seed}"
     run_dir.mkdir(parents=True)
     summary = {"status": status, "arm": arm, "seed": seed, "model": "mlp", "dataset": dataset}
@@ -23,11 +36,18 @@ def make_run(root, arm, seed, fcd_curve, dataset="digits", status="finished", ac
             "train/loss_G": 0.9,
             "train/acc_D": acc_d,
             "train/acc_G": 0.3,
-            **({"eval/fcd": v} if v is not None else {}),
+            **(
+                {"eval/fcd": v, "eval/classifier": "digits-v1-abc", **(evals or {})}
+                if v is not None
+                else {}
+            ),
         }
         for i, v in enumerate(fcd_curve)
     ]
-    lines.insert(0, {"step": 0, "diag/G/fc1/act_std": 1.0})  # other records are ignored
+    diag = {0: {"G/fc1/act_std": 1.0}} if diag is None else diag
+    lines[:0] = [
+        {"step": step, **{f"diag/{k}": v for k, v in d.items()}} for step, d in diag.items()
+    ]
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return run_dir
 
@@ -64,7 +84,8 @@ def test_report_on_a_known_ablation(ablation, tmp_path):
     assert verdict + "0.000255" in text
     assert "Skipped 1 incomplete run(s)" in text
     # acc_D is the same in every run: no test is possible
-    assert "| default | he_xavier | +0.000 | – (no variance) | – | – |" in text
+    assert "| default | he_xavier | +0.000 | – (no variance) | – | – | – | – | – |" in text
+    assert "Holm p = 0.000255" in text  # one test with spread: Holm changes nothing
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 7 and {r["status"] for r in rows} == {"finished", "diverged"}
     assert (out / "curves.png").stat().st_size > 20_000
@@ -95,3 +116,106 @@ def test_runs_with_different_training_settings_are_refused(tmp_path):
         (run_dir / ".hydra" / "config.yaml").write_text(f"trainer:\n  steps: 100\n  lr: {lr}\n")
     with pytest.raises(report.UserError, match=r"trainer.lr takes 0.0002, 0.001"):
         report.load_runs([tmp_path])
+
+
+# --- statistics: Holm, bootstrap, Welch's interval ------------------------------------------
+
+
+def test_holm_matches_hand_computed_values():
+    # sorted 0.005, 0.01, 0.03, 0.04 → × 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 → monotone: 0.06
+    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = report.holm([0.5, math.nan, 0.01])  # an untested row is not part of the family
+    assert adjusted[0] == pytest.approx(0.5) and math.isnan(adjusted[1])
+    assert adjusted[2] == pytest.approx(0.02)
+    assert report.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+
+
+def test_bootstrap_interval_is_seeded_and_agrees_with_t_for_many_seeds():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 200)
+    first = report.bootstrap_ci(a, b)
+    assert first == report.bootstrap_ci(a, b)  # deterministic: the report does not change
+    low, high = first
+    assert low < a.mean() - b.mean() < high
+    t = report.compare(a, b)
+    assert low == pytest.approx(t["ci_low"], abs=0.03) and high == pytest.approx(
+        t["ci_high"], abs=0.03
+    )
+    assert report.bootstrap_ci([3.0, 3.0], [1.0, 1.0]) == (2.0, 2.0)  # no spread: the point
+
+
+def test_welch_interval_matches_scipy():
+    from scipy import stats
+
+    a, b = [10.0, 11.5, 12.0, 9.0], [20.0, 21.0, 25.0]
+    expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    c = report.compare(a, b)
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx((expected.low, expected.high))
+
+
+# --- the tables: Holm across the whole table, bootstrap beside t, coverage, KCD -------------
+
+
+@pytest.fixture
+def three_arms(tmp_path):
+    """Three arms × 3 seeds with spread in FCD, KCD, class coverage, acc_D and D's outputs."""
+    finals = {"a": [10, 12, 14], "b": [20, 23, 21], "c": [11, 15, 13]}
+    for arm, values in finals.items():
+        for seed, v in enumerate(values):
+            evals = {
+                "eval/kcd": v / 10,
+                "eval/kcd_std": 0.1,
+                "eval/class_kl": 0.01 * v,
+                "eval/classes_covered": 10 - seed,
+                "eval/confidence": 0.9,
+            }
+            lines = make_run(tmp_path, arm, seed, [40, v], acc_d=0.5 + v / 100, evals=evals)
+            extra = {"step": 200, "train/D_x": 0.5 + v / 100, "train/D_G_z": 0.5 - seed / 100}
+            with (lines / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(extra) + "\n")
+    return tmp_path
+
+
+def test_pairwise_p_values_are_holm_adjusted_over_the_whole_table(three_arms):
+    runs, _ = report.load_runs([three_arms])
+    text = report.write_report(runs, [], three_arms, None)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " p " not in line]
+    tested = [r.split(" | ") for r in rows if r.count("[") == 2]  # rows with both intervals
+    assert len(tested) == 3 * 4  # 3 pairs × (fcd, kcd, class_kl, acc_D); the rest: no spread
+    raw = [float(cells[5]) for cells in tested]
+    assert [float(cells[6]) for cells in tested] == pytest.approx(report.holm(raw), rel=1e-2)
+    assert "over all 12 tests below" in text
+    assert "| a | b | -9.333 | [" in text  # mean difference, then the t and bootstrap intervals
+    # Verdicts on both quality metrics, judged on Holm's p.
+    assert "on final eval/fcd" in text and "final eval/kcd" in text and "Holm p = " in text
+
+
+def test_class_coverage_kcd_and_d_outputs_are_in_the_tables(three_arms):
+    assert report.main([str(three_arms), "--out", str(three_arms / "out")]) == 0
+    text = (three_arms / "out" / "report.md").read_text()
+    assert "| arm | n | diverged | final FCD | best FCD | final KCD | final acc_D |" in text
+    assert "| a | 3 | 0 | 12.00 ± 4.97 | 12.00 ± 4.97 | 1.20 ± 0.50 | 0.620 ± 0.050 |" in text
+    header = "| arm | n | final class_kl | final classes covered | final D(x) | final D(G(z)) |"
+    assert header in text
+    assert "| b | 3 | 0.21 ± 0.04 | 9.00 ± 2.48 | 0.713 ± 0.038 | 0.490 ± 0.025 |" in text
+    rows = list(csv.DictReader((three_arms / "out" / "summary.csv").open()))
+    columns = list(rows[0])
+    assert columns[:12] == [
+        "arm", "seed", "model", "dataset", "status", "diverged_step", "path",
+        "final train/loss_D", "final train/loss_G", "final train/acc_D", "final train/acc_G",
+        "final eval/fcd",
+    ]  # fmt: skip
+    assert {"final eval/kcd", "final eval/class_kl", "final train/D_G_z"} <= set(columns)
+    assert rows[0]["final eval/kcd"] == "1.0"
+
+
+def test_a_step_logged_twice_keeps_its_last_value(tmp_path):
+    # A resume may re-make lines of the step it continued from; runs must still align by step.
+    for seed in range(2):
+        run_dir = make_run(tmp_path, "default", seed, [30.0, 20.0])
+        with (run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": 200, "train/loss_D": 0.6, "eval/fcd": 10.0 + seed}) + "\n")
+    runs, _ = report.load_runs([tmp_path])
+    steps, values = runs[0].curves["eval/fcd"]
+    assert list(steps) == [100, 200] and list(values) == [30.0, 10.0]
+    assert "| default | 2 | 0 | 10.50 ± 6.35 |" in report.write_report(runs, [], tmp_path, None)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run_config
+from conftest import CONF_DIR, run_config
 from gan.config import resolve_scheme
 from gan.errors import UserError
-from gan.init import TRUNC_STD_FACTOR, SigmoidInLoss, fans, initialize
+from gan.init import TRUNC_STD_FACTOR, SigmoidInLoss, fans, initialize, trainable_weight
 
 LAYERS = {  # ≥ 18k weights each: sample stds within ~3.7 % at 5 standard errors
     "linear": lambda: nn.Linear(400, 300),
@@ -197,3 +197,30 @@ def test_a_cycle_of_scheme_names_is_an_error(tmp_path):
 def test_negative_std_is_refused(tmp_path):
     with pytest.raises(UserError, match="needs std > 0, got -0.1"):
         run_config(["init=normal_small", "init.std=-0.1"], tmp_path)
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF_DIR / "init").glob("*.yaml")))
+@pytest.mark.parametrize("layer_kind", ["linear", "conv"])
+def test_under_spectral_norm_every_scheme_draws_the_original_as_it_would_the_weight(
+    option, layer_kind, tmp_path
+):
+    # The same draws from the same stream: the parametrization changes where the rule writes
+    # (the original), never what it writes.
+    scheme = run_config([f"init={option}"], tmp_path).init.discriminator
+    tensors = []
+    for wrap in (lambda layer: layer, nn.utils.parametrizations.spectral_norm):
+        torch.manual_seed(0)  # torch's own init of the layer, for the default scheme
+        layer = wrap(LAYERS[layer_kind]())
+        (weight, bias) = initialize(
+            nn.Sequential(layer, nn.LeakyReLU(0.2)),
+            scheme,
+            network="discriminator",
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert weight.rule == scheme.weights["leaky_relu"].describe() and bias.param == "bias"
+        assert weight.fan_in in (None, fans(layer)[0])  # None: a rule that reads no fan
+        tensors.append((trainable_weight(layer).detach().clone(), weight))
+    (plain, plain_record), (original, record) = tensors
+    assert torch.equal(plain, original)
+    assert record.param == "parametrizations.weight.original" and plain_record.param == "weight"
+    assert record.expected_std == plain_record.expected_std

@@ -1,0 +1,85 @@
+"""What a run came to, beyond "finished": trained, collapsed, stuck or diverged.
+
+Read from the logging windows the loop already writes (``train/*`` lines of metrics.jsonl, each the
+mean over ``trainer.log_every`` steps), averaged over the run's final stretch (its last fifth), so
+that one noisy window does not decide and an early crisis the run recovered from does not count:
+
+- ``diverged``: the loop stopped on a non-finite loss or weight (status ``diverged``), or a final
+  window holds a non-finite value.
+- ``stuck``: nothing learns: over the final stretch the discriminator is no better than a coin
+  (accuracy ``acc_D`` at most ``STUCK_ACC_D``): it calls every sample the same way, or ties them
+  at 0.5, so the generator gets no direction that leads anywhere. ``init=zeros`` is the pure case:
+  every weight 0, every gradient symmetric, D says 0.5 to everything and the losses stay at ln 2;
+  SGD at Adam's learning rate moves so little that D ends up calling every sample real. A
+  discriminator near equilibrium still separates a little, sample by sample.
+- ``collapsed``: the discriminator wins for good: over the final stretch the just-updated
+  discriminator lets at most ``COLLAPSED_ACC_G`` of the fakes through as real, having called at
+  least half of them fake before its update (``acc_D_fake``, which also sets this apart from a
+  tie). The generator no longer fools it: the no-BatchNorm generator under default init, a run at
+  ``trainer.lr=1e6`` (finite as its losses are), SGD with momentum 0.9.
+- ``trained``: anything else. It says that the game kept going, not that the samples are good:
+  FCD says that.
+
+Checked in that order. The thresholds sit between what healthy and failed digits runs showed
+(README "Outcomes").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+OUTCOMES = ("trained", "collapsed", "stuck", "diverged")
+
+FINAL_FRACTION = 0.2  # the final stretch: this share of the windows, at least one
+STUCK_ACC_D = 0.51  # D's mean accuracy at most this: a coin's, give or take a stray sample
+COLLAPSED_ACC_G = 0.05  # at most this share of the fakes fool the updated D…
+COLLAPSED_ACC_D_FAKE = 0.5  # …which had called at least this share of them fake
+
+# The window metrics the rule reads (gan.trainer.METRICS, logged as train/NAME).
+KEYS = (
+    "train/loss_D",
+    "train/loss_G",
+    "train/acc_D",
+    "train/acc_D_fake",
+    "train/acc_G",
+    "train/D_x",
+    "train/D_G_z",
+)
+
+
+def final_windows(windows: Sequence[Mapping[str, float]]) -> Sequence[Mapping[str, float]]:
+    """The final stretch: the last ``FINAL_FRACTION`` of the windows, at least one."""
+    return windows[-max(1, math.ceil(FINAL_FRACTION * len(windows))) :]
+
+
+def outcome(windows: Sequence[Mapping[str, float]], status: str = "finished") -> str:
+    """The run's outcome (one of OUTCOMES) from its logging windows in step order, each a mapping
+    with at least the KEYS; ``status`` is the loop's (``diverged`` decides at once)."""
+    if status == "diverged":
+        return "diverged"
+    if not windows:
+        raise ValueError("a run that did not diverge has at least one logging window")
+    final = final_windows(windows)
+    if not all(math.isfinite(w[k]) for w in final for k in KEYS):
+        return "diverged"
+    mean = {k: sum(w[k] for w in final) / len(final) for k in KEYS}
+    if mean["train/acc_D"] <= STUCK_ACC_D:
+        return "stuck"
+    if mean["train/acc_G"] <= COLLAPSED_ACC_G and mean["train/acc_D_fake"] >= COLLAPSED_ACC_D_FAKE:
+        return "collapsed"
+    return "trained"
+
+
+def read_windows(metrics_file: Path) -> list[dict[str, float]]:
+    """The logging windows of a run's metrics.jsonl (its ``train/*`` lines), in step order, as
+    numbers (the file writes a non-finite value as a string such as ``"NaN"``)."""
+    lines = Path(metrics_file).read_text().splitlines()
+    records = (json.loads(line) for line in lines if line.strip())
+    return [
+        {k: float(v) for k, v in r.items() if k == "step" or k.startswith("train/")}
+        for r in records
+        if KEYS[0] in r
+    ]
