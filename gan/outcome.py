@@ -6,12 +6,14 @@ that one noisy window does not decide and an early crisis the run recovered from
 
 - ``diverged``: the loop stopped on a non-finite loss or weight (status ``diverged``), or a final
   window holds a non-finite value.
-- ``stuck``: nothing learns: over the final stretch the discriminator is no better than a coin
-  (accuracy ``acc_D`` at most ``STUCK_ACC_D``): it calls every sample the same way, or ties them
-  at 0.5, so the generator gets no direction that leads anywhere. ``init=zeros`` is the pure case:
-  every weight 0, every gradient symmetric, D says 0.5 to everything and the losses stay at ln 2;
-  SGD at Adam's learning rate moves so little that D ends up calling every sample real. A
-  discriminator near equilibrium still separates a little, sample by sample.
+- ``stuck``: nothing learns: over the final stretch the discriminator gives every sample the same
+  answer: it calls (nearly) all of them real, or all fake, or ties them all at 0.5 (``acc_D_real``
+  and ``acc_D_fake`` each within ``STUCK_ALIKE`` of 0 or 1, not both near 1), which leaves it no
+  better than a coin. Its answers then carry nothing for the generator to learn from.
+  ``init=zeros`` is the pure case: every weight 0, every gradient symmetric, D says 0.5 to
+  everything and the losses stay at ln 2; SGD at Adam's learning rate moves so little that D ends
+  up calling every sample real. A generator merely ahead for a while (D worse than a coin, but
+  answering samples differently) is not stuck.
 - ``collapsed``: the discriminator wins for good: over the final stretch the just-updated
   discriminator lets at most ``COLLAPSED_ACC_G`` of the fakes through as real, having called at
   least half of them fake before its update (``acc_D_fake``, which also sets this apart from a
@@ -34,7 +36,7 @@ from pathlib import Path
 OUTCOMES = ("trained", "collapsed", "stuck", "diverged")
 
 FINAL_FRACTION = 0.2  # the final stretch: this share of the windows, at least one
-STUCK_ACC_D = 0.51  # D's mean accuracy at most this: a coin's, give or take a stray sample
+STUCK_ALIKE = 0.05  # D answers all but this share of the reals, and of the fakes, alike
 COLLAPSED_ACC_G = 0.05  # at most this share of the fakes fool the updated D…
 COLLAPSED_ACC_D_FAKE = 0.5  # …which had called at least this share of them fake
 
@@ -42,7 +44,7 @@ COLLAPSED_ACC_D_FAKE = 0.5  # …which had called at least this share of them fa
 KEYS = (
     "train/loss_D",
     "train/loss_G",
-    "train/acc_D",
+    "train/acc_D_real",
     "train/acc_D_fake",
     "train/acc_G",
     "train/D_x",
@@ -66,7 +68,9 @@ def outcome(windows: Sequence[Mapping[str, float]], status: str = "finished") ->
     if not all(math.isfinite(w[k]) for w in final for k in KEYS):
         return "diverged"
     mean = {k: sum(w[k] for w in final) / len(final) for k in KEYS}
-    if mean["train/acc_D"] <= STUCK_ACC_D:
+    real, fake = mean["train/acc_D_real"], mean["train/acc_D_fake"]
+    # One answer for every sample: all called real (1, 0), all fake (0, 1), or all tied (0, 0).
+    if all(min(x, 1 - x) <= STUCK_ALIKE for x in (real, fake)) and min(real, fake) <= STUCK_ALIKE:
         return "stuck"
     if mean["train/acc_G"] <= COLLAPSED_ACC_G and mean["train/acc_D_fake"] >= COLLAPSED_ACC_D_FAKE:
         return "collapsed"

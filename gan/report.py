@@ -217,6 +217,9 @@ SETTINGS = (
     ("trainer", "batch_size"),
     ("trainer", "lr"),
     ("trainer", "betas"),
+    ("trainer", "optimizer"),
+    ("trainer", "momentum"),
+    ("trainer", "default_lr"),
     ("model",),
     ("eval", "num_samples"),
 )
@@ -237,6 +240,9 @@ def _refuse_mixed_settings(runs: list[Run]) -> None:
             for k in keys:
                 value = value.get(k) if isinstance(value, dict) else None
             seen[".".join(keys)].add(json.dumps(value, sort_keys=True))
+    for r in runs:  # trainer.precision=auto resolves per machine: summary.json says to what
+        summary = json.loads((r.path / SUMMARY_FILE).read_text())
+        seen["precision (resolved)"].add(json.dumps(summary.get("precision", "fp32")))
     mixed = {k: sorted(v) for k, v in seen.items() if len(v) > 1}
     if mixed:
         raise UserError(

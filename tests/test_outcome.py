@@ -13,7 +13,7 @@ from gan.outcome import (
     COLLAPSED_ACC_D_FAKE,
     COLLAPSED_ACC_G,
     OUTCOMES,
-    STUCK_ACC_D,
+    STUCK_ALIKE,
     final_windows,
     outcome,
     read_windows,
@@ -72,17 +72,25 @@ def test_a_run_at_lr_1e6_is_not_trained():
     assert outcome([absurd] * 10) == "collapsed"
 
 
-def test_a_discriminator_no_better_than_a_coin_is_stuck():
-    assert outcome([window(**STUCK)] * 30) == "stuck"
-    # A D off 0.5 that calls every sample one way (SGD at Adam's rate: all "real"): accuracy
-    # exactly one half, although its mean outputs on reals and fakes differ a little.
-    all_real = {"train/D_x": 0.65, "train/D_G_z": 0.58, "train/acc_D": 0.5, "train/acc_G": 1.0}
-    assert outcome([window(**all_real, **{"train/acc_D_fake": 0.0})] * 30) == "stuck"
+def test_a_discriminator_giving_every_sample_one_answer_is_stuck():
+    assert outcome([window(**STUCK)] * 30) == "stuck"  # every sample tied at 0.5
+    # SGD at Adam's rate: D calls every sample real, although its mean outputs on reals and fakes
+    # differ a little.
+    all_real = {"train/acc_D_real": 1.0, "train/acc_D_fake": 0.0, "train/acc_D": 0.5}
+    assert outcome([window(**all_real, **{"train/acc_G": 1.0, "train/D_x": 0.7})] * 30) == "stuck"
     # Calling every sample fake is stuck too, not collapsed, although no fake gets through.
-    all_fake = {"train/D_x": 0.3, "train/D_G_z": 0.3, "train/acc_D": 0.5, "train/acc_G": 0.0}
-    assert outcome([window(**all_fake, **{"train/acc_D_fake": 1.0})] * 30) == "stuck"
-    better_than_a_coin = {**STUCK, "train/acc_D": STUCK_ACC_D + 0.01}
-    assert outcome([window(**better_than_a_coin)] * 30) == "trained"
+    all_fake = {"train/acc_D_real": 0.0, "train/acc_D_fake": 1.0, "train/acc_D": 0.5}
+    assert outcome([window(**all_fake, **{"train/acc_G": 0.0, "train/D_G_z": 0.3})] * 30) == "stuck"
+    nearly = {"train/acc_D_real": 1 - STUCK_ALIKE, "train/acc_D_fake": STUCK_ALIKE}
+    assert outcome([window(**nearly)] * 30) == "stuck"
+    some_differ = {"train/acc_D_real": 1 - 2 * STUCK_ALIKE, "train/acc_D_fake": STUCK_ALIKE}
+    assert outcome([window(**some_differ)] * 30) == "trained"
+
+
+def test_a_generator_ahead_for_a_while_is_not_stuck():
+    # D worse than a coin because G fools it, answering samples differently: the game goes on.
+    ahead = {"train/acc_D": 0.39, "train/acc_D_real": 0.5, "train/acc_D_fake": 0.27}
+    assert outcome([window(**ahead, **{"train/acc_G": 0.63, "train/D_G_z": 0.57})] * 9) == "trained"
 
 
 def test_only_the_final_stretch_counts():
@@ -93,7 +101,8 @@ def test_only_the_final_stretch_counts():
     # …and the stretch is averaged: one stray window does not decide it either way.
     assert outcome([window(**COLLAPSED)] * 59 + [window()]) == "collapsed"
     assert outcome([window()] * 59 + [window(**COLLAPSED)]) == "trained"
-    assert outcome([window()] * 30 + [window(**STUCK)] * 29 + [window()]) == "stuck"
+    stray = window(**{**STUCK, "train/acc_D_fake": 0.3})
+    assert outcome([window()] * 30 + [window(**STUCK)] * 29 + [stray]) == "stuck"
 
 
 def test_non_finite_values_and_the_loops_status_are_diverged():

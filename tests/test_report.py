@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gan import report
+from gan.errors import UserError
 
 
 def make_run(
@@ -219,3 +220,31 @@ def test_a_step_logged_twice_keeps_its_last_value(tmp_path):
     steps, values = runs[0].curves["eval/fcd"]
     assert list(steps) == [100, 200] and list(values) == [30.0, 10.0]
     assert "| default | 2 | 0 | 10.50 ± 6.35 |" in report.write_report(runs, [], tmp_path, None)
+
+
+def test_runs_of_different_optimizers_or_resolved_precisions_are_not_averaged(tmp_path):
+    for i, (optimizer, precision) in enumerate(
+        [("adam", "fp32"), ("sgd", "fp32"), ("adam", "bf16")]
+    ):
+        run_dir = tmp_path / "runs" / str(i)
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "config.yaml").write_text(f"trainer:\n  optimizer: {optimizer}\n")
+        (run_dir / "summary.json").write_text(
+            json.dumps(
+                {
+                    "status": "finished",
+                    "arm": "default",
+                    "seed": i,
+                    "model": "mlp",
+                    "dataset": "digits",
+                    "precision": precision,
+                }
+            )
+        )
+        (run_dir / "metrics.jsonl").write_text('{"step": 5, "train/loss_D": 0.5}\n')
+    with pytest.raises(
+        UserError,
+        match=r"trainer.optimizer takes \"adam\", \"sgd\".*"
+        r"precision \(resolved\) takes \"bf16\", \"fp32\"",
+    ):
+        report.load_runs([tmp_path / "runs"])
