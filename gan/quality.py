@@ -144,9 +144,14 @@ def _fit(
     bar.close()
 
 
+def classifier_path(source: DataConfig) -> Path:
+    """Where the dataset's classifier is cached (``data_dir/classifiers/``)."""
+    return Path(source.root) / "classifiers" / f"{source.name}-v{CLASSIFIER_VERSION}.pt"
+
+
 def load_classifier(source: DataConfig, *, progress: bool = True) -> Classifier:
     """The dataset's cached classifier, trained anew when missing, stale or corrupt."""
-    path = Path(source.root) / "classifiers" / f"{source.name}-v{CLASSIFIER_VERSION}.pt"
+    path = classifier_path(source)
     if path.is_file():
         cached, reason = _read_cache(path, source.name)
         if cached is not None:

@@ -578,10 +578,8 @@ def record_artifacts(
         )
     if evaluation:
         classifier = evaluation.evaluator.classifier
-        # Where quality.load_classifier caches it.
-        name = f"{cfg.data.name}-v{quality.CLASSIFIER_VERSION}"
         logger.log_artifact(
-            cfg.data.root / "classifiers" / f"{name}.pt",
+            quality.classifier_path(cfg.data),
             name=f"classifier-{cfg.data.name}",
             kind="classifier",
             aliases=(classifier.identity,),
