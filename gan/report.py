@@ -6,6 +6,10 @@ self-contained ``report.html`` (per-arm tables, pairwise tests with Holm's corre
 bootstrap intervals, a plain-words verdict), ``curves.png`` (mean and 95 % confidence band across
 seeds per arm), ``samples.png`` (each arm's median-FCD seed), ``diagnostics.png`` (per-layer
 statistics by arm at step 0 and the last diagnostic step) and ``summary.csv`` (one row per run).
+
+Runs are grouped by setting (the resolved config minus the init arm, the seed, logging and paths;
+``read_setting``) and never averaged across settings: runs of several settings get one such report
+per setting, in a folder of its own, and the atlas of them all on top (``gan.atlas``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gan import console, report_figures, report_html
+from gan import atlas, console, report_figures, report_html
 from gan.errors import UserError, exits_on_user_error
 from gan.report_figures import SamplePick, band  # noqa: F401 - band: part of this module's API
 from gan.stats import (  # noqa: F401 - re-exported: the report's statistics, by their old names
@@ -85,6 +90,9 @@ class Run:
     # key → (steps, values)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     diverged_step: int | None = None
+    outcome: str | None = None  # trained | collapsed | stuck | diverged (gan.outcome); None: older
+    setting: dict[str, str] = field(default_factory=dict)  # read_setting: key → JSON value
+    setting_name: str | None = None  # the `setting=` override, if the run was started with one
 
     def last_sample(self) -> Path | None:
         """The run's last sample grid (``samples/step_NNNNNNN.png``), if any."""
@@ -126,8 +134,6 @@ def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Skipped]]:
             f"no finished runs (directories with {SUMMARY_FILE} and {METRICS_FILE}) under "
             + ", ".join(map(str, inputs))
         )
-    _refuse_mixed_settings(runs)
-    _refuse_mixed_kinds(runs)
     return runs, incomplete
 
 
@@ -163,6 +169,9 @@ def read_run(run_dir: Path) -> Run | None:
         summary["dataset"],
         summary["status"],
         diverged_step=summary.get("diverged_step"),
+        outcome=summary.get("outcome"),
+        setting=read_setting(run_dir, summary),
+        setting_name=_setting_name(summary),
     )
     run.curves = _read_curves(run_dir / METRICS_FILE)
     return run
@@ -196,60 +205,109 @@ def _is_number(value: object) -> bool:
     )
 
 
-def _refuse_mixed_kinds(runs: list[Run]) -> None:
-    """Refuses runs of more than one (model, dataset)."""
-    kinds = sorted({(r.model, r.dataset) for r in runs})
-    if len(kinds) > 1:
-        counts = [
-            f"model={m} dataset={d}: {sum((r.model, r.dataset) == (m, d) for r in runs)} runs"
-            for m, d in kinds
-        ]
-        raise UserError(
-            "runs of different models/datasets cannot be averaged into one report: "
-            + "; ".join(counts)
-            + ". Report each combination separately."
-        )
-
-
-# Settings that change what an arm's runs measure: seeds may differ, and init defines the arm.
-SETTINGS = (
-    ("trainer", "steps"),
-    ("trainer", "batch_size"),
-    ("trainer", "lr"),
-    ("trainer", "betas"),
-    ("trainer", "optimizer"),
-    ("trainer", "momentum"),
-    ("trainer", "default_lr"),
-    ("model",),
-    ("eval", "num_samples"),
+# Keys of the resolved config that do not change what a run measures: the init arm (compared
+# within a setting), the seed, logging, paths and speed knobs. trainer.precision gives way to the
+# precision it resolved to on the run's machine (summary.json); trainer.default_lr to the resolved
+# trainer.lr.
+NOT_SETTING = (
+    "init",
+    "seed",
+    "logger",
+    "data_dir",
+    "resume",
+    "eval.batch_size",
+    "dataset.download_timeout",
+    "dataset.offline_dir",
+    "trainer.default_lr",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.channels_last",
+    "trainer.compile",
+    "trainer.precision",
+    "trainer.log_every",
+    "trainer.sample_every",
+    "trainer.diag_every",
+    "trainer.ckpt_every",
 )
 
 
-def _refuse_mixed_settings(runs: list[Run]) -> None:
-    """Refuses runs whose Hydra configs (.hydra/config.yaml, when present) differ in SETTINGS."""
-    import yaml
+def read_setting(run_dir: Path, summary: dict) -> dict[str, str]:
+    """The run's setting: dotted key → value as JSON, from summary.json's model, dataset and
+    resolved precision and, when present, the resolved .hydra/config.yaml minus NOT_SETTING."""
+    setting = {
+        "model.name": summary["model"],
+        "dataset.name": summary["dataset"],
+        "precision (resolved)": summary.get("precision", "fp32"),
+    }
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.is_file():
+        setting.update(_flat(_resolved_config(path)))
+    return {
+        key: json.dumps(value, sort_keys=True)
+        for key, value in sorted(setting.items())
+        if not any(key == k or key.startswith(k + ".") for k in NOT_SETTING)
+    }
 
-    seen: dict[str, set[str]] = defaultdict(set)
+
+def _resolved_config(path: Path) -> dict:
+    """The config with interpolations resolved (trainer.lr is written as one); one that cannot be
+    resolved outside its run stays as written."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - yaml's and omegaconf's errors alike
+        raise UnreadableRun(f"{path} is not a readable config ({err})") from None
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _setting_name(summary: dict) -> str | None:
+    """The ``setting=NAME`` override the run was started with, if any."""
+    names = [o.split("=", 1)[1] for o in summary.get("overrides", []) if o.startswith("setting=")]
+    return names[-1] if names else None
+
+
+def by_setting(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by setting, each under a label: its ``setting=`` name when every group has
+    one of its own, else the keys in which it differs from the others ("k=v, …")."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
     for r in runs:
-        path = r.path / ".hydra" / "config.yaml"
-        if not path.is_file():
-            continue
-        cfg = yaml.safe_load(path.read_text()) or {}
-        for keys in SETTINGS:
-            value = cfg
-            for k in keys:
-                value = value.get(k) if isinstance(value, dict) else None
-            seen[".".join(keys)].add(json.dumps(value, sort_keys=True))
-    for r in runs:  # trainer.precision=auto resolves per machine: summary.json says to what
-        summary = json.loads((r.path / SUMMARY_FILE).read_text())
-        seen["precision (resolved)"].add(json.dumps(summary.get("precision", "fp32")))
-    mixed = {k: sorted(v) for k, v in seen.items() if len(v) > 1}
-    if mixed:
-        raise UserError(
-            "runs with different training settings cannot be averaged into one report: "
-            + "; ".join(f"{k} takes {', '.join(v)}" for k, v in mixed.items())
-            + ". Report each setting separately."
-        )
+        groups[tuple(r.setting.items())].append(r)
+    names = [{r.setting_name for r in rs} for rs in groups.values()]
+    named = all(len(n) == 1 and None not in n for n in names)
+    named = named and len({next(iter(n)) for n in names}) == len(names)
+    labels = [next(iter(n)) for n in names] if named else differences(list(groups))
+    return dict(sorted(zip(labels, groups.values()), key=lambda kv: kv[0]))
+
+
+def differences(settings: list[tuple]) -> list[str]:
+    """Each setting as the keys whose values differ between ``settings`` ("k=v, …")."""
+    dicts = [dict(s) for s in settings]
+    keys = sorted({k for d in dicts for k in d})
+    varying = [k for k in keys if len({d.get(k) for d in dicts}) > 1]
+    return [", ".join(f"{k}={_plain(d.get(k))}" for k in varying) for d in dicts]
+
+
+def _plain(value: str | None) -> str:
+    """A setting's JSON value as written in an override: strings without quotes."""
+    if value is None:
+        return "–"
+    loaded = json.loads(value)
+    return loaded if isinstance(loaded, str) else json.dumps(loaded, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,11 +391,54 @@ def sample_picks(arms: dict[str, list[Run]]) -> list[SamplePick]:
 # --------------------------------------------------------------------------------------------
 
 
-def write_report(
+def write_reports(
     runs: list[Run], incomplete: list[Skipped], out: Path, threshold: float | None
 ) -> str:
-    """Writes summary.csv, the figures, report.md and report.html into ``out``; returns
-    report.md's text."""
+    """The report of ``runs``: of one setting, as ``write_report``; of several, one report per
+    setting in its own folder under ``out`` and the atlas (``gan.atlas``) in ``out`` itself, its
+    report.md / report.html, atlas.png, atlas.csv and a summary.csv of every run. Returns the
+    top report.md's text."""
+    settings = by_setting(runs)
+    if len(settings) == 1:
+        return write_report(runs, incomplete, out, threshold)
+    info, rows = {}, []
+    differs = differences([tuple(group[0].setting.items()) for group in settings.values()])
+    for (label, group), folder, diff in zip(settings.items(), _folders(settings), differs):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        write_report(group, [], out / folder, threshold, setting=label)
+        info[label] = atlas.SettingInfo(len(group), folder, diff)
+        rows += [{"setting": label, **run_row(r, threshold)} for r in group]
+    write_csv(rows, out / "summary.csv")
+    arms = {label: arms_of(group) for label, group in settings.items()}
+    lines = [*atlas.write_atlas(arms, info, out), *skipped(incomplete)]
+    return _write_page(lines, out)
+
+
+def _folders(settings: dict[str, list[Run]]) -> list[str]:
+    """A folder name per setting label: its characters safe in a path, numbered when needed."""
+    names = [re.sub(r"[^A-Za-z0-9_.=,-]+", "_", label)[:80] or "setting" for label in settings]
+    repeated = {n for n in names if names.count(n) > 1}
+    return [f"{i}_{n}" if n in repeated else n for i, n in enumerate(names)]
+
+
+def _write_page(lines: list[str], out: Path) -> str:
+    """report.md and report.html from the page's Markdown lines; returns report.md's text."""
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    page = report_html.render(text, out, title=lines[0].lstrip("# "))
+    (out / "report.html").write_text(page)
+    return text
+
+
+def write_report(
+    runs: list[Run],
+    incomplete: list[Skipped],
+    out: Path,
+    threshold: float | None,
+    setting: str | None = None,
+) -> str:
+    """Writes summary.csv, the figures, report.md and report.html into ``out`` for runs of one
+    setting (named in the title when given); returns report.md's text."""
     arms = arms_of(runs)
     finished = {arm: [r for r in rs if r.status == "finished"] for arm, rs in arms.items()}
     write_csv([run_row(r, threshold) for rs in arms.values() for r in rs], out / "summary.csv")
@@ -349,7 +450,7 @@ def write_report(
     pairs = list(itertools.combinations(finished, 2))
     comparisons = pairwise(finished, pairs, metrics)
     lines = [
-        *intro(runs, arms),
+        *intro(runs, arms, setting),
         *arm_table(arms, finished, PRIMARY in logged, KCD in logged, threshold),
         *coverage_table(finished, [k for k in COVERAGE if k in logged]),
         *samples_section(arms, out),
@@ -358,11 +459,7 @@ def write_report(
         *verdict_section(comparisons, quality or metrics[:1], bool(quality), len(pairs)),
         *skipped(incomplete),
     ]
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    page = report_html.render(text, out, title=lines[0].lstrip("# "))
-    (out / "report.html").write_text(page)
-    return text
+    return _write_page(lines, out)
 
 
 def write_csv(rows: list[dict[str, object]], path: Path) -> None:
@@ -373,9 +470,10 @@ def write_csv(rows: list[dict[str, object]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def intro(runs: list[Run], arms: dict[str, list[Run]]) -> list[str]:
+def intro(runs: list[Run], arms: dict[str, list[Run]], setting: str | None = None) -> list[str]:
+    named = f", setting {setting}" if setting else ""
     return [
-        f"# Init ablation: model={runs[0].model}, dataset={runs[0].dataset}",
+        f"# Init ablation: model={runs[0].model}, dataset={runs[0].dataset}{named}",
         "",
         f"{len(runs)} runs in {len(arms)} arms; mean ± 95 % confidence interval (Student t) "
         "across seeds; final = the last logging window or evaluation. Diverged runs are counted "
@@ -647,6 +745,8 @@ OUTPUTS = (
     "samples.png",
     "diagnostics.png",
     "summary.csv",
+    "atlas.png",
+    "atlas.csv",
 )
 
 
@@ -668,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     runs, incomplete = load_runs(args.inputs)
     out = args.out or args.inputs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
-    text = write_report(runs, incomplete, out, args.fcd_threshold)
+    text = write_reports(runs, incomplete, out, args.fcd_threshold)
     print(text)
     written = [str(out / name) for name in OUTPUTS if (out / name).is_file()]
     print("wrote " + ", ".join(written))

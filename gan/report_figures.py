@@ -20,6 +20,7 @@ from gan.figures import pyplot
 from gan.stats import t_half_width
 
 if TYPE_CHECKING:
+    from gan.atlas import AtlasRow
     from gan.report import Run
 
 SEED_LINES_UP_TO = 5  # arms with at most this many runs also show each seed as a thin line
@@ -292,3 +293,55 @@ def _diag_panel(ax, arms, net, layers, stats, log: bool, last: int | None) -> No
             ax.plot(x, y, color=f"C{i}", ls=style, marker="o", mfc=face, ms=5, lw=1.2)
     if positive:
         ax.set_yscale("log")
+
+
+# --------------------------------------------------------------------------------------------
+# The atlas's forest plot
+# --------------------------------------------------------------------------------------------
+
+SYMLOG_ABOVE = 20.0  # differences beyond this (FCD units) put the axis on a symlog scale
+
+
+def plot_forest(rows: Sequence[AtlasRow], path: Path):
+    """One line per setting × arm: Δ FCD (arm − control) with its 95 % interval, for the final
+    and the first evaluation side by side; filled where Holm's p < 0.05; a line at 0."""
+    plt = pyplot()
+    if not rows:
+        return _message(path, "no atlas rows: no setting has an arm beside its control")
+    labels = [f"{r.setting}: {r.arm} − {r.control}" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.36 * len(rows)), sharey=True, squeeze=False)
+    panels = (("final", "Δ final FCD"), ("first", "Δ FCD at the first evaluation"))
+    for ax, (which, title) in zip(axes.flat, panels):
+        _forest_panel(ax, [getattr(r, which) for r in rows], title)
+    axes.flat[0].set_yticks(range(len(rows)), labels, fontsize=8)
+    axes.flat[0].invert_yaxis()  # the table's order, top to bottom
+    fig.suptitle(
+        "arm − control, mean with Welch 95 % CI; filled: Holm p < 0.05; left of 0: arm better",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _forest_panel(ax, effects: Sequence, title: str) -> None:
+    bounds = [0.0]
+    for y, e in enumerate(effects):
+        if e is None:
+            continue
+        has_ci = math.isfinite(e.low) and math.isfinite(e.high)
+        xerr = [[e.diff - e.low], [e.high - e.diff]] if has_ci else None
+        colour = "C3" if e.significant else "C0"
+        face = colour if e.significant else "white"
+        ax.errorbar(e.diff, y, xerr=xerr, fmt="o", color=colour, mfc=face, capsize=3, lw=1.2)
+        bounds += [e.low, e.high] if has_ci else [e.diff]
+    ax.axvline(0, color="grey", lw=0.8)
+    low, high = min(bounds), max(bounds)
+    if max(-low, high) > SYMLOG_ABOVE:
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(1.5 * low - 1, 1.5 * high + 1)  # padding by magnitude, as the axis is drawn
+        title += " (symlog)"
+    else:
+        pad = 0.08 * (high - low) or 1.0
+        ax.set_xlim(low - pad, high + pad)
+    ax.set(title=title, xlabel="FCD, arm − control")
+    ax.grid(axis="x", lw=0.3, alpha=0.5)

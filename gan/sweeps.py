@@ -87,7 +87,7 @@ def write_sweep_report(sweep_dir: Path) -> str:
     try:
         runs, incomplete = report.load_runs([sweep_dir])
         out.mkdir(exist_ok=True)
-        report.write_report(runs, incomplete, out, threshold=None)
+        report.write_reports(runs, incomplete, out, threshold=None)
     except UserError as err:  # nothing finished, or runs that cannot be averaged
         return f"report: none written: {err}"
     except Exception as err:  # noqa: BLE001 - a report bug must not turn a sweep into a failure

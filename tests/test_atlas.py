@@ -3,6 +3,7 @@ version lists the same cells, and that smoke version runs end to end through tra
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -15,6 +16,7 @@ from scipy import stats
 
 import conftest
 from conftest import CONF_DIR, ROOT
+from gan import report
 from gan.outcome import OUTCOMES
 from gan.power import nct_cdf, power, seeds_needed, t_critical
 
@@ -90,3 +92,13 @@ def test_the_atlas_smoke_runs_every_cell_to_an_outcome(tmp_path):
     for summary in summaries:
         assert summary["status"] == "finished", summary
         assert summary["outcome"] in OUTCOMES
+    # The report of the whole sweep: one report per setting, and the atlas with a row for each
+    report_dir = tmp_path / "report"
+    assert report.main([str(sweep_dir), "--out", str(report_dir)]) == 0
+    with (report_dir / "atlas.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["setting"] for r in rows) == settings()
+    assert {(r["arm"], r["control"]) for r in rows} == {("he_xavier", "default")}
+    for name in settings():
+        assert (report_dir / name / "report.html").is_file()
+    assert (report_dir / "atlas.png").is_file()

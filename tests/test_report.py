@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from gan import report
-from gan.errors import UserError
 
 
 def make_run(
@@ -102,21 +101,66 @@ def test_not_significant_and_no_quality_metric_are_said_plainly(tmp_path):
     assert "add a quality metric (eval/fcd)" in text
 
 
-def test_runs_of_different_datasets_are_refused(tmp_path):
-    make_run(tmp_path, "default", 0, [1.0])
-    make_run(tmp_path, "he_xavier", 0, [1.0], dataset="mnist")
-    with pytest.raises(report.UserError, match="different models/datasets cannot be averaged"):
-        report.load_runs([tmp_path])
-    assert report.main([str(tmp_path)]) == 2
+def with_config(run_dir, text):
+    """Gives a run directory the .hydra/config.yaml a Hydra job leaves."""
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text(text)
+    return run_dir
 
 
-def test_runs_with_different_training_settings_are_refused(tmp_path):
-    for seed, lr in enumerate([0.0002, 0.001]):
-        run_dir = make_run(tmp_path, "default", seed, [1.0])
-        (run_dir / ".hydra").mkdir()
-        (run_dir / ".hydra" / "config.yaml").write_text(f"trainer:\n  steps: 100\n  lr: {lr}\n")
-    with pytest.raises(report.UserError, match=r"trainer.lr takes 0.0002, 0.001"):
-        report.load_runs([tmp_path])
+def test_runs_of_different_datasets_are_reported_apart(tmp_path):
+    for dataset, shift in (("digits", 0.0), ("mnist", 100.0)):
+        for seed in range(3):
+            make_run(tmp_path / "runs" / dataset, "default", seed, [shift + 20 + seed], dataset)
+            make_run(tmp_path / "runs" / dataset, "he_xavier", seed, [shift + 10 + seed], dataset)
+    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    for dataset in ("digits", "mnist"):  # one report per setting, three seeds per arm each
+        text = (tmp_path / "out" / f"dataset.name={dataset}" / "report.md").read_text()
+        assert "| default | 3 | 0 |" in text and "| he_xavier | 3 | 0 |" in text
+    atlas = (tmp_path / "out" / "report.md").read_text()
+    assert atlas.startswith("# Init atlas: 2 settings, 12 runs")
+    assert "| dataset.name=digits | he_xavier − default | 3 vs 3 | **-10.00** [" in atlas
+    assert "| dataset.name=mnist | he_xavier − default | 3 vs 3 | **-10.00** [" in atlas
+
+
+def test_settings_come_from_the_resolved_config_minus_seed_logging_and_paths(tmp_path):
+    lr = "${oc.select:trainer.default_lr.${trainer.optimizer},${trainer.default_lr.adam}}"
+    for seed, optimizer in enumerate(["adam", "adam", "sgd", "sgd"]):
+        with_config(
+            make_run(tmp_path, "default", seed, [1.0 + seed]),
+            f"seed: {seed}\ndata_dir: /data/{seed}\nlogger: {{mode: m{seed}}}\n"
+            f"trainer:\n  threads: {seed}\n  optimizer: {optimizer}\n  lr: '{lr}'\n"
+            "  default_lr: {adam: 0.0002, sgd: 0.05}\n",
+        )
+    runs, _ = report.load_runs([tmp_path])
+    assert {k: v for k, v in runs[2].setting.items() if k.startswith("trainer")} == {
+        "trainer.lr": "0.05",  # the interpolation resolved, default_lr left out
+        "trainer.optimizer": '"sgd"',
+    }
+    settings = report.by_setting(runs)
+    assert list(settings) == [
+        "trainer.lr=0.0002, trainer.optimizer=adam",
+        "trainer.lr=0.05, trainer.optimizer=sgd",
+    ]
+    assert [[r.seed for r in group] for group in settings.values()] == [[0, 1], [2, 3]]
+
+
+def test_runs_started_with_a_named_setting_are_labelled_by_it(tmp_path):
+    for seed in range(2):
+        for name, norm in (("mlp", "batch"), ("mlp_g_none", "none")):
+            run_dir = with_config(
+                make_run(tmp_path / name, "default", seed, [1.0]), f"model: {{g_norm: {norm}}}\n"
+            )
+            summary = json.loads((run_dir / "summary.json").read_text())
+            summary["overrides"] = [f"setting={name}", f"seed={seed}"]
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+    runs, _ = report.load_runs([tmp_path])
+    settings = report.by_setting(runs)
+    assert {k: len(v) for k, v in settings.items()} == {"mlp": 2, "mlp_g_none": 2}
+    assert report.differences([tuple(g[0].setting.items()) for g in settings.values()]) == [
+        "model.g_norm=batch",
+        "model.g_norm=none",
+    ]
 
 
 # --- statistics: Holm, bootstrap, Welch's interval ------------------------------------------
@@ -242,9 +286,9 @@ def test_runs_of_different_optimizers_or_resolved_precisions_are_not_averaged(tm
             )
         )
         (run_dir / "metrics.jsonl").write_text('{"step": 5, "train/loss_D": 0.5}\n')
-    with pytest.raises(
-        UserError,
-        match=r"trainer.optimizer takes \"adam\", \"sgd\".*"
-        r"precision \(resolved\) takes \"bf16\", \"fp32\"",
-    ):
-        report.load_runs([tmp_path / "runs"])
+    runs, _ = report.load_runs([tmp_path / "runs"])
+    assert list(report.by_setting(runs)) == [
+        "precision (resolved)=bf16, trainer.optimizer=adam",
+        "precision (resolved)=fp32, trainer.optimizer=adam",
+        "precision (resolved)=fp32, trainer.optimizer=sgd",
+    ]
