@@ -218,6 +218,7 @@ def write_atlas(
 ) -> list[str]:
     """Writes atlas.png and atlas.csv into ``out``; returns the atlas page's Markdown lines."""
     rows = atlas_rows(settings)
+    single = {setting: arms for setting, arms in settings.items() if len(arms) == 1}
     report_figures.plot_forest(rows, out / "atlas.png")
     write_atlas_csv(rows, out / "atlas.csv")
     family = sum(e is not None and not math.isnan(e.p) for r in rows for e in (r.final, r.first))
@@ -239,6 +240,7 @@ def write_atlas(
         "## In plain words",
         "",
         *[f"- {s}" for s in in_plain_words(rows)],
+        *[f"- {s}: only {next(iter(a))} ran; nothing to compare." for s, a in single.items()],
         "",
         "## Settings",
         "",

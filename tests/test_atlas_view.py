@@ -108,3 +108,8 @@ def test_a_setting_without_a_second_seed_says_so(tmp_path):
     text = report.write_reports(runs, [], tmp_path, None)
     assert text.count("needs ≥ 2 finished runs per arm") == 4  # final and first, two rows
     assert "a: he_xavier vs default: too few finished runs with spread to test." in text
+    make_run(tmp_path / "c", "he_xavier", 0, [5.0])  # a third setting, with one arm only
+    with_config(tmp_path / "c" / "he_xavier-0", "trainer: {steps: 300}\n")
+    runs, _ = report.load_runs([tmp_path])
+    text = report.write_reports(runs, [], tmp_path, None)
+    assert "- trainer.steps=300: only he_xavier ran; nothing to compare." in text
