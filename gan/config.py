@@ -189,6 +189,24 @@ class RunConfig:
     def run_name(self) -> str:
         return f"{self.init.arm}-{self.model.name}-{self.data.name}-s{self.seed}"
 
+    @property
+    def setting(self) -> str | None:
+        return setting_name(self.overrides)
+
+    @property
+    def wandb_group(self) -> str:
+        """``logger.group``, else the arm, after the named setting when there is one: W&B
+        averages the runs of a group, and runs of different settings must never be pooled."""
+        if self.logger.group:
+            return self.logger.group
+        return f"{self.setting}/{self.init.arm}" if self.setting else self.init.arm
+
+
+def setting_name(overrides: Sequence[str]) -> str | None:
+    """The named setting (``setting=NAME``, conf/setting/) among a run's overrides, if any."""
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("setting=")]
+    return names[-1] if names else None
+
 
 def _one_of(obj: Any, key: str, valid: Sequence[str], group: str) -> None:
     value = getattr(obj, key)

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gan import atlas, console, report_figures, report_html
+from gan.config import setting_name
 from gan.errors import UserError, exits_on_user_error
 from gan.report_figures import SamplePick, band  # noqa: F401 - band: part of this module's API
 from gan.stats import (  # noqa: F401 - re-exported: the report's statistics, by their old names
@@ -171,7 +172,7 @@ def read_run(run_dir: Path) -> Run | None:
         diverged_step=summary.get("diverged_step"),
         outcome=summary.get("outcome"),
         setting=read_setting(run_dir, summary),
-        setting_name=_setting_name(summary),
+        setting_name=setting_name(summary.get("overrides", [])),
     )
     run.curves = _read_curves(run_dir / METRICS_FILE)
     return run
@@ -273,12 +274,6 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def _setting_name(summary: dict) -> str | None:
-    """The ``setting=NAME`` override the run was started with, if any."""
-    names = [o.split("=", 1)[1] for o in summary.get("overrides", []) if o.startswith("setting=")]
-    return names[-1] if names else None
 
 
 def by_setting(runs: Sequence[Run]) -> dict[str, list[Run]]:

@@ -408,16 +408,17 @@ def schedule_of(cfg: RunConfig) -> Schedule:
 
 def open_logger(cfg: RunConfig, env: Environment) -> tracking.RunLogger:
     sweep_tags = [f"sweep:{cfg.logger.sweep_id}"] if cfg.logger.sweep_id else []
+    setting_tag = [f"setting:{cfg.setting}"] if cfg.setting else []
     return tracking.RunLogger(
         cfg.out_dir,
         mode=env.wandb_mode,
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         name=cfg.run_name,
-        group=cfg.logger.group or cfg.init.arm,
+        group=cfg.wandb_group,
         job_type=cfg.logger.job_type,
-        tags=[cfg.model.name, cfg.data.name, *cfg.logger.tags, *sweep_tags],
-        config={**wandb_config(cfg), "precision": env.precision},
+        tags=[cfg.model.name, cfg.data.name, *setting_tag, *cfg.logger.tags, *sweep_tags],
+        config={**wandb_config(cfg), "setting": cfg.setting, "precision": env.precision},
         metrics_offset=env.resumed["metrics_offset"] if env.resumed else None,
         wandb_id=env.resumed["wandb_id"] if env.resumed else None,
         args=cfg.overrides,

@@ -95,6 +95,15 @@ def test_the_wandb_config_holds_groups_by_name_and_their_contents_apart():
     }
 
 
+def test_runs_of_a_named_setting_are_grouped_under_it(tmp_path):
+    # W&B averages a group's runs: an atlas's settings must not share one group per arm
+    assert run_config(["init=he_xavier"], tmp_path).wandb_group == "he_xavier"
+    named = run_config(["setting=mlp_g_none", "init=he_xavier"], tmp_path)
+    assert (named.setting, named.wandb_group) == ("mlp_g_none", "mlp_g_none/he_xavier")
+    own = run_config(["setting=mlp_g_none", "logger.group=mine"], tmp_path)
+    assert own.wandb_group == "mine"
+
+
 def test_program_args_are_replaced_only_during_the_call():
     before = list(sys.argv)
     with pytest.raises(RuntimeError), tracking._program_args(["seed=1"]):
