@@ -20,16 +20,10 @@ from omegaconf import OmegaConf
 
 from gan.config import CONF_DIR
 from gan.errors import UserError, exits_on_user_error
+from gan.report import TRAINING_CURVES
 from gan.tracking import has_wandb_credentials
 
-TRAINING = (
-    "train/loss_D",
-    "train/loss_G",
-    "train/acc_D",
-    "train/acc_G",
-    "train/D_x",
-    "train/D_G_z",
-)
+TRAINING = TRAINING_CURVES  # the same panels as the report's training curves
 EVALUATION = ("eval/fcd", "eval/kcd", "eval/classes_covered", "eval/class_kl")
 NETWORKS = ("G", "D")
 # The statistics of gan.diagnostics.AGGREGATION (a test keeps the two in step; this module does

@@ -46,13 +46,17 @@ from gan.tracking import METRICS_FILE, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
-CURVES = (
+# The training metrics worth a panel: the report's curves and the W&B dashboard's training section.
+TRAINING_CURVES = (
     "train/loss_D",
     "train/loss_G",
     "train/acc_D",
     "train/acc_G",
     "train/D_x",
     "train/D_G_z",
+)
+CURVES = (
+    *TRAINING_CURVES,
     "eval/fcd",
     "eval/kcd",
     "eval/class_kl",
