@@ -210,7 +210,7 @@ class SettingInfo:
 
     runs: int
     folder: str
-    differs: str  # the keys in which it differs from the other settings, "k=v, …"
+    differs: dict[str, str]  # key → value, for the keys in which the settings differ
 
 
 def write_atlas(
@@ -244,9 +244,22 @@ def write_atlas(
         "",
         "## Settings",
         "",
-        "| setting | runs | report | differs from the others in |",
-        "|---|---|---|---|",
-        *[f"| {s} | {i.runs} | `{i.folder}/report.html` | {i.differs} |" for s, i in info.items()],
+        *settings_table(info),
+    ]
+
+
+def settings_table(info: dict[str, SettingInfo]) -> list[str]:
+    """The settings legend: a column per key in which the settings differ, a row per setting."""
+    keys = list(dict.fromkeys(k for i in info.values() for k in i.differs))
+    return [
+        "| setting | runs | report | " + " | ".join(f"`{k}`" for k in keys) + " |",
+        "|---|---|---|" + "---|" * len(keys),
+        *[
+            f"| {s} | {i.runs} | `{i.folder}/report.html` | "
+            + " | ".join(i.differs.get(k, "–") for k in keys)
+            + " |"
+            for s, i in info.items()
+        ],
     ]
 
 

@@ -295,10 +295,15 @@ def by_setting(runs: Sequence[Run]) -> dict[str, list[Run]]:
 
 def differences(settings: list[tuple]) -> list[str]:
     """Each setting as the keys whose values differ between ``settings`` ("k=v, …")."""
+    return [", ".join(f"{k}={v}" for k, v in d.items()) for d in varying_values(settings)]
+
+
+def varying_values(settings: list[tuple]) -> list[dict[str, str]]:
+    """Each setting's values, as written in an override, of the keys that differ between them."""
     dicts = [dict(s) for s in settings]
     keys = sorted({k for d in dicts for k in d})
     varying = [k for k in keys if len({d.get(k) for d in dicts}) > 1]
-    return [", ".join(f"{k}={_plain(d.get(k))}" for k in varying) for d in dicts]
+    return [{k: _plain(d.get(k)) for k in varying} for d in dicts]
 
 
 def _plain(value: str | None) -> str:
@@ -401,11 +406,11 @@ def write_reports(
     if len(settings) == 1:
         return write_report(runs, incomplete, out, threshold)
     info, rows = {}, []
-    differs = differences([tuple(group[0].setting.items()) for group in settings.values()])
-    for (label, group), folder, diff in zip(settings.items(), _folders(settings), differs):
+    values = varying_values([tuple(group[0].setting.items()) for group in settings.values()])
+    for (label, group), folder, differs in zip(settings.items(), _folders(settings), values):
         (out / folder).mkdir(parents=True, exist_ok=True)
         write_report(group, [], out / folder, threshold, setting=label)
-        info[label] = atlas.SettingInfo(len(group), folder, diff)
+        info[label] = atlas.SettingInfo(len(group), folder, differs)
         rows += [{"setting": label, **run_row(r, threshold)} for r in group]
     write_csv(rows, out / "summary.csv")
     arms = {label: arms_of(group) for label, group in settings.items()}

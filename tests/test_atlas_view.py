@@ -70,6 +70,9 @@ def test_the_atlas_has_one_row_per_setting_with_holm_across_the_table(sweep, tmp
     assert "| mlp | he_xavier − default | 3 vs 3 | **-10.00** [" in text
     assert "mlp_g_none: no significant difference in final FCD" in text
     assert (out / "atlas.png").stat().st_size > 10_000
+    # the settings legend: a column per key in which the settings differ, here only G's norm
+    assert "| setting | runs | report | `model.g_norm` |" in text
+    assert "| mlp_g_none | 6 | `mlp_g_none/report.html` | none |" in text
 
 
 def test_settings_are_reported_apart_never_averaged(sweep, tmp_path):
