@@ -113,7 +113,18 @@ def dcgan(
     ``d_norm``: ``batch`` (BatchNorm on all stages but the first), ``none`` or ``spectral`` (every
     Conv and the Linear). The keyword defaults are the architecture as it always was.
     """
-    channels, height, width = image_shape
+    check_dcgan_side(image_shape, g_widths, d_widths)
+    channels, height, _ = image_shape
+    g = _dcgan_generator(channels, height, z_dim, g_widths, g_norm)  # first: global RNG order
+    d = _dcgan_discriminator(channels, height, d_widths, slope, d_norm)
+    return Generator(g, z_dim, image_shape), Discriminator(d, image_shape)
+
+
+def check_dcgan_side(
+    image_shape: Sequence[int], g_widths: Sequence[int], d_widths: Sequence[int]
+) -> None:
+    """Each stage halves (D) or doubles (G) the side: square, and divisible by 2^stages."""
+    _, height, width = image_shape
     for name, widths in (("generator", g_widths), ("discriminator", d_widths)):
         factor = 2 ** len(widths)
         if height != width or height % factor:
@@ -122,9 +133,6 @@ def dcgan(
                 f"a square image whose side is divisible by {factor}; got {height}×{width}. "
                 "Change model.generator_widths/discriminator_widths or use model=mlp"
             )
-    g = _dcgan_generator(channels, height, z_dim, g_widths, g_norm)  # first: global RNG order
-    d = _dcgan_discriminator(channels, height, d_widths, slope, d_norm)
-    return Generator(g, z_dim, image_shape), Discriminator(d, image_shape)
 
 
 def _dcgan_generator(
@@ -165,11 +173,19 @@ def _dcgan_discriminator(
     return d
 
 
+def check(model: ModelConfig, image_shape: Sequence[int]) -> None:
+    """Raises a UserError for a model that cannot be built for ``image_shape``, building nothing
+    (so a run refuses it before its data and feature classifier are prepared)."""
+    if model.name not in MODELS:
+        raise UserError(f"unknown model {model.name!r}; valid: {', '.join(MODELS)}")
+    if model.name == "dcgan":
+        check_dcgan_side(image_shape, model.generator_widths, model.discriminator_widths)
+
+
 def build(model: ModelConfig, image_shape: Sequence[int]) -> tuple[Generator, Discriminator]:
     """Builds (G, D) on the CPU with PyTorch's default init, drawing from the global RNG."""
+    check(model, image_shape)
     builders = {"mlp": mlp, "dcgan": dcgan, "mlp_deep": mlp}
-    if model.name not in builders:
-        raise UserError(f"unknown model {model.name!r}; valid: {', '.join(MODELS)}")
     return builders[model.name](
         image_shape,
         model.z_dim,

@@ -125,6 +125,7 @@ class Environment:
 
 
 def prepare(cfg: RunConfig) -> Environment:
+    nets.check(cfg.model, data.image_shape(cfg.data.name))
     mode, why = tracking.resolve_mode(cfg.logger.mode)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)

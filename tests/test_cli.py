@@ -15,9 +15,10 @@ pytestmark = pytest.mark.slow
 QUICK = ["trainer.steps=20", "trainer.log_every=10", "trainer.sample_every=10"]
 
 
-def train(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def train(*args: str, timeout: float = 180, data_dir=None) -> subprocess.CompletedProcess:
+    data_dir = data_dir or conftest.DATA_DIR
     return subprocess.run(
-        [sys.executable, "train.py", *args, f"data_dir={conftest.DATA_DIR}"],
+        [sys.executable, "train.py", *args, f"data_dir={data_dir}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -110,9 +111,11 @@ def test_parallel_launchers_run_every_job(launcher, tmp_path):
     ],
 )
 def test_bad_input_is_a_clear_message_and_writes_no_result(args, message, code, tmp_path):
-    out = tmp_path / "run"
-    proc = train(*args, f"hydra.run.dir={out}", timeout=60)
+    out, data_dir = tmp_path / "run", tmp_path / "data"
+    proc = train(*args, f"hydra.run.dir={out}", timeout=60, data_dir=data_dir)
     assert proc.returncode == code
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()
+    # refused before any data is prepared: no feature classifier trained for a doomed run
+    assert not (data_dir / "classifiers").exists()
