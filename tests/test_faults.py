@@ -17,7 +17,7 @@ import torch
 
 import conftest
 from conftest import ROOT
-from gan import faults
+from gan import checkpoint, faults
 
 STEPS = 40
 FAST = [
@@ -106,7 +106,7 @@ def strict_json(text: str):
 
 
 def checkpoint_of(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return checkpoint.load(run_dir)
 
 
 def leftovers(run_dir: Path) -> list[str]:
@@ -219,7 +219,7 @@ def test_a_run_interrupted_at_a_fault_point_resumes_to_the_same_result(
 # Sends the second SIGTERM while the checkpoint that GAN_FAULT's first one asked for is written.
 SECOND_SIGTERM = """
 import os, signal
-from gan import faults
+from gan import checkpoint, faults
 real_point, first = faults.point, []
 def point(name):
     real_point(name)

@@ -1,0 +1,189 @@
+"""Safe and sound under faults (issue 19): checkpoints that cannot run code or lie, multirun jobs
+that resume, refused processes that change nothing, a report that counts each run once, and
+bad input that is one paragraph and exit 2."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import conftest
+from conftest import ROOT
+from gan import checkpoint
+from gan.errors import UserError
+
+QUICK = [
+    "trainer.steps=10",
+    "trainer.log_every=5",
+    "trainer.sample_every=100",
+    "trainer.diag_every=0",
+    "trainer.eval_every=0",
+    "trainer.ckpt_every=5",
+    "trainer.threads=1",
+    "logger.mode=disabled",
+]
+
+
+def train(*args: str, cwd: Path = ROOT, timeout: float = 180, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"data_dir={conftest.DATA_DIR}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kw,
+    )
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *phrases: str) -> None:
+    """Exit 2 with one paragraph naming the problem, never a traceback."""
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for phrase in phrases:
+        assert phrase in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished 10-step run, made once; tests work on copies (``run_copy``)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    proc = train(*QUICK, f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    return out
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` (but train.log, which records the refusal) by content."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != "train.log"
+    }
+
+
+# --- 1. checkpoints that cannot run code or lie ---------------------------------------------
+
+
+class RunsCode:
+    """Unpickling this runs ``touch <marker>``: what an attacker's checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def crafted(marker: Path, *, with_digest: bool) -> bytes:
+    """A checkpoint whose pickle calls os.system: as format 1 (a bare torch file) or with a valid
+    header and digest (anyone who can write the file can also recompute its digest)."""
+    buffer = io.BytesIO()
+    torch.save({"format": checkpoint.FORMAT, "trainer": RunsCode(marker)}, buffer)
+    payload = buffer.getvalue()
+    if not with_digest:
+        return payload
+    digest = hashlib.sha256(payload).hexdigest()
+    return b"GAN-CHECKPOINT 2 sha256=%s bytes=%d\n" % (digest.encode(), len(payload)) + payload
+
+
+@pytest.mark.parametrize("with_digest", [False, True], ids=["format1", "format2"])
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, with_digest):
+    marker = tmp_path / "MARKER"
+    (tmp_path / "checkpoint.pt").write_bytes(crafted(marker, with_digest=with_digest))
+    with pytest.raises(UserError, match="could run code"):
+        checkpoint.load(tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_crafted_checkpoint_without_running_it(run_copy, tmp_path):
+    marker = tmp_path / "MARKER"
+    ckpt = run_copy / "checkpoint.pt"
+    ckpt.write_bytes(crafted(marker, with_digest=True))
+    before = snapshot(run_copy)
+    proc = train(f"resume={run_copy}", f"hydra.run.dir={tmp_path / 'call'}")
+    assert_refused(proc, "could run code", "left untouched")
+    assert not marker.exists()
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_with_64_bytes_flipped(run_copy, tmp_path):
+    ckpt = run_copy / "checkpoint.pt"
+    raw = bytearray(ckpt.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
+    ckpt.write_bytes(bytes(raw))
+    before = snapshot(run_copy)
+    proc = train(f"resume={run_copy}", "trainer.steps=20", f"hydra.run.dir={tmp_path / 'call'}")
+    assert_refused(proc, "does not match the sha256 digest", "left untouched")
+    assert snapshot(run_copy) == before
+
+
+def test_every_flipped_byte_region_is_caught(tmp_path):
+    checkpoint.save(tmp_path, {"trainer": {"step": 3, "w": torch.randn(1000)}})
+    raw = (tmp_path / "checkpoint.pt").read_bytes()
+    for where in range(0, len(raw), max(1, len(raw) // 16)):
+        damaged = bytearray(raw)
+        damaged[where] ^= 0x01
+        (tmp_path / "checkpoint.pt").write_bytes(bytes(damaged))
+        with pytest.raises(UserError, match="cannot be read|refused"):
+            checkpoint.load(tmp_path)
+
+
+def test_a_checkpoint_round_trips_with_weights_only_and_its_rng_states(tmp_path):
+    import random
+
+    import numpy as np
+
+    states = checkpoint.rng_states()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.save(tmp_path, {"rng": states, "best": {}, "config": {"betas": (0.5, 0.9)}})
+    blob = checkpoint.load(tmp_path)
+    checkpoint.restore_rng_states(blob["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and (expected[1] == again[1]).all()
+    assert expected[2] == again[2] and blob["config"]["betas"] == (0.5, 0.9)
+
+
+def test_a_format_1_checkpoint_is_still_read_safely(tmp_path, caplog):
+    import random
+
+    import numpy as np
+
+    legacy = {
+        "torch": torch.get_rng_state(),
+        "cuda": [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    torch.save({"format": 1, "rng": legacy, "trainer": {"step": 4}}, tmp_path / "checkpoint.pt")
+    expected = np.random.rand(2)
+    blob = checkpoint.load(tmp_path)
+    checkpoint.restore_rng_states(blob["rng"])
+    assert (np.random.rand(2) == expected).all() and blob["trainer"]["step"] == 4
+    assert "written before checkpoints carried a digest" in caplog.text
+
+
+def test_saving_something_unsafe_names_it(tmp_path):
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"checkpoint\['best'\]\['fcd'\] is a float64"):
+        checkpoint.save(tmp_path, {"best": {"fcd": np.float64(1.0)}})
+    assert not (tmp_path / "checkpoint.pt").exists()
