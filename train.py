@@ -16,15 +16,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gan import tracking
-from gan.config import RunConfig, run_config
+from gan import checkpoint, tracking
+from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
 from gan.run import Interrupted, Preempted, run
 
 log = logging.getLogger("train")
-
-CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def to_run_config(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> RunConfig:
@@ -65,7 +63,9 @@ def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, Dict
     # with this command's when the resume runs in the run dir itself (hydra.run.dir=DIR).
     own = summary.get("overrides") or list(OmegaConf.load(saved))
     now = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
-    cfg = compose("config", overrides=[*own, *now, f"resume={resume}"], return_hydra_config=True)
+    # Quoted: a sweep's job directory is named like `0_seed=7,trainer.lr=0.001`.
+    again = [*own, *now, f"resume={checkpoint.hydra_value(resume)}"]
+    cfg = compose("config", overrides=again, return_hydra_config=True)
     if cfg.logger.sweep_id is None:  # a sweep's job keeps its sweep's id
         cfg.logger.sweep_id = summary.get("sweep_id")
     return cfg, cfg.hydra, run_dir
@@ -113,7 +113,8 @@ def job_failed(out_dir: Path, status: str, error: BaseException) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+# An absolute path: the configs of a checkout or of the installed package (gan.config.CONF_DIR).
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @exits_on_user_error
 def main(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()

@@ -18,6 +18,7 @@ import io
 import logging
 import random
 import re
+import shlex
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,21 @@ HEADER = re.compile(rb"GAN-CHECKPOINT (\d+) sha256=([0-9a-f]{64}) bytes=(\d+)\n"
 MAX_HEADER = 128
 # What a payload may hold, by exact type: a numpy scalar is a float subclass, yet unsafe to load.
 PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device)
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as a Hydra override value that reads back as itself: double-quoted, with quotes,
+    the backslashes before them and ``${`` escaped, when it holds anything but plain path
+    characters (a sweep's job directory is named like ``0_seed=7,trainer.lr=0.001``)."""
+    if re.fullmatch(r"[\w/.+@-]+", text):
+        return text
+    escaped = re.sub(r'(\\*)("|$)', lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), text)
+    return '"' + escaped.replace("${", "\\${") + '"'
+
+
+def resume_command(run_dir: Path | str) -> str:
+    """The shell command that continues the run in ``run_dir``, quoted for shell and Hydra."""
+    return f"python train.py {shlex.quote('resume=' + hydra_value(str(run_dir)))}"
 
 
 def rng_states() -> dict[str, Any]:

@@ -60,7 +60,7 @@ class Preempted(Exception):
     def __init__(self, signum: int, step: int, run_dir: str):
         super().__init__(
             f"{signal.Signals(signum).name} at step {step}: checkpoint written in {run_dir}; "
-            f"continue with `python train.py resume={run_dir}`"
+            f"continue with `{checkpoint.resume_command(run_dir)}`"
         )
         self.exit_code = 128 + signum
 
@@ -80,7 +80,7 @@ class Interrupted(BaseException):
         else:
             then = (
                 f"the checkpoint of step {saved_step} continues with "
-                f"`python train.py resume={run_dir}`"
+                f"`{checkpoint.resume_command(run_dir)}`"
             )
         self.args = (f"{self.args[0]} at step {step}; {then}",)
 

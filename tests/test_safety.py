@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -187,3 +190,51 @@ def test_saving_something_unsafe_names_it(tmp_path):
     with pytest.raises(TypeError, match=r"checkpoint\['best'\]\['fcd'\] is a float64"):
         checkpoint.save(tmp_path, {"best": {"fcd": np.float64(1.0)}})
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+# --- 2. every job directory of a sweep resumes with the command the run prints ---------------
+
+
+def fault_env(fault: str) -> dict[str, str]:
+    return {**os.environ, "GAN_FAULT": fault, "WANDB_MODE": "disabled"}
+
+
+@pytest.mark.slow
+def test_a_sweep_job_resumes_with_the_command_it_prints(tmp_path):
+    sweep = tmp_path / "sweep it's"  # a quote and a space too: the shell and Hydra must agree
+    proc = train(
+        "-m",
+        "seed=7",
+        *QUICK,
+        f"hydra.sweep.dir={checkpoint.hydra_value(str(sweep))}",
+        env=fault_env("data_load:SIGTERM"),
+    )
+    (job,) = [d for d in sweep.iterdir() if d.is_dir() and d.name != "report"]
+    assert (
+        job.name.startswith("0_seed=7,trainer.")
+        and json.loads((job / "summary.json").read_text())["status"] == "preempted"
+    ), proc.stderr[-3000:]
+    command = re.search(r"continue with `(python train\.py [^`]+)`", proc.stderr)[1]
+    again = subprocess.run(
+        f"{shlex.quote(sys.executable)} {command[len('python ') :]} data_dir={conftest.DATA_DIR}",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((job / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    "path", ["a/0_seed=7,trainer.lr=0.001", 'q"uote\\', "a/${x}/b", "it's here", "/plain/dir-1.x"]
+)
+def test_a_run_dir_reads_back_as_itself_through_the_shell_and_hydra(path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    (word,) = shlex.split(checkpoint.resume_command(path))[2:]
+    value = OverridesParser.create().parse_override(word).value()
+    assert OmegaConf.create({"resume": value}).resume == path
