@@ -1,11 +1,10 @@
 """Activation-aware weight initialization: the one rule that decides every weight.
 
 A weighted layer (Linear, Conv, ConvTranspose) is initialized for the nonlinearity its output
-*feeds*, found by walking the network's leaf modules in registration order and looking past
-normalization, dropout and reshapes. Networks must therefore be written so that registration order
-is data-flow order (true for ``nn.Sequential``, which every network in ``gan.nets`` is), and must
-declare every nonlinearity as a module, including a sigmoid that lives inside the loss
-(``SigmoidInLoss``). Anything the rule cannot map is an error naming the layer, never a skip.
+*feeds*, found by following the data through the model's forward (``gan.trace``), looking past
+normalization, dropout, reshaping and sums. A sigmoid that lives inside the loss is declared with
+``SigmoidInLoss``. Anything the rule cannot decide is an error naming the layer and how to declare
+it (``overrides``), never a guess. ``initialize(model, "he_xavier", seed=0)`` is the one call.
 
 A *scheme* is data: for each activation kind, a ``Rule`` saying how to draw the weight; plus a rule
 for biases, one for normalization layers, and optional per-layer overrides by module-path pattern.
@@ -26,8 +25,36 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gan.errors import UserError
+from gan.trace import (
+    ACTIVATIONS,
+    NORMS,
+    WEIGHTED_LAYERS,
+    Feeds,
+    SigmoidInLoss,
+    SoftmaxInLoss,
+    TracedLayer,
+    trace_feeds,
+    trace_layers,
+)
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "softmax")
+__all__ = [
+    "ACTIVATIONS",
+    "FAMILIES",
+    "WEIGHTED_LAYERS",
+    "Feeds",
+    "InitRecord",
+    "Rule",
+    "Scheme",
+    "SigmoidInLoss",
+    "SoftmaxInLoss",
+    "fans",
+    "format_table",
+    "init_table",
+    "initialize",
+    "trace_feeds",
+    "trainable_weight",
+]
+
 DISTRIBUTIONS = ("normal", "uniform", "trunc_normal")
 
 # Std of a standard normal truncated to [-2, 2]: sqrt(1 - 4·φ(2) / (Φ(2) - Φ(-2))) ≈ 0.8796.
@@ -36,70 +63,9 @@ _PHI2 = math.exp(-2.0) / math.sqrt(2 * math.pi)
 TRUNC_STD_FACTOR = math.sqrt(1 - 4 * _PHI2 / math.erf(2 / math.sqrt(2)))
 
 
-class SigmoidInLoss(nn.Identity):
-    """Declares that a sigmoid is applied to this point inside the loss (BCE-with-logits).
-
-    Identity in forward. It exists so the init rule can see what the discriminator's last layer
-    feeds, although the sigmoid itself is fused into the loss for numerical stability.
-    """
-
-
-class SoftmaxInLoss(nn.Identity):
-    """Declares that a softmax is applied to this point inside the loss (cross-entropy)."""
-
-
-WEIGHTED_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
-_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-# Modules a layer's output passes through unchanged in kind: the init rule looks past them.
-_TRANSPARENT = _NORMS + (nn.modules.dropout._DropoutNd, nn.Flatten, nn.Unflatten, nn.Identity)
-
-
 # --------------------------------------------------------------------------------------------
-# What each layer feeds
+# What each layer feeds: gan.trace; the tensors of a layer
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Feeds:
-    """The nonlinearity a layer's output goes into."""
-
-    kind: str  # one of ACTIVATIONS
-    slope: float | None  # negative slope of a (leaky) ReLU; None for tanh/sigmoid
-    via: str  # module path of the activation
-
-    def __str__(self) -> str:
-        return f"leaky_relu({self.slope:g})" if self.kind == "leaky_relu" else self.kind
-
-
-def _activation(module: nn.Module) -> tuple[str, float | None] | None:
-    # Order matters: SigmoidInLoss is an nn.Identity, which is otherwise transparent.
-    if isinstance(module, nn.LeakyReLU):
-        return "leaky_relu", float(module.negative_slope)
-    if isinstance(module, nn.ReLU):
-        return "relu", 0.0
-    if isinstance(module, nn.Tanh):
-        return "tanh", None
-    if isinstance(module, (nn.Sigmoid, SigmoidInLoss)):
-        return "sigmoid", None
-    if isinstance(module, (nn.Softmax, SoftmaxInLoss)):
-        return "softmax", None
-    return None
-
-
-def _leaves(net: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules without children, in registration order. A parametrized layer (spectral norm) counts
-    as a leaf: its only children are its parametrizations, which are not layers of the network."""
-    inside = {
-        id(sub)
-        for m in net.modules()
-        if parametrize.is_parametrized(m)
-        for sub in m.parametrizations.modules()
-    }
-    return [
-        (path, m)
-        for path, m in net.named_modules()
-        if id(m) not in inside and all(id(c) in inside for c in m.children())
-    ]
 
 
 def trainable_weight(layer: nn.Module) -> torch.Tensor:
@@ -135,72 +101,38 @@ def layer_type(module: nn.Module) -> str:
     return cls.__bases__[0].__name__ if parametrize.is_parametrized(module) else cls.__name__
 
 
-def trace_feeds(net: nn.Module) -> list[tuple[str, nn.Module, Feeds | None]]:
-    """Every parameterized leaf of ``net`` with the nonlinearity it feeds.
-
-    Weighted layers must feed a known nonlinearity; normalization layers may feed nothing
-    (``None``). Raises ``UserError`` naming the layer for anything else.
-    """
-    leaves = _leaves(net)
-    traced: list[tuple[str, nn.Module, Feeds | None]] = []
-    for i, (path, module) in enumerate(leaves):
-        if not isinstance(module, WEIGHTED_LAYERS + _NORMS):
-            if own_tensors(module):
-                raise UserError(
-                    f"layer '{path}' ({type(module).__name__}) has parameters the init rule does "
-                    "not cover; it knows Linear, Conv*, ConvTranspose* and normalization layers"
-                )
-            continue
-        feeds = None
-        for later_path, later in leaves[i + 1 :]:
-            found = _activation(later)
-            if found:
-                feeds = Feeds(*found, via=later_path)
-                break
-            if isinstance(later, _TRANSPARENT):
-                continue
-            if isinstance(module, _NORMS):
-                break
-            raise UserError(
-                f"layer '{path}' ({type(module).__name__}) feeds '{later_path}' "
-                f"({type(later).__name__}), which is not a nonlinearity the init rule knows "
-                f"({', '.join(ACTIVATIONS)}) nor a module it can look past (normalization, "
-                "dropout, reshape); declare activations as modules such as nn.LeakyReLU"
-            )
-        if feeds is None and not isinstance(module, _NORMS):
-            raise UserError(
-                f"layer '{path}' ({type(module).__name__}) feeds no nonlinearity: nothing follows "
-                "it. If the loss applies a sigmoid (BCE-with-logits), end the network with "
-                "gan.init.SigmoidInLoss() to declare it"
-            )
-        traced.append((path, module, feeds))
-    return traced
-
-
 # --------------------------------------------------------------------------------------------
 # Fans
 # --------------------------------------------------------------------------------------------
 
 
-def fans(layer: nn.Module) -> tuple[float, float]:
+def fans(
+    layer: nn.Module, sizes: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+) -> tuple[float, float]:
     """(fan_in, fan_out): terms each output sums, outputs each input reaches (interior average).
 
     Linear and stride-1 Conv match torch.nn.init. Strides are counted where torch ignores them:
     a Conv with stride s reaches out·k/s outputs per input, and a ConvTranspose (weight
     (in, out/g, *k), from which torch takes fan_in = out·k, the *output* side) sums in·k/s terms
-    into each output. Exact away from borders when the stride divides the kernel (k4 s2 here);
-    for a 1×1 input, a ConvTranspose's true fan_in is in_channels, so project with a Linear.
+    into each output. Exact away from borders when the stride divides the kernel (k4 s2 here).
+    ``sizes`` (the spatial sizes in and out, known when the model was traced by running it) caps
+    k/s per dimension at the size there: a ConvTranspose on a 1×1 input sums only in terms.
     """
     if isinstance(layer, nn.Linear):
         return float(layer.in_features), float(layer.out_features)
     if isinstance(layer, nn.modules.conv._ConvNd):
-        taps = math.prod(layer.kernel_size)
-        stride = math.prod(layer.stride)
         fan_in_ch = layer.in_channels / layer.groups
         fan_out_ch = layer.out_channels / layer.groups
+        taps = math.prod(layer.kernel_size)
+        # Per dimension, k/s positions on the strided side, at most as many as it has.
+        side = None if sizes is None else sizes[0] if layer.transposed else sizes[1]
+        per_dim = [k / s for k, s in zip(layer.kernel_size, layer.stride)]
+        if side and len(side) == len(per_dim):
+            per_dim = [min(r, n) for r, n in zip(per_dim, side)]
+        strided = math.prod(per_dim)
         if layer.transposed:
-            return fan_in_ch * taps / stride, fan_out_ch * taps
-        return fan_in_ch * taps, fan_out_ch * taps / stride
+            return fan_in_ch * strided, fan_out_ch * taps
+        return fan_in_ch * taps, fan_out_ch * strided
     raise TypeError(f"no fans for {type(layer).__name__}")
 
 
@@ -309,7 +241,9 @@ class Family:
     mean: Callable[[Rule, Target], float] = _zero_mean
     options: frozenset[str] = frozenset()  # accepted besides 'rule'; each a field of Rule
     needs_matrix: bool = False  # reads a Linear/Conv weight's fans or gain: not for bias or norm
-    default_gain: Callable[[Feeds], float] | None = None  # None: the family takes no gain
+    # None: the family takes no gain. Called with None for a layer that feeds no nonlinearity
+    # (its rule declared): returns None where the gain depends on what it feeds.
+    default_gain: Callable[[Feeds | None], float | None] | None = None
     check: Callable[[Rule, str], None] = _no_check  # raises UserError for a bad option value
     describe: Callable[[Rule], str] = _by_name  # the rule string in init_report.json
 
@@ -382,13 +316,15 @@ def _kaiming_std(rule: Rule, target: Target) -> float:
     return target.gain / math.sqrt(target.fan_in if rule.mode == "fan_in" else target.fan_out)
 
 
-def _unit_gain(feeds: Feeds) -> float:
+def _unit_gain(feeds: Feeds | None) -> float:
     return 1.0
 
 
-def _he_gain(feeds: Feeds) -> float:
+def _he_gain(feeds: Feeds | None) -> float | None:
     # sqrt(2/(1+a²)) with the layer's actual slope; a layer feeding anything else (tanh,
-    # sigmoid, softmax) gets the ReLU gain (a = 0), as torch's kaiming_* defaults do.
+    # sigmoid, softmax, gelu, silu) gets the ReLU gain (a = 0), as torch's kaiming_* defaults do.
+    if feeds is None:
+        return None
     slope = feeds.slope if feeds.kind in ("relu", "leaky_relu") else 0.0
     return math.sqrt(2.0 / (1.0 + slope**2))
 
@@ -492,12 +428,20 @@ def find_rule(name: Any, where: str) -> tuple[Family, str | None]:
     raise UserError(f"{where}: unknown rule {name!r}; valid rules: {', '.join(rule_names())}")
 
 
-def _gain(rule: Rule, feeds: Feeds) -> float | None:
+# torch.nn.init.calculate_gain knows no softmax (like sigmoid: 1) nor gelu/silu (like relu: √2).
+_AUTO_GAIN_AS = {"softmax": "sigmoid", "gelu": "relu", "silu": "relu"}
+
+
+def _gain(rule: Rule, feeds: Feeds | None) -> float | None:
+    """The gain a rule uses; None where the family takes none, or where it depends on what the
+    layer feeds and the layer feeds nothing known (``_target`` refuses that)."""
     default_gain = FAMILIES[rule.family].default_gain
     if default_gain is None:
         return None
-    if rule.gain == "auto":  # torch knows no softmax gain: like sigmoid, it gets 1
-        kind = "sigmoid" if feeds.kind == "softmax" else feeds.kind
+    if rule.gain == "auto":
+        if feeds is None:
+            return None
+        kind = _AUTO_GAIN_AS.get(feeds.kind, feeds.kind)
         return nn.init.calculate_gain(kind, feeds.slope if kind == "leaky_relu" else None)
     if rule.gain is not None:
         return float(rule.gain)
@@ -607,11 +551,14 @@ class Slot:
     kind: str  # weight | bias
     tensor: torch.Tensor
     feeds: Feeds | None
+    sizes: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # spatial in, out (fans)
+    declared: Rule | None = None  # a weight's rule, declared by an override
+    pattern: str | None = None  # the override pattern that matched its layer
 
     @property
     def role(self) -> str:
         """weight | bias (of a Linear/Conv) | norm_weight | norm_bias."""
-        return f"norm_{self.kind}" if isinstance(self.module, _NORMS) else self.kind
+        return f"norm_{self.kind}" if isinstance(self.module, NORMS) else self.kind
 
 
 _ZEROS = Rule("zeros")
@@ -620,25 +567,29 @@ _INSTEAD = {
     "bias": "use zeros, default or a fixed normal/uniform",
     "norm": "use ones, default or a fixed normal such as {rule: normal, mean: 1, std: 0.02}",
 }
+# A layer feeding one of these, under a scheme with no rule for it, gets the scheme's relu rule.
+_LIKE_RELU = ("gelu", "silu")
 
 
-def _choose_rule(scheme: Scheme, slot: Slot) -> tuple[Rule, str | None]:
-    """The rule for one tensor, and the override pattern that chose it (None: none did)."""
+def _choose_rule(scheme: Scheme, slot: Slot) -> Rule:
+    """The rule for one tensor."""
     if slot.role == "norm_bias" and scheme.norm.family != "default":
-        return _ZEROS, None  # normalization shift starts at 0 under every non-default rule
+        return _ZEROS  # normalization shift starts at 0 under every non-default rule
     if slot.role.startswith("norm_"):
-        return scheme.norm, None
+        return scheme.norm
     if slot.role == "bias":
-        return scheme.bias, None
-    for pattern, rule in scheme.overrides:
-        if fnmatch.fnmatchcase(slot.path, pattern):
-            return rule, pattern
-    if slot.feeds.kind not in scheme.weights:
+        return scheme.bias
+    if slot.declared is not None:
+        return slot.declared
+    kind = slot.feeds.kind
+    if kind not in scheme.weights and kind in _LIKE_RELU and "relu" in scheme.weights:
+        kind = "relu"
+    if kind not in scheme.weights:
         raise UserError(
             f"scheme '{scheme.name}' has no weight rule for layers feeding {slot.feeds.kind} "
             f"(layer '{slot.path}'); add weights.{slot.feeds.kind}"
         )
-    return scheme.weights[slot.feeds.kind], None
+    return scheme.weights[kind]
 
 
 def _target(scheme: Scheme, rule: Rule, slot: Slot) -> Target:
@@ -653,15 +604,23 @@ def _target(scheme: Scheme, rule: Rule, slot: Slot) -> Target:
     if role != "weight":
         matrix = None if role.startswith("norm_") else trainable_weight(slot.module)
         return Target(slot.tensor, role, matrix)
-    fan_in, fan_out = fans(slot.module)
-    return Target(slot.tensor, role, slot.tensor, fan_in, fan_out, _gain(rule, slot.feeds))
+    gain = _gain(rule, slot.feeds)
+    if gain is None and family.default_gain is not None:
+        raise UserError(
+            f"layer '{slot.path}': rule '{rule.name}' takes its gain from what the layer feeds, "
+            f"and it feeds no nonlinearity the init rule knows; give the gain, e.g. "
+            f"{{'rule': '{rule.name}', 'gain': 1.0}}, or declare what it feeds, e.g. "
+            f"overrides={{'{slot.path}': 'relu'}}"
+        )
+    fan_in, fan_out = fans(slot.module, slot.sizes)
+    return Target(slot.tensor, role, slot.tensor, fan_in, fan_out, gain)
 
 
 def _init_tensor(
-    scheme: Scheme, network: str, slot: Slot, generator: torch.Generator
-) -> tuple[InitRecord, str | None]:
-    """Draws one tensor; its record, and the override pattern that chose its rule."""
-    rule, pattern = _choose_rule(scheme, slot)
+    scheme: Scheme, network: str, slot: Slot, generator: torch.Generator | None
+) -> InitRecord:
+    """Draws one tensor; its record."""
+    rule = _choose_rule(scheme, slot)
     target = _target(scheme, rule, slot)
     family, feeds = FAMILIES[rule.family], slot.feeds
     record = InitRecord(
@@ -683,40 +642,205 @@ def _init_tensor(
     with torch.no_grad():
         family.draw(rule, target, record.expected_mean, record.expected_std, generator)
     record.measured_std = float(slot.tensor.detach().float().std(correction=0))
-    return record, pattern
+    return record
 
 
-def initialize(
-    net: nn.Module, scheme: Scheme, *, network: str, generator: torch.Generator
-) -> list[InitRecord]:
-    """Initializes every parameter of ``net`` by ``scheme``; returns one record per tensor.
+# --------------------------------------------------------------------------------------------
+# Overrides: a layer's nonlinearity or rule, declared by module-path pattern
+# --------------------------------------------------------------------------------------------
 
-    Draws from ``generator`` only, in layer order, so a network's weights do not depend on what
-    was drawn before (e.g. the other network's scheme). ``default`` draws nothing.
-    """
-    traced = trace_feeds(net)
-    slots = [
-        Slot(path, module, param, kind, t, feeds)
-        for path, module, feeds in traced
-        for param, kind, t in own_tensors(module)
+
+def declared_feeds(value: Any, where: str) -> Feeds | None:
+    """``"relu"``, ``"leaky_relu(0.2)"``, ``"tanh"``… as what a layer feeds; None for a rule."""
+    if not isinstance(value, str):
+        return None
+    name, paren, rest = value.partition("(")
+    if name.strip() not in ACTIVATIONS:
+        return None
+    name, argument = name.strip(), rest.removesuffix(")").strip()
+    if name == "leaky_relu":
+        try:
+            return Feeds(name, float(argument), via="declared")
+        except ValueError:
+            raise UserError(f"{where}: say leaky_relu's slope, e.g. 'leaky_relu(0.2)'") from None
+    if paren:
+        raise UserError(f"{where}: {name} takes no argument, got {value!r}")
+    return Feeds(name, 0.0 if name == "relu" else None, via="declared")
+
+
+def parse_overrides(overrides: Mapping[str, Any] | None) -> list[tuple[str, Rule | Feeds]]:
+    """Module-path glob pattern → what the layer feeds (``"relu"``) or its weight rule."""
+    if overrides is None:
+        return []
+    if not isinstance(overrides, Mapping):
+        raise UserError(f"overrides: expected a mapping layer pattern -> rule, got {overrides!r}")
+    parsed: list[tuple[str, Rule | Feeds]] = []
+    for pattern, value in overrides.items():
+        where = f"overrides[{pattern!r}]"
+        parsed.append((str(pattern), declared_feeds(value, where) or Rule.parse(value, where)))
+    return parsed
+
+
+def _slots(layer: TracedLayer, overrides: list[tuple[str, Rule | Feeds]]) -> list[Slot]:
+    """The tensors of one traced layer, under the first override matching it (weighted layers);
+    a layer whose trace was refused needs one."""
+    pattern, value = None, None
+    if isinstance(layer.module, WEIGHTED_LAYERS):
+        matches = ((p, v) for p, v in overrides if fnmatch.fnmatchcase(layer.path, p))
+        pattern, value = next(matches, (None, None))
+    if layer.problem and pattern is None:
+        raise UserError(layer.problem)
+    feeds = value if isinstance(value, Feeds) else None if layer.problem else layer.feeds
+    rule = value if isinstance(value, Rule) else None
+    return [
+        Slot(layer.path, layer.module, param, kind, t, feeds, layer.sizes, rule, pattern)
+        for param, kind, t in own_tensors(layer.module)
     ]
-    done = [_init_tensor(scheme, network, slot, generator) for slot in slots]
-    for slot, (record, _) in zip(slots, done):
+
+
+# --------------------------------------------------------------------------------------------
+# Applying a scheme: one network, then the public call
+# --------------------------------------------------------------------------------------------
+
+
+def initialize_network(
+    net: nn.Module,
+    scheme: Scheme,
+    network: str,
+    generator: torch.Generator | None,
+    example_input: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[InitRecord]:
+    """Initializes every parameter of ``net`` by ``scheme``; one record per tensor.
+
+    Draws from ``generator`` only (None: torch's global RNG), in registration order whatever
+    the trace found, so a network's weights do not depend on what was drawn before (e.g. the
+    other network's scheme). ``default`` draws nothing.
+    """
+    layers = trace_layers(net, example_input)
+    declared = parse_overrides(overrides) + list(scheme.overrides)
+    slots = [slot for layer in layers for slot in _slots(layer, declared)]
+    records = [_init_tensor(scheme, network, slot, generator) for slot in slots]
+    for slot, record in zip(slots, records):
         if slot.param != slot.kind and record.rule != "default":  # a redrawn original
             _resync_parametrization(slot.module, slot.kind)
     covered = {id(slot.tensor) for slot in slots}
     missed = [name for name, p in net.named_parameters() if id(p) not in covered]
     if missed:
         raise UserError(f"parameters not reached by the init rule: {', '.join(missed)}")
-    used = {pattern for _, pattern in done}
-    unused = [p for p, _ in scheme.overrides if p not in used]
+    used = {slot.pattern for slot in slots}
+    unused = [p for p, _ in declared if p not in used]
     if unused:
-        layers = ", ".join(path for path, *_ in traced)
+        paths = ", ".join(layer.path for layer in layers)
         raise UserError(
             f"scheme '{scheme.name}': override pattern(s) {unused} match no layer of the "
-            f"{network}; its layers are: {layers}"
+            f"{network}; its layers are: {paths}"
         )
-    return [record for record, _ in done]
+    return records
+
+
+def initialize(
+    model: nn.Module | Mapping[str, nn.Module],
+    scheme: str | Scheme | Mapping[str, str | Scheme],
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    network: str | None = None,
+    example_input: Any = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[InitRecord]:
+    """Initializes every parameter of ``model`` for what each layer feeds; one record per tensor
+    (what init_report.json holds; print them with ``init_table``).
+
+    ``scheme``: an init option's name (``gan.config.CONF_DIR / "init" / NAME.yaml``), a
+    ``Scheme``, or a mapping network name → either; ``model`` is then a mapping of networks or
+    a module with submodules of those names. ``seed``: each network draws from its own stream,
+    seeded by ``seed`` and its name as a run seeds it (``generator``: from that generator;
+    neither: torch's global RNG). ``network`` names a single model (default ``model``) and picks
+    the section of a name. ``example_input``: trace by running the model on it (else torch.fx).
+    ``overrides``: layer-path pattern → what it feeds (``"relu"``, ``"leaky_relu(0.2)"``) or its
+    rule (``"xavier_normal"``, ``{"rule": ..., "gain": ...}``). With several networks,
+    ``example_input`` and ``overrides`` are mappings by network name.
+    """
+    if seed is not None and generator is not None:
+        raise UserError("initialize: give a seed or a generator, not both")
+    jobs, several = _networks(model, scheme, network)
+    records: list[InitRecord] = []
+    for name, net, net_scheme in jobs:
+        stream = generator if seed is None else _seeded_stream(seed, name)
+        example, declared = (
+            (_by_network(example_input, name), _by_network(overrides, name))
+            if several
+            else (example_input, overrides)
+        )
+        records += initialize_network(net, net_scheme, name, stream, example, declared)
+    return records
+
+
+def _networks(
+    model: nn.Module | Mapping[str, nn.Module],
+    scheme: str | Scheme | Mapping[str, str | Scheme],
+    network: str | None,
+) -> tuple[list[tuple[str, nn.Module, Scheme]], bool]:
+    """(network name, module, its scheme) for each network; whether there are several."""
+    if isinstance(scheme, Mapping):
+        nets = model if isinstance(model, Mapping) else {n: _submodule(model, n) for n in scheme}
+        missing = [n for n in scheme if n not in nets]
+        if missing:
+            raise UserError(f"initialize: a scheme for {missing}, but no such network in the model")
+        return [(n, nets[n], _resolve(scheme[n], n)) for n in scheme], True
+    if isinstance(model, Mapping):
+        return [(n, net, _resolve(scheme, n)) for n, net in model.items()], True
+    return [(network or "model", model, _resolve(scheme, network))], False
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        children = ", ".join(n for n, _ in model.named_children())
+        raise UserError(
+            f"initialize: the model has no submodule '{name}' (its children: {children})"
+        ) from None
+
+
+def _by_network(value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise UserError(
+            "initialize: with several networks, example_input and overrides are mappings by "
+            f"network name, e.g. {{'{name}': ...}}"
+        )
+    return value.get(name)
+
+
+def _resolve(spec: str | Scheme, network: str | None) -> Scheme:
+    """A scheme object, or the one an init option's name gives this network."""
+    if isinstance(spec, Scheme):
+        return spec
+    from gan import config  # config imports this module
+
+    if not isinstance(spec, str):
+        raise UserError(f"initialize: a scheme is a name or a Scheme, got {spec!r}")
+    scheme_dir = config.CONF_DIR / "init"
+    if network in config.NETWORKS:
+        return config.resolve_scheme(spec, network, scheme_dir, spec)
+    sections = [config.resolve_scheme(spec, n, scheme_dir, spec) for n in config.NETWORKS]
+    if any(s != sections[0] for s in sections):
+        raise UserError(
+            f"init option '{spec}' differs between {' and '.join(config.NETWORKS)}; say which "
+            f"to use: initialize(..., network='{config.NETWORKS[0]}')"
+        )
+    return sections[0]
+
+
+def _seeded_stream(seed: int, network: str) -> torch.Generator:
+    from gan.trainer import derive_seed  # trainer imports config, which imports this module
+
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        raise UserError(f"initialize: seed must be an integer in [0, 2**64), got {seed!r}")
+    return torch.Generator().manual_seed(derive_seed(seed, f"init/{network}"))
 
 
 def _resync_parametrization(module: nn.Module, kind: str) -> None:
@@ -730,7 +854,7 @@ def _resync_parametrization(module: nn.Module, kind: str) -> None:
             p._power_method(p._reshape_weight_to_matrix(chain.original.detach()), 15)
 
 
-def format_table(records: list[InitRecord]) -> str:
+def init_table(records: list[InitRecord]) -> str:
     """The assignment as a fixed-width table, one row per tensor."""
     header = (
         "network",
@@ -763,3 +887,6 @@ def format_table(records: list[InitRecord]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+format_table = init_table  # the name gan.run uses
