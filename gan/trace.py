@@ -185,6 +185,17 @@ class Graph:
             self.readers[i].append(index)
         return index
 
+    def reaching_output(self) -> set[int]:
+        """The ops whose results the model's output depends on."""
+        live = {i for i, op in enumerate(self.ops) if op.role == "output"}
+        todo = list(live)
+        while todo:
+            for i in self.ops[todo.pop()].inputs:
+                if i not in live:
+                    live.add(i)
+                    todo.append(i)
+        return live
+
     def calls_of(self, module: nn.Module) -> list[int]:
         return [i for i, op in enumerate(self.ops) if op.module is module]
 
@@ -377,7 +388,10 @@ class Reached:
     others: list[Op]  # ops that are neither: unknown functions or modules, the model's output
 
 
-def reached(graph: Graph, starts: list[int]) -> Reached:
+def reached(graph: Graph, starts: list[int], live: set[int]) -> Reached:
+    """What the results of ``starts`` reach. An op the output does not depend on (a check such
+    as ``if h.sum() > 0``) decides nothing, unless it is a nonlinearity (fx keeps an in-place
+    one whose result is not assigned, although its effect is)."""
     found: Reached = Reached([], [], [])
     seen, todo = set(starts), deque(starts)
     while todo:
@@ -388,6 +402,8 @@ def reached(graph: Graph, starts: list[int]) -> Reached:
             op, kind = graph.ops[reader], classify(graph.ops[reader])
             if isinstance(kind, Feeds):
                 found.nonlinearities.append(kind)
+            elif reader not in live:
+                continue
             elif kind == "through":
                 todo.append(reader)
             else:
@@ -472,12 +488,12 @@ def trace_layers(net: nn.Module, example_input: Any = None) -> list[TracedLayer]
         graph = graph_by_fx(net, leaves)
     else:
         graph = graph_by_running(net, leaves, example_input)
-    traced = []
+    traced, live = [], graph.reaching_output()
     for path, m in leaves.items():
         if not isinstance(m, WEIGHTED_LAYERS + NORMS):
             continue
         calls = graph.calls_of(m)
-        found = reached(graph, calls)
+        found = reached(graph, calls, live)
         sizes = graph.ops[calls[0]].sizes if calls else None
         if isinstance(m, NORMS):  # what a norm feeds is shown, never needed: no refusal
             kinds = {(f.kind, f.slope) for f in found.nonlinearities}
