@@ -35,7 +35,10 @@ from gan.errors import UserError, exits_on_user_error
 from gan.report_figures import SamplePick, band  # noqa: F401 - band: part of this module's API
 from gan.stats import (  # noqa: F401 - re-exported: the report's statistics, by their old names
     BOOTSTRAP_RESAMPLES,
+    FEW_SEEDS,
     bootstrap_ci,
+    clip_difference,
+    clip_interval,
     compare,
     hedges_g,
     holm,
@@ -337,6 +340,35 @@ def _digits(key: str) -> int:
     return 2 if key.startswith("eval/") else 3
 
 
+def _cell(values: Sequence[float | None], key: str, digits: int | None = None) -> str:
+    """Mean ± the t half-width; where that interval reaches past what ``key`` can take (few
+    seeds), the mean and the interval clipped to the metric's range, as ``mean [low, high]``."""
+    digits = _digits(key) if digits is None else digits
+    mean, half, _ = mean_ci(values)
+    if math.isnan(mean) or math.isnan(half):
+        return _fmt(mean, half, digits)
+    low, high = clip_interval(mean - half, mean + half, key)
+    if (low, high) == (mean - half, mean + half):
+        return _fmt(mean, half, digits)
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def few_seeds_warning(arms: dict[str, list[Run]]) -> list[str]:
+    """A warning block when an arm has fewer than FEW_SEEDS finished runs (also on the console)."""
+    counts = {arm: sum(r.status == "finished" for r in rs) for arm, rs in arms.items()}
+    few = {arm: n for arm, n in counts.items() if n < FEW_SEEDS}
+    if not few:
+        return []
+    which = ", ".join(f"{arm}: {n}" for arm, n in few.items())
+    text = (
+        f"Warning: fewer than {FEW_SEEDS} finished seeds per arm ({which}). Intervals from so "
+        "few runs are wide (shown clipped to what each metric can take) and the tests have little "
+        "power: read this report as a demonstration, not as evidence."
+    )
+    log.warning("warning: %s", text.removeprefix("Warning: "))
+    return [f"> **{text}**", ""]
+
+
 def run_row(r: Run, threshold: float | None) -> dict[str, object]:
     row: dict[str, object] = {
         "arm": r.arm,
@@ -414,7 +446,9 @@ def write_reports(
         rows += [{"setting": label, **run_row(r, threshold)} for r in group]
     write_csv(rows, out / "summary.csv")
     arms = {label: arms_of(group) for label, group in settings.items()}
-    lines = [*atlas.write_atlas(arms, info, out), *skipped(incomplete)]
+    lines = atlas.write_atlas(arms, info, out)
+    every_arm = {f"{label}/{arm}": rs for label, a in arms.items() for arm, rs in a.items()}
+    lines = [*lines[:2], *few_seeds_warning(every_arm), *lines[2:], *skipped(incomplete)]
     return _write_page(lines, out)
 
 
@@ -453,8 +487,11 @@ def write_report(
     metrics += list(TRAIN_FINALS)
     pairs = list(itertools.combinations(finished, 2))
     comparisons = pairwise(finished, pairs, metrics)
+    head = intro(runs, arms, setting)
     lines = [
-        *intro(runs, arms, setting),
+        *head[:2],  # the title; the warning comes before anything it qualifies
+        *few_seeds_warning(arms),
+        *head[2:],
         *arm_table(arms, finished, PRIMARY in logged, KCD in logged, threshold),
         *coverage_table(finished, [k for k in COVERAGE if k in logged]),
         *samples_section(arms, out),
@@ -480,7 +517,8 @@ def intro(runs: list[Run], arms: dict[str, list[Run]], setting: str | None = Non
         f"# Init ablation: model={runs[0].model}, dataset={runs[0].dataset}{named}",
         "",
         f"{len(runs)} runs in {len(arms)} arms; mean ± 95 % confidence interval (Student t) "
-        "across seeds; final = the last logging window or evaluation. Diverged runs are counted "
+        "across seeds, or mean [low, high] where that interval is clipped to what the metric "
+        "can take; final = the last logging window or evaluation. Diverged runs are counted "
         "but left out of the statistics. FCD: Fréchet distance in the dataset classifier's "
         "features (biased upwards at small sample sizes); KCD: the unbiased kernel distance in "
         "the same features (0 for the real distribution, so it can be slightly negative).",
@@ -511,20 +549,21 @@ def arm_table(
         if has_fcd:
             cells += _fcd_cells(ok, threshold)
         if has_kcd:
-            cells.append(_fmt(*mean_ci([r.final(KCD) for r in ok])[:2], 2))
-        cells += [_fmt(*mean_ci([r.final(key) for r in ok])[:2]) for key in TRAIN_FINALS]
+            cells.append(_cell([r.final(KCD) for r in ok], KCD))
+        cells += [_cell([r.final(key) for r in ok], key, 3) for key in TRAIN_FINALS]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def _fcd_cells(ok: list[Run], threshold: float | None) -> list[str]:
     cells = [
-        _fmt(*mean_ci([r.final(PRIMARY) for r in ok])[:2], 2),
-        _fmt(*mean_ci([b[0] for r in ok if (b := r.best(PRIMARY))])[:2], 2),
+        _cell([r.final(PRIMARY) for r in ok], PRIMARY),
+        _cell([b[0] for r in ok if (b := r.best(PRIMARY))], PRIMARY),
     ]
     if threshold is not None:
         reached = [s for r in ok if (s := steps_to(r, threshold)) is not None]
-        cells.append(f"{_fmt(*mean_ci(reached)[:2], 0)} ({len(reached)}/{len(ok)} reached)")
+        steps = _cell(reached, "steps", 0)
+        cells.append(f"{steps} ({len(reached)}/{len(ok)} reached)")
     return cells
 
 
@@ -535,7 +574,7 @@ def coverage_table(finished: dict[str, list[Run]], keys: list[str]) -> list[str]
     header = ["arm", "n", *(f"final {LABELS.get(k, k.split('/')[1])}" for k in keys)]
     lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, ok in finished.items():
-        cells = [_fmt(*mean_ci([r.final(k) for r in ok])[:2], _digits(k)) for k in keys]
+        cells = [_cell([r.final(k) for r in ok], k) for k in keys]
         lines.append("| " + " | ".join([arm, str(len(ok)), *cells]) + " |")
     return [
         *lines,
@@ -624,6 +663,8 @@ def pairwise(
             if len(c.va) >= 2 and len(c.vb) >= 2:
                 c.tests = compare(c.va, c.vb)
                 if c.tested:
+                    low, high = clip_difference(c.tests["ci_low"], c.tests["ci_high"], key)
+                    c.tests.update(ci_low=low, ci_high=high)
                     c.bootstrap = bootstrap_ci(c.va, c.vb)
             comparisons.append(c)
     adjusted = holm([c.tests["p_welch"] if c.tested else math.nan for c in comparisons])

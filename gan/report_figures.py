@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gan.figures import pyplot
-from gan.stats import t_half_width
+from gan.stats import t_half_width, value_range
 
 if TYPE_CHECKING:
     from gan.atlas import AtlasRow
@@ -26,10 +26,24 @@ if TYPE_CHECKING:
 SEED_LINES_UP_TO = 5  # arms with at most this many runs also show each seed as a thin line
 MARKERS_UP_TO = 20  # curves with at most this many points get markers (one evaluation shows)
 DPI = 110
+# The y axis of each curve: what its numbers are.
+Y_LABELS = {
+    "train/loss_D": "BCE loss",
+    "train/loss_G": "BCE loss",
+    "train/acc_D": "accuracy",
+    "train/acc_G": "fraction of fakes called real",
+    "train/D_x": "mean D(x), probability",
+    "train/D_G_z": "mean D(G(z)), probability",
+    "eval/fcd": "FCD (lower: closer to the data)",
+    "eval/kcd": "KCD (lower: closer to the data)",
+    "eval/class_kl": "KL to uniform classes (nats)",
+    "eval/classes_covered": "classes (of 10)",
+}
 
 
 def band(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Steps common to all runs, mean and 95 % CI half-width across runs at each step."""
+    """Steps common to all runs, mean and 95 % CI half-width across runs at each step (the
+    interval as drawn is ``band_limits``: clipped to the metric's range)."""
     curves = [r.curves[key] for r in runs if key in r.curves]
     if not curves:
         return None
@@ -38,6 +52,13 @@ def band(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndar
         steps = np.intersect1d(steps, s)
     matrix = np.stack([v[np.isin(s, steps)] for s, v in curves])  # (runs, steps)
     return steps, matrix.mean(0), t_half_width(matrix)
+
+
+def band_limits(mean: np.ndarray, half: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The band's lower and upper edges, clipped to what ``key`` can take: a t interval of few
+    seeds would otherwise draw accuracies above 1 or an FCD below 0."""
+    low, high = value_range(key)
+    return np.clip(mean - half, low, high), np.clip(mean + half, low, high)
 
 
 def _save(fig, path: Path):
@@ -122,14 +143,16 @@ def _plot_bands(ax, arms: dict[str, list[Run]], key: str) -> None:
                 s, v = r.curves[key]
                 ax.plot(s + dx, v, color=f"C{i}", lw=0.7, alpha=0.35, marker=marker and ".", ms=4)
         ax.plot(steps + dx, mean, color=f"C{i}", lw=1.6, marker=marker, ms=4)
+        low, high = band_limits(mean, half, key)
         if len(steps) == 1 and np.isfinite(half).all():  # a band of one point draws nothing
-            ax.errorbar(steps + dx, mean, yerr=half, color=f"C{i}", capsize=4, lw=1.2)
+            yerr = [mean - low, high - mean]
+            ax.errorbar(steps + dx, mean, yerr=yerr, color=f"C{i}", capsize=4, lw=1.2)
         else:
-            ax.fill_between(steps, mean - half, mean + half, color=f"C{i}", alpha=0.2, lw=0)
+            ax.fill_between(steps, low, high, color=f"C{i}", alpha=0.2, lw=0)
     if single and not any(line.get_xdata().size > 1 for line in ax.lines):
         margin = 0.08 * max(max(single), 1)  # room for the arms side by side
         ax.set(xticks=sorted(single), xlim=(min(single) - margin, max(single) + margin))
-    ax.set(title=key, xlabel="step")
+    ax.set(title=key, xlabel="step", ylabel=Y_LABELS.get(key, key.split("/")[-1]))
     if "acc" in key or key in ("train/D_x", "train/D_G_z"):
         ax.axhline(0.5, color="grey", lw=0.6, ls="--")
 
@@ -170,11 +193,13 @@ def plot_samples(picks: Sequence[SamplePick], path: Path):
 # Per-layer diagnostics
 # --------------------------------------------------------------------------------------------
 
-# (statistics, panel title, log scale). "dead" is read for layers feeding a (Leaky) ReLU,
-# "saturated" for those feeding tanh or sigmoid: each layer has one of the two.
+# (statistics, panel title, log scale). "dead" exists for layers feeding a (Leaky) ReLU and
+# "saturated" for those feeding tanh or sigmoid: different quantities of different layers, so
+# each has its own panel, with gaps at the layers that do not have it.
 DIAG_PANELS = (
     (("act_std",), "activation std", True),
-    (("dead_frac", "saturated_frac"), "dead (ReLU) / saturated (tanh, σ) fraction", False),
+    (("dead_frac",), "dead fraction (into (Leaky) ReLU)", False),
+    (("saturated_frac",), "saturated fraction (into tanh, σ)", False),
     (("grad_norm",), "gradient norm of the weights", True),
     (("weight_std",), "weight std", True),
 )
@@ -247,7 +272,7 @@ def plot_diagnostics(arms: dict[str, list[Run]], path: Path):
         for ax, (stats, title, log) in zip(row, DIAG_PANELS):
             _diag_panel(ax, arms, net, layers, stats, log, last)
             ax.set_title(f"{NETWORKS[net]}: {title}", fontsize=9)
-            ax.set_xticks(range(len(layers)), _tick_labels(everything, net, layers, stats))
+            ax.set_xticks(range(len(layers)), layers)
     styles = [Line2D([], [], color="k", ls="--", marker="o", mfc="none", label="step 0")]
     if last:
         styles.append(Line2D([], [], color="k", ls="-", marker="o", label=f"step {last}"))
@@ -255,17 +280,6 @@ def plot_diagnostics(arms: dict[str, list[Run]], path: Path):
     fig.suptitle("per-layer diagnostics: mean across seeds per arm", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path)
-
-
-def _tick_labels(runs: Sequence[Run], net: str, layers: Sequence[str], stats: Sequence[str]):
-    """Layer names; where a panel shows one of several statistics, which one (dead, saturated)."""
-    if len(stats) == 1:
-        return list(layers)
-    logged = {k for r in runs for k in r.curves}
-    return [
-        next((f"{x}\n{s.split('_')[0]}" for s in stats if f"diag/{net}/{x}/{s}" in logged), x)
-        for x in layers
-    ]
 
 
 def _diag_panel(ax, arms, net, layers, stats, log: bool, last: int | None) -> None:
@@ -293,6 +307,8 @@ def _diag_panel(ax, arms, net, layers, stats, log: bool, last: int | None) -> No
             ax.plot(x, y, color=f"C{i}", ls=style, marker="o", mfc=face, ms=5, lw=1.2)
     if positive:
         ax.set_yscale("log")
+    if not log:  # a fraction: the whole of [0, 1], so 0.02 never looks like 0.9
+        ax.set(ylim=(-0.03, 1.03), ylabel="fraction of outputs")
 
 
 # --------------------------------------------------------------------------------------------

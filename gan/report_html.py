@@ -1,7 +1,8 @@
 """report.md as one self-contained HTML page: its images inlined as data URIs, tables rendered.
 
 Converts only the Markdown that ``gan.report`` writes (headings, paragraphs, bullet lists, pipe
-tables, images on their own line, ``**bold**`` and ``code``), so it needs no Markdown package.
+tables, images on their own line, ``> `` warnings, ``**bold**`` and ``code``), so it needs no
+Markdown package.
 A page that travels alone (e-mail, a chat, a CI artifact) keeps its figures.
 """
 
@@ -21,8 +22,10 @@ th { background: #f3f3f3; }
 tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; }
 code { background: #f3f3f3; padding: 0 0.2em; }
+.warning { background: #fff3cd; border-left: 6px solid #d98c00; padding: 0.6em 1em;
+           margin: 1em 0; }
 """
-MERGING = ("table", "list", "text")  # kinds whose consecutive lines form one block
+MERGING = ("table", "list", "text", "warning")  # kinds whose consecutive lines form one block
 IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)]+)\)$")
 
 
@@ -76,6 +79,8 @@ def _kind(line: str) -> str:
         return "table"
     if line.startswith("- "):
         return "list"
+    if line.startswith("> "):
+        return "warning"
     if line.startswith("#"):
         return "heading"
     return "image" if IMAGE.match(line.strip()) else "text"
@@ -90,6 +95,9 @@ def render(markdown: str, base: Path, title: str) -> str:
             parts.append(table(block))
         elif kind == "list":
             parts.append("<ul>" + "".join(f"<li>{inline(x[2:])}</li>" for x in block) + "</ul>")
+        elif kind == "warning":
+            text = " ".join(x[2:] for x in block)
+            parts.append(f'<div class="warning" role="alert">{inline(text)}</div>')
         elif kind == "heading":
             level = min(len(block[0]) - len(block[0].lstrip("#")), 6)
             parts.append(f"<h{level}>{inline(block[0].lstrip('#').strip())}</h{level}>")

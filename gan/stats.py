@@ -11,6 +11,47 @@ import numpy as np
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same runs give the same report
+# Below this many finished seeds in an arm, the report warns: a t interval from 2-4 values is wide,
+# can reach past what the metric can take, and a test has little power (gan.power).
+FEW_SEEDS = 5
+N_CLASSES = 10  # every dataset here has ten classes (eval/classes_covered, eval/class_kl)
+
+# What each final metric can take. A t interval is symmetric about the mean, so at small n it can
+# claim values no run could have (11.5 of 10 classes, an accuracy below 0): clipped to these.
+_UNIT = (0.0, 1.0)
+RANGES = {
+    "train/acc_D": _UNIT,
+    "train/acc_G": _UNIT,
+    "train/acc_D_real": _UNIT,
+    "train/acc_D_fake": _UNIT,
+    "train/D_x": _UNIT,
+    "train/D_G_z": _UNIT,
+    "eval/confidence": _UNIT,
+    "train/loss_D": (0.0, math.inf),
+    "train/loss_G": (0.0, math.inf),
+    "eval/fcd": (0.0, math.inf),
+    "eval/kcd_std": (0.0, math.inf),
+    "eval/classes_covered": (0.0, float(N_CLASSES)),
+    "eval/class_kl": (0.0, math.log(N_CLASSES)),
+}  # eval/kcd is unbiased, so a single estimate may be negative: it has no bound here
+
+
+def value_range(key: str) -> tuple[float, float]:
+    """The values metric ``key`` can take; unbounded for a metric not in RANGES."""
+    return RANGES.get(key, (-math.inf, math.inf))
+
+
+def clip_interval(low: float, high: float, key: str) -> tuple[float, float]:
+    """The interval ``[low, high]`` of a mean of ``key`` within the metric's range."""
+    floor, ceiling = value_range(key)
+    return max(low, floor), min(high, ceiling)
+
+
+def clip_difference(low: float, high: float, key: str) -> tuple[float, float]:
+    """An interval of a difference of two means of ``key``: within ± the width of its range."""
+    floor, ceiling = value_range(key)
+    span = ceiling - floor
+    return max(low, -span), min(high, span)
 
 
 def mean_ci(values: Sequence[float | None], level: float = 0.95) -> tuple[float, float, int]:

@@ -73,20 +73,26 @@ def test_diagnostics_by_arm_at_step_0_and_the_last_step(sweep, tmp_path):
     arms = report.arms_of(report.load_runs([sweep])[0])
     fig = report_figures.plot_diagnostics(arms, tmp_path / "diagnostics.png")
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[:4] == [
+    assert titles[:5] == [
         "generator: activation std",
-        "generator: dead (ReLU) / saturated (tanh, σ) fraction",
+        "generator: dead fraction (into (Leaky) ReLU)",
+        "generator: saturated fraction (into tanh, σ)",
         "generator: gradient norm of the weights",
         "generator: weight std",
     ]
-    act, frac = fig.axes[0], fig.axes[1]
-    assert act.get_yscale() == "log" and frac.get_yscale() == "linear"
-    assert [t.get_text() for t in frac.get_xticklabels()] == ["fc1\ndead", "out\nsaturated"]
+    act, dead, saturated = fig.axes[0], fig.axes[1], fig.axes[2]
+    assert act.get_yscale() == "log" and dead.get_yscale() == "linear"
+    # Dead and saturated are separate quantities of separate layers: each only where it exists.
+    assert [t.get_text() for t in dead.get_xticklabels()] == ["fc1", "out"]
+    dead_at_0 = [ln.get_ydata() for ln in dead.lines if ln.get_linestyle() == "--"][0]
+    assert dead_at_0[0] == pytest.approx(0.5) and np.isnan(dead_at_0[1])
+    saturated_at_0 = [ln.get_ydata() for ln in saturated.lines if ln.get_linestyle() == "--"][0]
+    assert np.isnan(saturated_at_0[0]) and saturated_at_0[1] == pytest.approx(0.1)
     drawn = {(line.get_color(), line.get_linestyle()): line.get_ydata() for line in act.lines}
     # Step 0 over every run of the arm (the diverged one included): zeros (4 + 4 + 4 + 10) / 4.
     assert list(drawn[("C1", "--")]) == pytest.approx([5.5, 2.75])
     assert list(drawn[("C0", "-")]) == pytest.approx([2.0, 1.0])  # step 200, finished runs
-    d_grad = fig.axes[6]
+    d_grad = fig.axes[8]
     assert all(
         np.isnan(line.get_ydata()).all() for line in d_grad.lines if line.get_marker() == "o"
     )
