@@ -158,6 +158,8 @@ def graph_leaves(net: nn.Module) -> dict[str, nn.Module]:
     for path, m in net.named_modules():
         if path and any(path.startswith(f"{leaf}.") for leaf in found):
             continue  # inside a leaf (a parametrization)
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            continue  # a container, even an empty one (an identity shortcut): traced through
         childless = not any(True for _ in m.children())
         own = any(True for _ in m.parameters(recurse=False))
         torch_made = type(m).__module__.startswith("torch.")
@@ -300,12 +302,20 @@ class _Recorder(TorchFunctionMode):
         if not outputs and role == "call":
             return  # a size or a flag: not data
         inputs = [self.made_by[id(t)] for t in tensors if id(t) in self.made_by]
-        sizes = (tuple(tensors[0].shape[2:]), tuple(outputs[0].shape[2:])) if module else None
+        sizes = None
+        if module is not None and tensors:  # (N, C, *spatial): the sizes a conv's fans read
+            sizes = (tuple(tensors[0].shape[2:]), tuple(outputs[0].shape[2:]))
         op = Op(name, inputs, module, args, kwargs, len(tensors), self.scopes[-1], sizes, role)
         index = self.graph.add(op)
         for t in outputs:  # an in-place result is its input: later readers read this op
             self.made_by[id(t)] = index
             self.alive.append(t)
+
+
+def _cuda_devices(net: nn.Module) -> list[int]:
+    """The CUDA devices whose RNG a forward on ``net`` may draw from (restored afterwards)."""
+    tensors = [*net.parameters(), *net.buffers()]
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 
 
 def graph_by_running(net: nn.Module, leaves: dict[str, nn.Module], example_input: Any) -> Graph:
@@ -325,7 +335,7 @@ def graph_by_running(net: nn.Module, leaves: dict[str, nn.Module], example_input
         if isinstance(t, torch.Tensor):
             recorder.record("input", None, (), {}, t, role="input")
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), recorder:
+        with torch.random.fork_rng(devices=_cuda_devices(net)), torch.no_grad(), recorder:
             net.eval()
             result = net(*args, **kwargs)
     except UserError:
@@ -450,8 +460,8 @@ def decide(path: str, module: nn.Module, found: Reached) -> tuple[Feeds | None, 
     else:
         problem = (
             f"{layer} feeds no nonlinearity: its output is the model's output or unused. If the "
-            "loss applies a sigmoid (BCE-with-logits), end the network with "
-            "gan.init.SigmoidInLoss() to declare it."
+            "loss applies a sigmoid (BCE-with-logits) or a softmax (cross-entropy), end the "
+            "network with gan.init.SigmoidInLoss() or SoftmaxInLoss() to declare it."
         )
     return None, problem + _declare_hint(path)
 

@@ -402,6 +402,26 @@ def test_one_activation_module_used_twice_and_in_place_calls(example):
     assert feeds == {"fc1": "relu", "fc2": "relu", "out": "sigmoid"}
 
 
+class CifarBlock(nn.Module):
+    """The CIFAR ResNet layout: an empty nn.Sequential as the identity shortcut."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(8, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.shortcut = nn.Sequential()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 1), SigmoidInLoss())
+
+    def forward(self, x):
+        out = F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
+        return self.head(out)
+
+
+@pytest.mark.parametrize("example", [None, torch.randn(2, 8, 4, 4)])
+def test_an_empty_sequential_shortcut_is_traced_through(example):
+    feeds = {path: str(f) for path, _, f in trace_feeds(CifarBlock(), example)}
+    assert feeds == {"conv1": "relu", "conv2": "relu", "head.1": "sigmoid"}
+
+
 REFUSED = [
     (TwoConsumers, (2, 300), r"layer 'fc' \(Linear\) feeds two different nonlinearities: tanh"),
     (Gated, (2, 8), r"layer 'a' \(Linear\) feeds mul\(\) in the top-level forward, which is not"),
@@ -658,6 +678,12 @@ def readme_example() -> str | None:
         return None
     found = re.search(r"```python\n(.*?)```", text.split(README_HEADING, 1)[1], re.DOTALL)
     return found.group(1) if found else None
+
+
+def test_the_guides_example_runs(capsys):
+    text = (ROOT / "docs" / "init_any_model.md").read_text(encoding="utf-8")
+    exec(re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1), {"__name__": "guide"})
+    assert "leaky_relu(0.2)  he_xavier  kaiming_normal  1.387  0.1733" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(readme_example() is None, reason="README has no section " + README_HEADING)
