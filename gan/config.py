@@ -23,7 +23,34 @@ from omegaconf.errors import OmegaConfBaseException
 from gan.errors import UserError
 from gan.init import Scheme
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the YAML files: every default
+
+def _conf_dir() -> Path:
+    """The YAML files: ``gan/conf`` in an installed wheel (pyproject.toml maps the checkout's
+    top-level ``conf/`` there), ``conf/`` beside the package in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise RuntimeError(
+        f"gan-init's configs are missing: neither {here / 'conf'} nor "
+        f"{here.parent / 'conf'} holds config.yaml; reinstall the package"
+    )
+
+
+CONF_DIR = _conf_dir()  # the one owner of the configs' location: every default lives there
+
+
+def _hydra_run_dir(resume: str | None, new_run: str, stamp: str) -> str:
+    """Hydra's directory for this invocation: ``new_run`` for a new run; for ``resume=DIR``, a
+    record of the invocation inside DIR (``DIR/resumes/<stamp>``), so that resuming neither
+    leaves a stray directory under outputs/ nor lets Hydra overwrite DIR's own .hydra files
+    before the resume has been accepted."""
+    return new_run if resume is None else str(Path(resume) / "resumes" / stamp)
+
+
+if not OmegaConf.has_resolver("gan_run_dir"):  # conf/config.yaml: hydra.run.dir
+    OmegaConf.register_new_resolver("gan_run_dir", _hydra_run_dir)
+
 NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -187,7 +214,10 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        return f"{self.init.arm}-{self.model.name}-{self.data.name}-s{self.seed}"
+        """``<arm>-<model>-<dataset>-s<seed>``, after ``<setting>/`` for a named setting (as
+        its W&B group): an atlas runs every arm and seed once per setting."""
+        name = f"{self.init.arm}-{self.model.name}-{self.data.name}-s{self.seed}"
+        return f"{self.setting}/{name}" if self.setting else name
 
     @property
     def setting(self) -> str | None:

@@ -7,7 +7,6 @@ batch on the training device.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import math
 import os
 import shutil
@@ -113,14 +112,13 @@ def check_idx(path: Path) -> None:
 
 
 def _digits(train: bool) -> Split:
-    # Read the CSV scikit-learn ships rather than importing sklearn (slow to start).
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None:
-        raise UserError("dataset=digits needs scikit-learn: pip install scikit-learn")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
-    if not path.is_file():
-        raise UserError(f"scikit-learn's digits file is missing at {path}; reinstall scikit-learn")
-    table = np.loadtxt(path, delimiter=",", dtype=np.float32)  # (1797, 65): 64 pixels 0..16, label
+    try:
+        from sklearn.datasets import load_digits  # imported here: slow, and only digits needs it
+    except ImportError:
+        raise UserError("dataset=digits needs scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()  # scikit-learn's public loader of the copy it ships: no download
+    # (1797, 65): 64 pixels 0..16, then the label; small integers, exact in float32.
+    table = np.column_stack([bunch.data, bunch.target]).astype(np.float32)
     # A fixed shuffle before splitting: the file is ordered by writer, so its tail alone would
     # test on writers never seen in training.
     order = np.random.default_rng(0).permutation(len(table))
@@ -155,6 +153,17 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+def download_cause(err: BaseException) -> str:
+    """What went wrong in one line. torchvision's message is a header ("Error downloading
+    NAME:") and then, per mirror, "Tried URL, got:" and the error: the errors are the cause."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    head = lines[0].rstrip(":")
+    causes = [x for x in lines[1:] if not (x.startswith("Tried ") and x.endswith("got:"))]
+    return f"{head}: {'; '.join(dict.fromkeys(causes))}" if causes else head
+
+
 def _torchvision(name: str, root: Path, train: bool, timeout: float) -> Split:
     from torchvision import datasets  # imported here: slow to import, and digits needs none
 
@@ -174,9 +183,8 @@ def _torchvision(name: str, root: Path, train: bool, timeout: float) -> Split:
             after = set(raw_dir.glob("*")) if raw_dir.is_dir() else set()
             for leftover in after - before:
                 leftover.unlink(missing_ok=True)  # a partial file must not pass for the dataset
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(
-                f"could not download {cls.__name__} into {raw_dir} ({reason}). "
+                f"could not download {cls.__name__} into {raw_dir} ({download_cause(err)}). "
                 f"Run again with network access, or place its IDX files in {raw_dir}. "
                 f"{OFFLINE_ROUTES}"
             ) from None

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.config import DataConfig, preset, resolve_scheme
+from gan.config import CONF_DIR, DataConfig, preset, resolve_scheme
 from gan.data import DATASETS
 from gan.diagnostics import activation_stats
 from gan.errors import exits_on_user_error
 from gan.figures import pyplot
 from gan.init import Scheme, SoftmaxInLoss, initialize
 
-SCHEME_DIR = Path(__file__).resolve().parents[1] / "conf" / "init"
+SCHEME_DIR = CONF_DIR / "init"  # the init options, wherever the configs are installed
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
 PROBE_INITS = ("normal_large", "normal_small", "xavier", "he")
 TRAIN_INITS = ("normal_small", "xavier", "he")

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # What a resumed run may change: its length, periods, threads, logging, paths. Anything else
 # (seed, model, init, dataset, lr, batch size, precision…) would not continue the same run.
+# trainer.threads and trainer.precision may change as settings only: what they resolve to
+# (torch's thread count on the CPU, the precision) must stay, as both change the numbers.
 RESUME_MAY_CHANGE = (
     "trainer.steps",
     "trainer.sample_every",
@@ -119,6 +122,7 @@ def run(
 class Environment:
     device: torch.device
     precision: str  # trainer.precision resolved for this device: fp32 | bf16
+    threads: int  # torch's CPU threads, trainer.threads resolved: part of a CPU run's numerics
     wandb_mode: str  # online | offline | disabled
     wandb_why: str  # what decided the mode, for the offline hint
     resumed: dict[str, Any] | None  # the checkpoint being continued
@@ -142,10 +146,12 @@ def prepare(cfg: RunConfig) -> Environment:
                 cores,
             )
         torch.set_num_threads(cfg.trainer.threads)
+    threads = torch.get_num_threads()
     resumed = checkpoint.load(cfg.out_dir) if cfg.resume else None
     if resumed:
         check_resumable(cfg, resumed, device, precision)
-    return Environment(device, precision, mode, why, resumed)
+        check_threads(cfg, resumed, device, threads)
+    return Environment(device, precision, threads, mode, why, resumed)
 
 
 def check_resumable(
@@ -189,6 +195,21 @@ def check_resumable(
             f"after {resumed['metrics_offset']:,}; the run's record was lost or cut, and resuming "
             "would leave a hole in it. Restore the file, or start a new run"
         )
+
+
+def check_threads(
+    cfg: RunConfig, resumed: dict[str, Any], device: torch.device, threads: int
+) -> None:
+    """Refuses to continue a CPU run at another thread count: torch splits its sums by thread,
+    so the same seed gives other numbers, and the run would no longer be the one it was."""
+    trained_with = resumed.get("threads")  # None: a checkpoint of an older version
+    if device.type != "cpu" or trained_with is None or trained_with == threads:
+        return
+    raise UserError(
+        f"resume={cfg.out_dir}: the run trained with {trained_with} CPU thread(s), and "
+        f"trainer.threads={cfg.trainer.threads} gives {threads} here; the thread count is part "
+        f"of a CPU run's numbers: resume it with trainer.threads={trained_with}"
+    )
 
 
 def _final_status(run_dir) -> str | None:
@@ -354,10 +375,21 @@ class RunEvents:
         best: dict[str, Any],
         asked: dict[str, int | None],
         saved: dict[str, int | None],
+        seconds_before: float | None = 0.0,
     ):
         self.cfg, self.trainer, self.logger = cfg, trainer, logger
         self.evaluation, self.best, self.asked = evaluation, best, asked
         self.saved = saved  # {"step": the last checkpoint written}, for a run stopped at once
+        # Training seconds of the parts before this one (None: not recorded by an older
+        # version), so a checkpoint carries the time of the whole run up to its step.
+        self.seconds_before = seconds_before
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float | None:
+        """Training seconds of the whole run so far; None when an earlier part's are unknown."""
+        if self.seconds_before is None:
+            return None
+        return self.seconds_before + time.perf_counter() - self.started
 
     def evaluate(self, step: int, generator: nets.Generator) -> None:
         if self.evaluation is None:
@@ -380,6 +412,8 @@ class RunEvents:
             "metrics_offset": self.logger.metrics_offset(),
             "best": dict(self.best),
             "precision": self.trainer.precision,
+            "threads": torch.get_num_threads(),
+            "seconds": self.seconds(),
         }
         try:
             checkpoint.save(self.cfg.out_dir, blob)
@@ -455,7 +489,8 @@ def train(
         with open_logger(cfg, env) as logger:
             faults.point("wandb_init")
             record_start(env, logger, records, evaluation, summary)
-            events = RunEvents(cfg, trainer, logger, evaluation, best, asked, saved)
+            before = env.resumed.get("seconds") if env.resumed else 0.0
+            events = RunEvents(cfg, trainer, logger, evaluation, best, asked, saved, before)
             result = trainer.run(schedule_of(cfg), logger, events, progress)
             record_result(summary, result, best, env, logger)
             record_artifacts(cfg, logger, evaluation, result)
@@ -484,6 +519,7 @@ def start_summary(cfg: RunConfig, env: Environment) -> dict[str, Any]:
         "dataset": cfg.data.name,
         "device": str(env.device),
         "precision": env.precision,
+        "threads": env.threads,
         "sweep_id": cfg.logger.sweep_id,
         # What resume= composes the run from: .hydra/overrides.yaml is rewritten by Hydra when a
         # resume names the run dir as its own hydra.run.dir.
@@ -541,15 +577,8 @@ def record_result(
     logger: tracking.RunLogger,
 ) -> None:
     status = {"finished": "finished", "diverged": "diverged", "stopped": "preempted"}
-    first_step = env.resumed["trainer"]["step"] if env.resumed else 0
-    summary.update(
-        status=status[result.status],
-        steps=result.step,
-        seconds=round(result.seconds, 3),
-        steps_per_second=round((result.step - first_step) / max(result.seconds, 1e-9), 2),
-        final=result.last,
-        **best,
-    )
+    summary.update(status=status[result.status], steps=result.step, **run_time(result, env))
+    summary.update(final=result.last, **best)
     if result.status == "diverged":
         summary.update(diverged=True, diverged_step=result.diverged_step)
     if result.status in ("finished", "diverged"):  # a stopped run has come to nothing yet
@@ -558,6 +587,34 @@ def record_result(
     logger.summarize({k: v for k, v in summary.items() if k in SUMMARY_KEYS_IN_WANDB})
     if result.status == "stopped":
         logger.mark_preempted()
+
+
+def run_time(result: TrainResult, env: Environment) -> dict[str, Any]:
+    """``seconds`` and ``steps_per_second`` of the whole run's training; a resumed run also gets
+    ``resumed``: the step it continued from, and this part's steps and seconds. When an earlier
+    part's time is unknown (a checkpoint of an older version), ``seconds`` is this part's and
+    ``seconds_of`` says so."""
+    if not env.resumed:
+        rate = result.step / max(result.seconds, 1e-9)
+        return {"seconds": round(result.seconds, 3), "steps_per_second": round(rate, 2)}
+    first_step = env.resumed["trainer"]["step"]
+    part = {
+        "from_step": first_step,
+        "steps": result.step - first_step,
+        "seconds": round(result.seconds, 3),
+    }
+    before = env.resumed.get("seconds")
+    if before is None:
+        rate = part["steps"] / max(result.seconds, 1e-9)
+        return {
+            "seconds": part["seconds"],
+            "seconds_of": "the resumed part only (an older checkpoint kept no time)",
+            "steps_per_second": round(rate, 2),
+            "resumed": part,
+        }
+    total = before + result.seconds
+    rate = result.step / max(total, 1e-9)
+    return {"seconds": round(total, 3), "steps_per_second": round(rate, 2), "resumed": part}
 
 
 def record_artifacts(
@@ -600,9 +657,18 @@ def log_result(cfg: RunConfig, summary: dict[str, Any], result: TrainResult) -> 
         outcome = f"diverged at step {result.diverged_step} (a loss or weight went non-finite)"
     else:
         outcome = f"{result.step} steps"
+    speed = f"{summary['steps_per_second']:.1f} steps/s"
+    resumed = summary.get("resumed")
+    if resumed and "seconds_of" in summary:
+        speed += f"; the time of the part resumed at step {resumed['from_step']} alone"
+    elif resumed:
+        speed += (
+            f"; resumed at step {resumed['from_step']}: {resumed['steps']} steps in "
+            f"{resumed['seconds']:.1f} s"
+        )
     parts = [
-        f"done {cfg.run_name}: {outcome} in {result.seconds:.1f} s "
-        f"({summary['steps_per_second']:.1f} steps/s), {summary['outcome']}"
+        f"done {cfg.run_name}: {outcome} in {summary['seconds']:.1f} s ({speed}), "
+        f"{summary['outcome']}"
     ]
     last = result.last
     if last:
