@@ -356,6 +356,9 @@ def test_gelu_and_silu_take_the_relu_rule_unless_the_scheme_states_theirs():
     assert rules["fc1"] == ("gelu", "lecun_normal", 1.0)
     assert rules["fc2"] == ("silu", "kaiming_normal", RELU_GAIN)
     assert model.fc1.weight.std().item() == pytest.approx(1 / 16, rel=std_tolerance(256 * 512))
+    auto = Scheme.parse("auto", {"weights": {"rule": "xavier_normal", "gain": "auto"}}, "t")
+    gains = {r.layer: r.gain for r in gan.initialize(model, auto, seed=0) if r.param == "weight"}
+    assert gains == {"fc1": RELU_GAIN, "fc2": RELU_GAIN, "fc3": RELU_GAIN, "out": 1.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,7 +425,63 @@ def test_an_empty_sequential_shortcut_is_traced_through(example):
     assert feeds == {"conv1": "relu", "conv2": "relu", "head.1": "sigmoid"}
 
 
+class InPlace(nn.Module):
+    """Functional in-place activations, each read back from the tensor it overwrote."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = (nn.Linear(8, 8) for _ in range(4))
+
+    def forward(self, x):
+        h = F.leaky_relu_(self.a(x), 0.1)
+        h = torch.relu_(self.b(h))
+        h = F.relu(self.c(h), inplace=True)
+        return self.d(h).tanh_()
+
+
+@pytest.mark.parametrize("example", [None, torch.randn(2, 8)])
+def test_in_place_functional_activations(example):
+    feeds = {path: str(f) for path, _, f in trace_feeds(InPlace(), example)}
+    assert feeds == {"a": "leaky_relu(0.1)", "b": "relu", "c": "relu", "d": "tanh"}
+
+
+class TwoSlopes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return F.leaky_relu(h, 0.2) + F.leaky_relu(h, 0.1)
+
+
+class AlsoOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return h, torch.tanh(h)
+
+
+class Unused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.spare = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x))
+
+
 REFUSED = [
+    (
+        TwoSlopes,
+        (2, 8),
+        r"feeds two different nonlinearities: leaky_relu\(0.2\).*leaky_relu\(0.1\)",
+    ),
+    (AlsoOutput, (2, 8), r"layer 'fc' \(Linear\) feeds tanh and is also the model's output"),
+    (Unused, (2, 8), r"layer 'spare' \(Linear\) is not called by the forward"),
     (TwoConsumers, (2, 300), r"layer 'fc' \(Linear\) feeds two different nonlinearities: tanh"),
     (Gated, (2, 8), r"layer 'a' \(Linear\) feeds mul\(\) in the top-level forward, which is not"),
     (
