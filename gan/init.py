@@ -413,11 +413,15 @@ def initialize(
     if seed is not None and generator is not None:
         raise UserError("initialize: give a seed or a generator, not both")
     jobs, several = _networks(model, scheme, network)
+    names = [name for name, _, _ in jobs]
+    if several:
+        example_input = _by_network(example_input, names, "example_input")
+        overrides = _by_network(overrides, names, "overrides")
     records: list[InitRecord] = []
     for name, net, net_scheme in jobs:
         stream = generator if seed is None else _seeded_stream(seed, name)
         example, declared = (
-            (_by_network(example_input, name), _by_network(overrides, name))
+            (example_input.get(name), overrides.get(name))
             if several
             else (example_input, overrides)
         )
@@ -433,9 +437,11 @@ def _networks(
     """(network name, module, its scheme) for each network; whether there are several."""
     if isinstance(scheme, Mapping):
         nets = model if isinstance(model, Mapping) else {n: _submodule(model, n) for n in scheme}
-        missing = [n for n in scheme if n not in nets]
-        if missing:
-            raise UserError(f"initialize: a scheme for {missing}, but no such network in the model")
+        if set(scheme) != set(nets):
+            raise UserError(
+                f"initialize: schemes for {sorted(scheme)} but networks {sorted(nets)}; give "
+                "one scheme per network"
+            )
         return [(n, nets[n], _resolve(scheme[n], n)) for n in scheme], True
     if isinstance(model, Mapping):
         return [(n, net, _resolve(scheme, n)) for n, net in model.items()], True
@@ -452,15 +458,18 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
         ) from None
 
 
-def _by_network(value: Any, name: str) -> Any:
+def _by_network(value: Any, names: list[str], what: str) -> Mapping[str, Any]:
+    """``value`` as a mapping network name → its value; refuses a key that names no network
+    (it would be ignored)."""
     if value is None:
-        return None
-    if not isinstance(value, Mapping):
+        return {}
+    if not isinstance(value, Mapping) or set(value) - set(names):
+        got = f"keys {list(value)}" if isinstance(value, Mapping) else type(value).__name__
         raise UserError(
-            "initialize: with several networks, example_input and overrides are mappings by "
-            f"network name, e.g. {{'{name}': ...}}"
+            f"initialize: with several networks, {what} is a mapping by network name "
+            f"({', '.join(names)}), e.g. {{'{names[0]}': ...}}; got {got}"
         )
-    return value.get(name)
+    return value
 
 
 def _resolve(spec: str | Scheme, network: str | None) -> Scheme:

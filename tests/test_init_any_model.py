@@ -608,6 +608,22 @@ def test_per_network_schemes_by_name_give_what_a_run_gives():
     assert torch.equal(pair.discriminator.fc1.weight, d.fc1.weight)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"overrides": {"fc1": "relu"}}, r"overrides is a mapping by network name.*keys \['fc1'\]"),
+        ({"example_input": torch.zeros(2, 4)}, r"example_input is a mapping by network name"),
+        ({"scheme": {"generator": "he_xavier"}}, r"schemes for \['generator'\] but networks"),
+    ],
+)
+def test_with_several_networks_nothing_given_is_silently_ignored(kwargs, message):
+    g = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    d = nn.Sequential(nn.Linear(4, 1), SigmoidInLoss())
+    kwargs = {"scheme": "he_xavier", **kwargs}
+    with pytest.raises(UserError, match=message):
+        gan.initialize({"generator": g, "discriminator": d}, seed=0, **kwargs)
+
+
 def test_a_name_whose_networks_differ_asks_which_on_a_single_model():
     net = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
     with pytest.raises(UserError, match="differs between generator and discriminator.*network="):
