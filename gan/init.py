@@ -340,9 +340,17 @@ def _slots(layer: TracedLayer, overrides: list[tuple[str, Rule | Feeds]]) -> lis
         raise UserError(layer.problem)
     feeds = value if isinstance(value, Feeds) else None if layer.problem else layer.feeds
     rule = value if isinstance(value, Rule) else None
+    tensors = own_tensors(layer.module)
+    odd = [param for param, kind, _ in tensors if kind not in ("weight", "bias")]
+    if odd:  # weight_orig: torch.nn.utils.spectral_norm's hook, which recomputes the weight
+        raise UserError(
+            f"layer '{layer.path}' ({type(layer.module).__name__}) has parameter(s) {odd}, "
+            "which the init rule does not cover (the deprecated torch.nn.utils.spectral_norm or "
+            "weight_norm hooks?); use torch.nn.utils.parametrizations.spectral_norm"
+        )
     return [
         Slot(layer.path, layer.module, param, kind, t, feeds, layer.sizes, rule, pattern)
-        for param, kind, t in own_tensors(layer.module)
+        for param, kind, t in tensors
     ]
 
 

@@ -539,6 +539,12 @@ def test_a_declaration_that_cannot_apply_is_refused(overrides, message):
         gan.initialize(TwoConsumers(), "he_xavier", seed=0, overrides=overrides)
 
 
+def test_the_deprecated_spectral_norm_hook_is_refused_with_its_replacement():
+    model = nn.Sequential(nn.utils.spectral_norm(nn.Linear(8, 8)), nn.ReLU())
+    with pytest.raises(UserError, match=r"'0' \(Linear\) has parameter\(s\) \['weight_orig'\]"):
+        gan.initialize(model, "he_xavier", seed=0)
+
+
 def test_a_model_fx_cannot_trace_asks_for_an_example_input():
     class DataDependent(nn.Module):
         def __init__(self):
