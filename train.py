@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gan import checkpoint, tracking
+from gan import checkpoint, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
@@ -119,7 +121,8 @@ def job_failed(out_dir: Path, status: str, error: BaseException) -> dict:
 def main(cfg: DictConfig) -> dict | None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return sweep_job(cfg, hydra_cfg, out_dir)
     try:
         resumed = cfg.resume is not None
         if resumed:
@@ -130,16 +133,49 @@ def main(cfg: DictConfig) -> dict | None:
     except (Preempted, Interrupted) as stop:
         log.error("preempted: %s", stop)
         raise SystemExit(stop.exit_code) from None
+
+
+def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | None:
+    """One job of a multirun: its failure is a result (the sweep goes on), a signal stops the
+    whole sweep (``gan.sweeps``), and a job an earlier launch of the sweep finished is kept, one
+    it stopped resumes from its checkpoint."""
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    why_not = sweeps.why_not_start(sweep_dir)
+    if why_not:
+        log.warning("not started: %s", why_not)
+        sweeps.discard_unstarted(out_dir)
+        return None
+    sweeps.watch_sweep(sweep_dir)
+    earlier = previous_summary(out_dir)
+    if earlier.get("status") in sweeps.ACCEPTED:
+        log.info("%s: kept, %s in an earlier launch of this sweep", out_dir, earlier["status"])
+        return earlier
+    try:
+        with sweeps.job_in_progress():
+            run_cfg = to_run_config(cfg, hydra_cfg, out_dir)
+            if earlier and (out_dir / checkpoint.CHECKPOINT_FILE).is_file():
+                run_cfg = dataclasses.replace(run_cfg, resume=True)  # stopped or killed before
+            return run(run_cfg)
+    except (Preempted, Interrupted) as stop:
+        log.error("preempted: %s", stop)
+        name = signal.Signals(stop.exit_code - 128).name
+        sweeps.request_stop(sweep_dir, stop.exit_code - 128, f"{name} in job {out_dir.name}")
+        return previous_summary(out_dir)
     except UserError as err:
-        if not multirun:
-            raise
         report_user_error(err)
         return job_failed(out_dir, "invalid", err)
     except Exception as err:  # noqa: BLE001 - a sweep outlives one job's crash, and says so
-        if not multirun:
-            raise
         log.exception("job failed: %s", err)
         return job_failed(out_dir, "failed", err)
+
+
+def previous_summary(out_dir: Path) -> dict:
+    """The job's summary.json as an earlier launch (or this one) left it; {} if none."""
+    try:
+        summary = json.loads((out_dir / tracking.SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 if __name__ == "__main__":

@@ -77,13 +77,29 @@ def claimed(directory: Path) -> Iterator[None]:
         path.unlink(missing_ok=True)
 
 
+def claim_is_stale(directory: Path) -> bool:
+    """True if ``directory`` holds a claim of a process on this host that is gone."""
+    try:
+        holder = json.loads((Path(directory) / CLAIM_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return holder.get("host") == socket.gethostname() and not _alive(_pid(holder))
+
+
+def _pid(holder: dict) -> int:
+    pid = holder.get("pid")
+    return pid if isinstance(pid, int) else -1
+
+
 def _refuse_live_claim(path: Path, directory: Path) -> None:
     try:
         holder = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # half-written by a process killed at that instant: nobody holds it
+    if not isinstance(holder, dict):
+        return  # not a claim this code wrote: nobody holds it
     same_host = holder.get("host") == socket.gethostname()
-    if same_host and not _alive(int(holder.get("pid", -1))):
+    if same_host and not _alive(_pid(holder)):
         return
     raise UserError(
         f"run directory {directory} is being written by another process (pid {holder.get('pid')} "

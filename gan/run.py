@@ -689,18 +689,34 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
     it; a second signal interrupts at once. Only in the main thread (parallel launchers' workers
     skip)."""
     asked: dict[str, int | None] = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield asked
-        return
-
-    def handler(signum, frame):
-        if asked["signal"] is not None:
-            raise Interrupted(signum)
-        asked["signal"] = signum
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _open_requests.append(asked)
     try:
-        yield asked
+        if threading.current_thread() is not threading.main_thread():
+            yield asked
+            return
+
+        def handler(signum, frame):
+            if asked["signal"] is not None:
+                raise Interrupted(signum)
+            asked["signal"] = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield asked
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        _open_requests.remove(asked)
+
+
+_open_requests: list[dict[str, int | None]] = []  # the runs in progress, for request_stop
+
+
+def request_stop(signum: int) -> bool:
+    """Asks the run in progress to stop as a first ``signum`` would (checkpoint, then stop), from
+    any thread (a sweep's watchdog); False if no run is in progress."""
+    for asked in list(_open_requests):
+        if asked["signal"] is None:
+            asked["signal"] = signum
+    return bool(_open_requests)

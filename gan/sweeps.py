@@ -1,15 +1,29 @@
-"""The end of a multirun: one line per job that did not finish, the ablation report in
-``<sweep dir>/report/``, and an exit status that says whether every job ran.
+"""A multirun from start to end: signals that stop it cleanly, and at its end one line per job that
+did not finish, the ablation report in ``<sweep dir>/report/``, and an exit status that says
+whether every job ran.
 
 Registered as a Hydra callback in ``conf/config.yaml``. Each job leaves its outcome in its own
 ``summary.json`` (``train.py`` writes one even for a job refused as invalid), so this works the
 same whichever launcher ran the jobs, in this process or elsewhere.
+
+Stopping: a SIGINT/SIGTERM to the sweep, or to any of its jobs, or a worker killed, writes
+``<sweep dir>/.stop`` (the first reason wins). Jobs in flight then checkpoint and end
+``preempted`` (a worker's watchdog asks them, see ``watch_sweep``), jobs not yet started do not
+start, and the summary lists them as not started. The same command with
+``hydra.sweep.dir=<sweep dir>`` completes exactly the jobs that did not finish: finished ones are
+kept, stopped or killed ones resume from their checkpoint, the others start.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +31,136 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gan import files
 from gan.errors import UserError
 
 # Outcomes that do not fail a sweep: divergence is a result (some arms are meant to diverge).
 ACCEPTED = ("finished", "diverged")
+NOT_STARTED = "not started"
+STOP_FILE = ".stop"
+SWEEP_PID = "GAN_SWEEP_PID"  # the sweep's own process, for its workers' watchdogs
+POLL_SECONDS = 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping a sweep
+# --------------------------------------------------------------------------------------------
+
+
+def request_stop(sweep_dir: Path, signum: int | None, why: str) -> bool:
+    """Asks every job of the sweep to stop (``.stop``, created exclusively: the first reason
+    stands); False if it was already asked."""
+    path = Path(sweep_dir) / STOP_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    except OSError:  # the sweep dir is gone or read-only: the signal still stops this job
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump({"signal": signum, "why": why, "at": time.strftime("%F %T")}, f)
+    return True
+
+
+def stop_request(sweep_dir: Path) -> dict[str, Any] | None:
+    """Why the sweep was asked to stop, or None."""
+    path = Path(sweep_dir) / STOP_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # written at this instant, or damaged: a stop all the same
+        return {"signal": None, "why": "asked to stop"}
+
+
+def _sweep_pid() -> int | None:
+    pid = os.environ.get(SWEEP_PID, "")
+    return int(pid) if pid.isdigit() else None
+
+
+def orphaned() -> bool:
+    """True in a worker process whose sweep process is gone (killed hard)."""
+    pid = _sweep_pid()
+    return pid is not None and pid != os.getpid() and os.getppid() != pid
+
+
+def why_not_start(sweep_dir: Path) -> str | None:
+    """Why a job of this sweep must not start now, or None."""
+    if orphaned():
+        return "the sweep's process is gone"
+    stop = stop_request(sweep_dir)
+    return f"the sweep is stopping ({stop['why']})" if stop else None
+
+
+def discard_unstarted(job_dir: Path) -> None:
+    """Removes the directory Hydra made for a job that did not start, if it holds nothing else
+    (a job of an earlier launch keeps its results)."""
+    job_dir = Path(job_dir)
+    if job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+_watch = {"started": False, "in_job": False}
+
+
+def watch_sweep(sweep_dir: Path) -> None:
+    """In a worker process of a parallel launcher: a daemon thread that asks the job in progress
+    to checkpoint and stop once the sweep is stopping or its process is gone, and ends an idle
+    worker whose sweep is gone, so that no worker outlives its sweep."""
+    if _sweep_pid() in (None, os.getpid()) or _watch["started"]:
+        return
+    _watch["started"] = True
+    threading.Thread(target=_watching, args=(Path(sweep_dir),), daemon=True).start()
+
+
+def _watching(sweep_dir: Path) -> None:
+    from gan import run
+
+    while True:
+        time.sleep(POLL_SECONDS)
+        gone = orphaned()
+        if not (gone or (sweep_dir / STOP_FILE).exists()):
+            continue
+        if run.request_stop(signal.SIGTERM) or _watch["in_job"]:
+            continue  # the job checkpoints and ends: this worker exits after it if orphaned
+        if gone:
+            os._exit(128 + signal.SIGTERM)
+
+
+class job_in_progress:  # noqa: N801 - used as a context manager, like a function
+    """Marks a job as running in this worker (the watchdog ends only idle orphans)."""
+
+    def __enter__(self) -> None:
+        _watch["in_job"] = True
+
+    def __exit__(self, *exc: object) -> None:
+        _watch["in_job"] = False
+
+
+def settle_killed_jobs(outcomes: list[JobOutcome], why: str) -> None:
+    """Jobs whose process was killed (no live claim, summary ``running`` or none): their summary
+    says ``failed`` with ``why``, their stale claim goes, and one killed before it wrote anything
+    but Hydra's files is discarded (listed as not started)."""
+    from gan import tracking
+
+    for o in outcomes:
+        if o.status != "failed" or not o.job_dir.is_dir():
+            continue
+        if (o.job_dir / files.CLAIM_FILE).exists() and not files.claim_is_stale(o.job_dir):
+            continue  # a live process (another launch) holds it
+        (o.job_dir / files.CLAIM_FILE).unlink(missing_ok=True)
+        summary_file = o.job_dir / tracking.SUMMARY_FILE
+        if not summary_file.is_file():
+            discard_unstarted(o.job_dir)
+            if o.job_dir.is_dir():
+                tracking.write_json(summary_file, {"status": "failed", "error": why})
+            continue
+        try:
+            summary = json.loads(summary_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict) and summary.get("status") == "running":
+            tracking.write_json(summary_file, {**summary, "status": "failed", "error": why})
 
 
 @dataclass(frozen=True)
@@ -31,14 +171,42 @@ class JobOutcome:
     detail: str  # the error, the divergence step, or why the status is unknown
 
 
-def job_outcomes(sweep_dir: Path) -> list[JobOutcome]:
-    """Every job directory under ``sweep_dir`` (it has ``.hydra/overrides.yaml``), in order."""
+def job_outcomes(sweep_dir: Path, planned: list[str] | None = None) -> list[JobOutcome]:
+    """Every job directory under ``sweep_dir`` (it has ``.hydra/overrides.yaml``), in order; with
+    ``planned`` (every job's overrides, by job number), the jobs that left no directory too, as
+    not started."""
     outcomes = []
     for overrides_file in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
         job_dir = overrides_file.parent.parent
-        overrides = ",".join(OmegaConf.load(overrides_file))
+        try:
+            overrides = ",".join(OmegaConf.load(overrides_file))
+        except Exception as err:  # noqa: BLE001 - a damaged file is one job's problem
+            outcomes.append(JobOutcome(job_dir, "?", "failed", f"overrides.yaml: {err}"))
+            continue
         outcomes.append(JobOutcome(job_dir, overrides, *_status(job_dir / "summary.json")))
+    seen = {_job_number(o.job_dir)[0] for o in outcomes}
+    for number, overrides in enumerate(planned or []):
+        if number not in seen:
+            outcomes.append(JobOutcome(Path(sweep_dir) / f"{number}_", overrides, NOT_STARTED, ""))
     return sorted(outcomes, key=lambda o: _job_number(o.job_dir))
+
+
+def planned_jobs(config: DictConfig) -> list[str] | None:
+    """Every job's overrides (comma-separated) as Hydra's basic sweeper numbers them, or None for
+    another sweeper."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    try:
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except Exception:  # noqa: BLE001 - glob sweeps need Hydra's config loader: no list then
+        return None
+    return [",".join(job) for job in jobs]
 
 
 def _status(summary_file: Path) -> tuple[str, str]:
@@ -77,6 +245,16 @@ def summarize(outcomes: list[JobOutcome]) -> tuple[list[str], bool]:
     return [head, *lines], failed
 
 
+def rerun_command(sweep_dir: Path) -> str:
+    """This sweep's command line, into the same sweep directory: it completes the jobs that did
+    not finish."""
+    args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
+    from gan.checkpoint import hydra_value
+
+    args.append(f"hydra.sweep.dir={hydra_value(str(sweep_dir))}")
+    return " ".join(["python", "train.py", *map(shlex.quote, args)])
+
+
 def write_sweep_report(sweep_dir: Path) -> str:
     """Writes ``gan.report``'s report of the sweep into ``<sweep_dir>/report/``; returns one line
     saying where it is, or why there is none. Never raises: the jobs' results stand whatever
@@ -99,21 +277,59 @@ def write_sweep_report(sweep_dir: Path) -> str:
 
 
 class SweepSummary(Callback):
-    """Prints the sweep's outcome per job, writes its report (``report: false`` turns that off,
-    e.g. ``hydra.callbacks.sweep_summary.report=false``); exits 1 if a job failed other than by
-    diverging."""
+    """Stops the sweep cleanly on SIGINT/SIGTERM; at its end prints the outcome per job, writes its
+    report (``report: false`` turns that off, e.g. ``hydra.callbacks.sweep_summary.report=false``)
+    and exits 1 if a job failed other than by diverging (128 + the signal if stopped by one)."""
 
     def __init__(self, report: bool = True) -> None:
         self.report = report
+        self.previous: dict[int, Any] = {}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # an earlier launch's: this one runs
+        os.environ[SWEEP_PID] = str(os.getpid())  # inherited by the workers, for their watchdog
+        guard_joblib_launcher()
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if request_stop(sweep_dir, signum, f"{name} to the sweep (pid {os.getpid()})"):
+                print(
+                    f"sweep: {name}: the jobs in flight write a checkpoint and stop, no new job "
+                    "starts; the summary follows",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        self.previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
         sweep_dir = Path(config.hydra.sweep.dir)
-        lines, failed = summarize(job_outcomes(sweep_dir))
+        stop = stop_request(sweep_dir)
+        outcomes = job_outcomes(sweep_dir, planned_jobs(config))
+        if stop:
+            settle_killed_jobs(outcomes, f"killed: {stop['why']}")
+            outcomes = job_outcomes(sweep_dir, planned_jobs(config))
+        lines, failed = summarize(outcomes)
         # Printed, not logged: after the jobs, logging is Hydra's own (stdout, "[HYDRA]" lines).
-        stream = sys.stderr if failed else sys.stdout
+        stream = sys.stderr if failed or stop else sys.stdout
         print("\n".join(lines), file=stream, flush=True)
         if self.report:
             print(write_sweep_report(sweep_dir), flush=True)
+        if stop:
+            signum = stop.get("signal")
+            print(
+                f"sweep {sweep_dir}: stopped ({stop['why']}); the jobs above did not finish. "
+                f"To complete exactly those: {rerun_command(sweep_dir)}",
+                file=stream,
+                flush=True,
+            )
+            raise SystemExit(128 + signum if signum else 1)
         if failed:
             print(
                 f"sweep {sweep_dir}: some jobs did not finish (above); exit status 1",
@@ -121,3 +337,34 @@ class SweepSummary(Callback):
                 flush=True,
             )
             raise SystemExit(1)
+
+
+def guard_joblib_launcher() -> None:
+    """Makes a killed worker of Hydra's joblib launcher (the OOM killer, ``kill -9``) stop the sweep
+    instead of ending it in a traceback before the summary: joblib kills the other workers at
+    once, and the summary, report and exit status follow as for any stopped sweep. The plugin
+    has no hook for it, so its launch function is wrapped (in this process only)."""
+    try:
+        from hydra_plugins.hydra_joblib_launcher import _core
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+    except ImportError:  # the plugin is optional
+        return
+    launch = _core.launch
+    if getattr(launch, "stops_the_sweep", False):
+        return
+
+    def guarded(launcher: Any, job_overrides: Any, initial_job_idx: int) -> Any:
+        try:
+            return launch(launcher, job_overrides, initial_job_idx)
+        except TerminatedWorkerError as err:
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            request_stop(
+                Path(launcher.config.hydra.sweep.dir),
+                None,
+                f"a worker process was killed ({why.rstrip('.')}); joblib then killed the "
+                "other workers at once",
+            )
+            return []
+
+    guarded.stops_the_sweep = True  # type: ignore[attr-defined]
+    _core.launch = guarded

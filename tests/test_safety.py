@@ -11,8 +11,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,204 @@ def test_a_run_dir_reads_back_as_itself_through_the_shell_and_hydra(path):
     (word,) = shlex.split(checkpoint.resume_command(path))[2:]
     value = OverridesParser.create().parse_override(word).value()
     assert OmegaConf.create({"resume": value}).resume == path
+
+
+# --- 3. signals on a joblib sweep ------------------------------------------------------------
+
+SWEEP = [
+    "-m",
+    "seed=0,1,2,3",
+    "hydra/launcher=joblib",
+    "hydra.launcher.n_jobs=2",
+    "trainer.steps=60",
+    "trainer.log_every=5",
+    "trainer.ckpt_every=10",
+    "trainer.sample_every=100",
+    "trainer.diag_every=0",
+    "trainer.eval_every=0",
+    "trainer.threads=1",
+    "logger.mode=disabled",
+]
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    gone = set()
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            gone.add(pid)
+    return pids - gone
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+def start_sweep(sweep: Path) -> subprocess.Popen:
+    """The sweep in its own session (a process group, as a terminal or SLURM gives it)."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={sweep}"]
+        + [f"data_dir={conftest.DATA_DIR}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+
+
+def training_job(sweep: Path) -> int:
+    """Waits until a job is training; returns its process id (from its run directory's claim)."""
+
+    def claim():
+        for path in sweep.glob("*/.claim"):
+            if (path.parent / "metrics.jsonl").is_file():
+                try:
+                    return json.loads(path.read_text())["pid"]
+                except (OSError, ValueError):
+                    pass
+        return None
+
+    wait_for(lambda: claim() is not None)
+    return claim()
+
+
+def job_statuses(sweep: Path) -> dict[str, str]:
+    return {
+        d.name.split("_", 1)[0]: json.loads((d / "summary.json").read_text())["status"]
+        for d in sweep.iterdir()
+        if (d / ".hydra").is_dir()
+    }
+
+
+def assert_stopped_cleanly(proc, out: str, err: str, sweep: Path, code: int, workers: set[int]):
+    """The sweep's exit status says why; every job is preempted (with a checkpoint), finished
+    or listed as not started; no claim, no worker is left; the rerun command is printed."""
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    statuses = job_statuses(sweep)
+    assert set(statuses.values()) <= {"preempted", "finished"}, statuses
+    assert "preempted" in statuses.values(), statuses
+    for number in {"0", "1", "2", "3"} - statuses.keys():
+        assert re.search(rf"not started {number}_ \(seed={number},", err), err[-3000:]
+    for d in sweep.glob("*/summary.json"):
+        if json.loads(d.read_text())["status"] == "preempted":
+            checkpoint.load(d.parent)
+    assert not list(sweep.glob("*/.claim"))
+    assert "report:" in out + err and "To complete exactly those: python train.py -m" in err
+    wait_for(lambda: not alive(workers), timeout=30)
+
+
+def rerun_completes_the_rest(sweep: Path, err: str) -> None:
+    """The printed command finishes exactly the jobs that did not finish, and keeps the rest."""
+    command = re.search(r"To complete exactly those: (python train\.py .*)", err)[1]
+    kept = {p: p.read_bytes() for p in sweep.glob("*/summary.json") if "finished" in p.read_text()}
+    again = subprocess.run(
+        f"{shlex.quote(sys.executable)} {command[len('python ') :]}",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert job_statuses(sweep) == dict.fromkeys("0123", "finished")
+    assert all(p.read_bytes() == content for p, content in kept.items())
+    assert again.stdout.count("resuming from step") == sum(
+        1 for line in err.splitlines() if line.startswith("  preempted ")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signum", "target"),
+    [(signal.SIGTERM, "sweep"), (signal.SIGINT, "group"), (signal.SIGTERM, "worker")],
+    ids=["sigterm-sweep", "ctrl-c-group", "sigterm-worker"],
+)
+def test_a_signal_stops_a_joblib_sweep_cleanly_and_the_rerun_completes_it(tmp_path, signum, target):
+    sweep = tmp_path / "sweep"
+    proc = start_sweep(sweep)
+    try:
+        job = training_job(sweep)
+        workers = children(proc.pid)
+        if target == "sweep":
+            os.kill(proc.pid, signum)
+        elif target == "group":
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(job, signum)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert_stopped_cleanly(proc, out, err, sweep, 128 + signum, workers)
+    if target == "sweep":
+        rerun_completes_the_rest(sweep, err)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_sweep_with_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = start_sweep(sweep)
+    try:
+        os.kill(training_job(sweep), signal.SIGKILL)  # as the OOM killer does
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert "a worker process was killed" in err and "To complete exactly those" in err
+    statuses = job_statuses(sweep)
+    assert "running" not in statuses.values() and "failed" in statuses.values(), statuses
+    failed = [
+        json.loads(p.read_text()) for p in sweep.glob("*/summary.json") if "failed" in p.read_text()
+    ]
+    assert all("a worker process was killed" in s["error"] for s in failed)
+    assert not list(sweep.glob("*/.claim"))
+    rerun_completes_the_rest(sweep, err)
+
+
+@pytest.mark.slow
+def test_workers_do_not_outlive_a_sweep_killed_hard(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = start_sweep(sweep)
+    try:
+        training_job(sweep)
+        workers = children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        wait_for(lambda: not alive(workers), timeout=30)
+    finally:
+        proc.kill()
+    statuses = job_statuses(sweep)
+    assert "preempted" in statuses.values() and "running" not in statuses.values(), statuses
+    assert len(statuses) <= 3  # no job started after the sweep was gone
+
+
+@pytest.mark.slow
+def test_a_sigterm_in_a_sequential_sweep_stops_it_with_a_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train(
+        "-m", "seed=0,1,2", *QUICK, f"hydra.sweep.dir={sweep}", env=fault_env("data_load:SIGTERM")
+    )
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert job_statuses(sweep) == {"0": "preempted"}
+    assert "sweep: 3 jobs: 1 preempted, 2 not started" in proc.stderr
+    assert "interrupted during start-up" not in proc.stderr
