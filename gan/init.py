@@ -264,10 +264,27 @@ def _target(scheme: Scheme, rule: Rule, slot: Slot) -> Target:
     return Target(slot.tensor, role, slot.tensor, fan_in, fan_out, gain)
 
 
-def _init_tensor(
-    scheme: Scheme, network: str, slot: Slot, generator: torch.Generator | None
-) -> InitRecord:
-    """Draws one tensor; its record."""
+@dataclass(frozen=True, eq=False)
+class Draw:
+    """One tensor's planned draw: its rule, what the rule reads, and the record it will have."""
+
+    slot: Slot
+    rule: Rule
+    target: Target
+    record: InitRecord
+
+    def run(self, generator: torch.Generator | None) -> InitRecord:
+        family, record = FAMILIES[self.rule.family], self.record
+        with torch.no_grad():
+            family.draw(
+                self.rule, self.target, record.expected_mean, record.expected_std, generator
+            )
+        record.measured_std = float(self.slot.tensor.detach().float().std(correction=0))
+        return record
+
+
+def _plan(scheme: Scheme, network: str, slot: Slot) -> Draw:
+    """How one tensor will be drawn; refuses (UserError) before anything is drawn."""
     rule = _choose_rule(scheme, slot)
     target = _target(scheme, rule, slot)
     family, feeds = FAMILIES[rule.family], slot.feeds
@@ -287,10 +304,7 @@ def _init_tensor(
         expected_mean=float(family.mean(rule, target)),
         expected_std=float(family.std(rule, target)),
     )
-    with torch.no_grad():
-        family.draw(rule, target, record.expected_mean, record.expected_std, generator)
-    record.measured_std = float(slot.tensor.detach().float().std(correction=0))
-    return record
+    return Draw(slot, rule, target, record)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,15 +385,12 @@ def initialize_network(
 
     Draws from ``generator`` only (None: torch's global RNG), in registration order whatever
     the trace found, so a network's weights do not depend on what was drawn before (e.g. the
-    other network's scheme). ``default`` draws nothing.
+    other network's scheme). ``default`` draws nothing. A refusal comes before any draw: the
+    network is left as it was.
     """
     layers = trace_layers(net, example_input)
     declared = parse_overrides(overrides) + list(scheme.overrides)
     slots = [slot for layer in layers for slot in _slots(layer, declared)]
-    records = [_init_tensor(scheme, network, slot, generator) for slot in slots]
-    for slot, record in zip(slots, records):
-        if slot.param != slot.kind and record.rule != "default":  # a redrawn original
-            _resync_parametrization(slot.module, slot.kind)
     covered = {id(slot.tensor) for slot in slots}
     missed = [name for name, p in net.named_parameters() if id(p) not in covered]
     if missed:
@@ -392,6 +403,11 @@ def initialize_network(
             f"scheme '{scheme.name}': override pattern(s) {unused} match no layer of the "
             f"{network}; its layers are: {paths}"
         )
+    draws = [_plan(scheme, network, slot) for slot in slots]  # every refusal before any draw
+    records = [draw.run(generator) for draw in draws]
+    for slot, record in zip(slots, records):
+        if slot.param != slot.kind and record.rule != "default":  # a redrawn original
+            _resync_parametrization(slot.module, slot.kind)
     return records
 
 

@@ -539,6 +539,36 @@ def test_a_declaration_that_cannot_apply_is_refused(overrides, message):
         gan.initialize(TwoConsumers(), "he_xavier", seed=0, overrides=overrides)
 
 
+class LayerScale(nn.Module):
+    """A ConvNeXt-style block: a learned per-channel scale on the block itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.gamma = nn.Parameter(torch.full((8,), 1e-6))
+
+    def forward(self, x):
+        return x + self.gamma * F.gelu(self.fc(x))
+
+
+@pytest.mark.parametrize(
+    ("model", "scheme", "message"),
+    [
+        (LayerScale(), "he_xavier", r"parameters not reached by the init rule: gamma"),
+        (
+            nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU()),
+            Scheme.parse("relu only", {"weights": {"relu": "kaiming_normal"}}, "t"),
+            r"no weight rule for layers feeding tanh \(layer '0'\)",
+        ),
+    ],
+)
+def test_a_refusal_leaves_the_model_as_it_was(model, scheme, message):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError, match=message):
+        gan.initialize(model, scheme, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_the_deprecated_spectral_norm_hook_is_refused_with_its_replacement():
     model = nn.Sequential(nn.utils.spectral_norm(nn.Linear(8, 8)), nn.ReLU())
     with pytest.raises(UserError, match=r"'0' \(Linear\) has parameter\(s\) \['weight_orig'\]"):
