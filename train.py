@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gan import checkpoint, sweeps, tracking
+from gan import checkpoint, files, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
@@ -161,6 +161,9 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
         name = signal.Signals(stop.exit_code - 128).name
         sweeps.request_stop(sweep_dir, stop.exit_code - 128, f"{name} in job {out_dir.name}")
         return previous_summary(out_dir)
+    except files.ClaimRefused as err:  # the directory and its summary are another process's
+        report_user_error(err)
+        return None
     except UserError as err:
         report_user_error(err)
         return job_failed(out_dir, "invalid", err)

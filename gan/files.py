@@ -16,6 +16,13 @@ from typing import BinaryIO
 from gan.errors import UserError
 
 CLAIM_FILE = ".claim"
+# Hydra writes these before a process can claim the directory: the claim keeps the holder's own,
+# and a process refused by it puts them back, so that it changes nothing it does not own.
+KEPT = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
+
+
+class ClaimRefused(UserError):
+    """The run directory is being written by another live process."""
 
 
 @contextmanager
@@ -61,7 +68,12 @@ def claimed(directory: Path) -> Iterator[None]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CLAIM_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%F %T")}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%F %T"),
+        "kept": _kept(directory),
+    }
     while True:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -75,6 +87,31 @@ def claimed(directory: Path) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def _kept(directory: Path) -> dict[str, str]:
+    kept = {}
+    for name in KEPT:
+        try:
+            kept[name] = (directory / name).read_text()
+        except (OSError, ValueError):
+            pass
+    return kept
+
+
+def _put_back(directory: Path, kept: object) -> None:
+    """Restores the holder's KEPT files that differ (this process's Hydra overwrote them)."""
+    if not isinstance(kept, dict):
+        return
+    for name in KEPT:
+        text = kept.get(name)
+        path = directory / name
+        try:
+            if isinstance(text, str) and path.read_text() != text:
+                with atomic_file(path) as f:
+                    f.write(text.encode())
+        except OSError:
+            pass  # not ours to fix further: the refusal below says what happened
 
 
 def claim_is_stale(directory: Path) -> bool:
@@ -101,7 +138,8 @@ def _refuse_live_claim(path: Path, directory: Path) -> None:
     same_host = holder.get("host") == socket.gethostname()
     if same_host and not _alive(_pid(holder)):
         return
-    raise UserError(
+    _put_back(directory, holder.get("kept"))
+    raise ClaimRefused(
         f"run directory {directory} is being written by another process (pid {holder.get('pid')} "
         f"on {holder.get('host')}, since {holder.get('since')}); two runs must not share it. "
         f"Wait for it, or give this run its own directory (hydra.run.dir=...); if no such run is "

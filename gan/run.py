@@ -94,17 +94,19 @@ def run(
     """Runs (or continues) one configuration; returns what summary.json holds.
 
     ``on_accepted`` is called once the configuration (and a resumed run's changes) passed every
-    check and the run directory is this process's, before anything else is written.
+    check, the data loaded and the networks (and a resumed run's state) built, in a run directory
+    that is this process's, before anything else is written: a run that fails before changes
+    nothing of the run it would have continued.
     """
     env = prepare(cfg)
     # From here on a signal asks for a checkpoint and a clean stop (at the first step if it
     # comes during start-up), and no other process may write the run directory.
     with stop_on_signals() as asked, files.claimed(cfg.out_dir):
         files.remove_partials(cfg.out_dir)  # left by a process killed mid-write
-        if on_accepted:
-            on_accepted()
         images, evaluation = load_data(cfg, env.device, progress)
         trainer, records = build_trainer(cfg, env, images)
+        if on_accepted:
+            on_accepted()
         announce(cfg, env, trainer, records, len(images))
         summary, result = train(cfg, env, trainer, records, evaluation, asked, progress)
     if result.status == "stopped":
@@ -154,11 +156,21 @@ def prepare(cfg: RunConfig) -> Environment:
     return Environment(device, precision, threads, mode, why, resumed)
 
 
+RESUMED_KEYS = ("trainer", "rng", "config", "metrics_offset", "wandb_id", "best")
+
+
 def check_resumable(
     cfg: RunConfig, resumed: dict[str, Any], device: torch.device, precision: str
 ) -> None:
     """Refuses to continue a checkpoint as a different experiment, device or length, or over a
     metrics.jsonl that lost lines."""
+    missing = [k for k in RESUMED_KEYS if k not in resumed]
+    if missing or not isinstance(resumed["trainer"], dict):
+        raise UserError(
+            f"resume={cfg.out_dir}: its {checkpoint.CHECKPOINT_FILE} lacks "
+            f"{', '.join(missing) or 'the trainer state'}; it is not a checkpoint of a run of "
+            "train.py, and was left untouched. Resume another run, or start a new one"
+        )
     trained_on = resumed["trainer"]["device"]
     if trained_on != device.type:  # random generator states differ by device
         raise UserError(
@@ -331,8 +343,15 @@ def build_trainer(
         momentum=t.momentum,
     )
     if env.resumed:
-        trainer.load_state_dict(env.resumed["trainer"])
-        checkpoint.restore_rng_states(env.resumed["rng"])
+        try:
+            trainer.load_state_dict(env.resumed["trainer"])
+            checkpoint.restore_rng_states(env.resumed["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise UserError(
+                f"resume={cfg.out_dir}: its {checkpoint.CHECKPOINT_FILE} does not hold the state "
+                f"this version writes ({type(err).__name__}: {str(err)[:200]}); it was left "
+                "untouched. Resume it with the version that wrote it, or start a new run"
+            ) from None
     return trainer, records
 
 

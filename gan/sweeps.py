@@ -216,7 +216,12 @@ def _status(summary_file: Path) -> tuple[str, str]:
         summary: dict[str, Any] = json.loads(summary_file.read_text())
     except (OSError, ValueError) as err:
         return "failed", f"summary.json is unreadable ({err})"
+    if not isinstance(summary, dict):
+        return "failed", "summary.json holds no summary"
     status = summary.get("status", "failed")
+    claim = summary_file.parent / files.CLAIM_FILE
+    if status == "running" and claim.exists() and not files.claim_is_stale(claim.parent):
+        return "running", "still running in another process (it holds the directory's claim)"
     if status == "running":  # a job that stopped without updating its status was killed
         return "failed", "it was killed while running (summary.json still says running)"
     detail = summary.get("error") or (

@@ -22,7 +22,7 @@ import torch
 
 import conftest
 from conftest import ROOT
-from gan import checkpoint
+from gan import checkpoint, files
 from gan.errors import UserError
 
 QUICK = [
@@ -441,3 +441,68 @@ def test_a_sigterm_in_a_sequential_sweep_stops_it_with_a_summary(tmp_path):
     assert job_statuses(sweep) == {"0": "preempted"}
     assert "sweep: 3 jobs: 1 preempted, 2 not started" in proc.stderr
     assert "interrupted during start-up" not in proc.stderr
+
+
+# --- 4. a refused or failed process changes nothing it does not own ----------------------------
+
+
+def train_without_data_dir(*args: str) -> subprocess.CompletedProcess:
+    """``python train.py *args`` with no data_dir added (a test that sets its own)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+def test_a_process_refused_by_a_claim_leaves_the_runs_hydra_files(run_copy):
+    before = snapshot(run_copy)
+    with files.claimed(run_copy):  # this process "trains" there now
+        claim = (run_copy / ".claim").read_bytes()
+        proc = train("seed=5", "trainer.lr=0.001", *QUICK, f"hydra.run.dir={run_copy}")
+        assert_refused(proc, "is being written by another process")
+        assert (run_copy / ".claim").read_bytes() == claim
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.slow
+def test_a_refused_sweep_job_leaves_the_running_jobs_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert train("-m", "seed=0", *QUICK, f"hydra.sweep.dir={sweep}").returncode == 0
+    (job,) = [d for d in sweep.iterdir() if (d / ".hydra").is_dir()]
+    summary = json.loads((job / "summary.json").read_text())
+    (job / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    before = snapshot(job)
+    with files.claimed(job):  # another sweep's process is training this job
+        proc = train("-m", "seed=0", *QUICK, f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "is being written by another process" in proc.stderr
+    assert "still running in another process" in proc.stderr
+    assert snapshot(job) == before
+
+
+@pytest.mark.slow
+def test_a_resume_that_fails_on_its_data_dir_changes_nothing(run_copy, tmp_path):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    before = snapshot(run_copy)
+    proc = train_without_data_dir(
+        f"resume={run_copy}", "trainer.steps=20", f"data_dir={a_file}", f"hydra.run.dir={tmp_path}"
+    )
+    assert_refused(proc, "data_dir")
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_checkpoint_without_rng_is_refused_and_changes_nothing(run_copy, tmp_path):
+    blob = checkpoint.load(run_copy)
+    del blob["rng"], blob["format"]
+    checkpoint.save(run_copy, blob)
+    before = snapshot(run_copy)
+    proc = train(f"resume={run_copy}", "trainer.steps=20", f"hydra.run.dir={tmp_path / 'call'}")
+    assert_refused(proc, "lacks rng")
+    assert snapshot(run_copy) == before
