@@ -123,10 +123,14 @@ class Run:
 def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Skipped]]:
     """Runs under ``inputs`` that have a summary; also the directories skipped as incomplete."""
     runs, incomplete = [], []
+    seen: set[Path] = set()  # each run once, however the inputs overlap (twice, dir + subdir)
     for root in inputs:
         if not Path(root).is_dir():
             raise UserError(f"{root} is not a directory")
         for metrics in sorted(Path(root).rglob(METRICS_FILE)):
+            if metrics.parent.resolve() in seen:
+                continue
+            seen.add(metrics.parent.resolve())
             try:
                 run = read_run(metrics.parent)
             except UnreadableRun as err:

@@ -506,3 +506,19 @@ def test_a_resume_of_a_checkpoint_without_rng_is_refused_and_changes_nothing(run
     proc = train(f"resume={run_copy}", "trainer.steps=20", f"hydra.run.dir={tmp_path / 'call'}")
     assert_refused(proc, "lacks rng")
     assert snapshot(run_copy) == before
+
+
+# --- 5. the report counts each run once --------------------------------------------------------
+
+
+def test_the_report_counts_each_run_once_however_its_inputs_overlap(finished_run, tmp_path):
+    from gan import report
+
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        shutil.copytree(finished_run, runs / name)
+    (tmp_path / "link").symlink_to(runs / "a")
+    for inputs in ([runs], [runs, runs], [runs, runs / "a"], [runs / "a", tmp_path / "link"]):
+        found, _ = report.load_runs(inputs)
+        expected = 1 if runs not in inputs else 2
+        assert len(found) == expected, inputs
