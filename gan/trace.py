@@ -150,13 +150,19 @@ def call_name(func: Any) -> str:
     return _ALIASES.get(name, name)
 
 
+def inside(path: str, leaves: Mapping[str, nn.Module]) -> bool:
+    """Whether the module at ``path`` lies inside one of ``leaves`` (a parent path is one)."""
+    parts = path.split(".")
+    return bool(path) and any(".".join(parts[:i]) in leaves for i in range(1, len(parts)))
+
+
 def graph_leaves(net: nn.Module) -> dict[str, nn.Module]:
     """The modules that are one op of the graph, by path: parametrized and weighted layers,
     normalization, the loss markers, and childless modules of torch or with parameters of their
     own. Other modules (containers, a user's parameter-free module) are traced through."""
     found: dict[str, nn.Module] = {}
     for path, m in net.named_modules():
-        if path and any(path.startswith(f"{leaf}.") for leaf in found):
+        if inside(path, found):
             continue  # inside a leaf (a parametrization)
         if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
             continue  # a container, even an empty one (an identity shortcut): traced through
@@ -178,11 +184,14 @@ class Graph:
     def __init__(self) -> None:
         self.ops: list[Op] = []
         self.readers: list[list[int]] = []
+        self._calls: dict[int, list[int]] = {}  # id(module) -> the ops that call it
 
     def add(self, op: Op) -> int:
         index = len(self.ops)
         self.ops.append(op)
         self.readers.append([])
+        if op.module is not None:
+            self._calls.setdefault(id(op.module), []).append(index)
         for i in dict.fromkeys(op.inputs):  # each reader once, in call order
             self.readers[i].append(index)
         return index
@@ -199,7 +208,7 @@ class Graph:
         return live
 
     def calls_of(self, module: nn.Module) -> list[int]:
-        return [i for i, op in enumerate(self.ops) if op.module is module]
+        return self._calls.get(id(module), [])
 
 
 def _fx_tracer(leaves: dict[str, nn.Module]) -> torch.fx.Tracer:
@@ -258,7 +267,6 @@ class _Recorder(TorchFunctionMode):
         self.depth = 0  # > 0 inside a leaf: its own calls are not ops of the graph
         self.scopes = [""]
         self.leaf_paths = {id(m): p for p, m in leaves.items()}
-        inside = tuple(f"{p}." for p in leaves if p)
         self.handles = []
         for path, m in net.named_modules():
             if id(m) in self.leaf_paths:
@@ -266,7 +274,7 @@ class _Recorder(TorchFunctionMode):
                     m.register_forward_pre_hook(self._enter_leaf),
                     m.register_forward_hook(self._leave_leaf, with_kwargs=True),
                 ]
-            elif not path.startswith(inside):
+            elif not inside(path, leaves):
                 self.handles += [
                     m.register_forward_pre_hook(self._enter_scope(path)),
                     m.register_forward_hook(self._leave_scope),
