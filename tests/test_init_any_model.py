@@ -5,8 +5,8 @@ Every expected rule below is written by hand from the model's published structur
 back from the code under test. The std each record states must equal the formula (relative
 1e-9), and the measured std of every weight must lie within 5 standard errors of it: relative
 tolerance 5/sqrt(2n) for n draws, from 0.23 % (ResNet-18's 512→512 convs) to 6.4 % (3072
-weights, the DCGAN's RGB layers); the two small tensors of the SNGAN discriminator are looser (its 3→128 1×1 shortcut, 384 weights: 18 %;
-its Linear(128, 1) head, 128 weights: 31 %).
+weights, the DCGAN's RGB layers); the two small tensors of the SNGAN discriminator are looser
+(its 3→128 1×1 shortcut, 384 weights: 18 %; its Linear(128, 1) head, 128 weights: 31 %).
 """
 
 from __future__ import annotations
@@ -184,6 +184,17 @@ def test_dcgan_of_the_pytorch_examples_with_functional_activations():
             "out": ("sigmoid", xavier(512 * 16, 1)),
         },
     )
+
+
+def test_the_one_by_one_conv_transpose_fan_keeps_the_he_variance():
+    # He with gain² = 2 turns unit-variance inputs into outputs of variance 2 when the fan is
+    # the number of terms each output sums: nz = 100 here (fx's 1600 would give 2/16).
+    g = DCGANGenerator()
+    gan.initialize(g, "he_xavier", seed=0, example_input=torch.randn(2, 100, 1, 1))
+    z = torch.randn(64, 100, 1, 1, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = g.convs[0](z)  # (64, 512, 4, 4)
+    assert y.var().item() == pytest.approx(2.0, rel=0.05)
 
 
 def test_without_an_example_input_a_conv_transpose_assumes_inputs_at_least_k_over_s_wide():
