@@ -13,10 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from gan import checkpoint, files, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
@@ -37,8 +40,16 @@ def to_run_config(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> RunC
             cfg.logger.sweep_id = "-".join(Path(out_dir).parent.parts[-2:])
         elif cfg.logger.sweep_id is None and os.environ.get("WANDB_SWEEP_ID"):
             cfg.logger.sweep_id = os.environ["WANDB_SWEEP_ID"]  # a run of `wandb agent`
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "a value"
+        raise UserError(
+            f"{key}: its value cannot be resolved ({str(err).splitlines()[0]}); give it a plain "
+            "value, or define what its ${...} refers to"
+        ) from None
     return run_config(
-        OmegaConf.to_container(cfg, resolve=True),
+        plain,
         out_dir=out_dir,
         init_choice=hydra_cfg.runtime.choices["init"],
         init_overrides=[o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith("init.")],
@@ -59,18 +70,44 @@ def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, Dict
         raise UserError(
             f"resume={resume}: not a run directory of train.py (no .hydra/overrides.yaml there)"
         )
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    # summary.json keeps the run's own overrides: Hydra has already replaced .hydra/overrides.yaml
-    # with this command's when the resume runs in the run dir itself (hydra.run.dir=DIR).
-    own = summary.get("overrides") or list(OmegaConf.load(saved))
+    summary, own = saved_overrides(run_dir)
     now = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
     # Quoted: a sweep's job directory is named like `0_seed=7,trainer.lr=0.001`.
     again = [*own, *now, f"resume={checkpoint.hydra_value(resume)}"]
-    cfg = compose("config", overrides=again, return_hydra_config=True)
+    try:
+        cfg = compose("config", overrides=again, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(
+            f"resume={resume}: the run's overrides and this command's do not compose "
+            f"({str(err).splitlines()[0][:300]}); fix the overrides, or start a new run"
+        ) from None
     if cfg.logger.sweep_id is None:  # a sweep's job keeps its sweep's id
         cfg.logger.sweep_id = summary.get("sweep_id")
     return cfg, cfg.hydra, run_dir
+
+
+def saved_overrides(run_dir: Path) -> tuple[dict, list[str]]:
+    """The run's summary.json ({} if none) and its own overrides: summary.json keeps them, as
+    Hydra replaces .hydra/overrides.yaml with this command's when the resume runs in the run dir
+    itself (hydra.run.dir=DIR). A UserError if either file is not what train.py wrote."""
+    summary_path = run_dir / tracking.SUMMARY_FILE
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        own = (summary.get("overrides") if isinstance(summary, dict) else None) or list(
+            OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        )
+    except (OSError, ValueError, TypeError, OmegaConfBaseException, yaml.YAMLError) as err:
+        raise UserError(
+            f"resume={run_dir}: its summary.json or .hydra/overrides.yaml is not what train.py "
+            f"writes ({type(err).__name__}: {str(err).splitlines()[0][:200]}); restore them, or "
+            "start a new run"
+        ) from None
+    if not isinstance(summary, dict) or not all(isinstance(o, str) for o in own):
+        raise UserError(
+            f"resume={run_dir}: its summary.json or .hydra/overrides.yaml does not list the run's "
+            "overrides as train.py writes them; restore them, or start a new run"
+        )
+    return summary, own
 
 
 @contextmanager
@@ -105,13 +142,16 @@ def job_failed(out_dir: Path, status: str, error: BaseException) -> dict:
     """In a multirun, a job that cannot run is a result: its summary.json says why, and the sweep
     goes on (``gan.sweeps`` lists it at the end and sets the exit status)."""
     summary_path = out_dir / tracking.SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = previous_summary(out_dir)
     summary.update(
         status=status,
         error=f"{type(error).__name__}: {error}" if status == "failed" else str(error),
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tracking.write_json(summary_path, summary)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tracking.write_json(summary_path, summary)
+    except OSError as err:  # a read-only or vanished job dir: the sweep lists it as failed
+        log.error("error: %s: summary.json not written (%s)", out_dir, err)
     return summary
 
 

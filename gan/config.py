@@ -53,6 +53,7 @@ if not OmegaConf.has_resolver("gan_run_dir"):  # conf/config.yaml: hydra.run.dir
 
 NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
+WANDB_TAG_LENGTH = 64  # W&B's limit: a longer tag fails the run when W&B starts
 PRECISIONS = ("auto", "fp32", "bf16")
 CHANNELS_LAST_SETTINGS = ("auto", "on", "off")
 G_NORMS = ("batch", "none")  # the generator's normalization (model.g_norm)
@@ -188,6 +189,12 @@ class LoggerConfig:
             )
         if not self.project:
             raise UserError("logger.project must not be empty")
+        long = [t for t in self.tags if len(str(t)) > WANDB_TAG_LENGTH]
+        if long:
+            raise UserError(
+                f"logger.tags: W&B refuses tags longer than {WANDB_TAG_LENGTH} characters, and "
+                f"{str(long[0])[:80]!r} has {len(str(long[0]))}; shorten it"
+            )
 
 
 @dataclass(frozen=True)
@@ -387,6 +394,19 @@ def _check_init_parameters(init_cfg: Mapping[str, Any], choice: str, scheme_dir:
         )
 
 
+def _check_finite(tree: Any, key: str) -> None:
+    """Refuses an infinite or NaN number under ``key`` (``init.std=inf``): the run would only
+    diverge, and look like a result of the arm."""
+    if isinstance(tree, Mapping):
+        for name, value in tree.items():
+            _check_finite(value, f"{key}.{name}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            _check_finite(value, f"{key}[{i}]")
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise UserError(f"{key} must be a finite number, got {tree}; give it a finite value")
+
+
 def run_config(
     cfg: Mapping[str, Any],
     *,
@@ -413,6 +433,7 @@ def run_config(
     if stray:
         raise UserError(f"unknown section(s) in init: {stray}; valid: {list(NETWORKS)}")
     _check_init_parameters(init_cfg, init_choice, scheme_dir)
+    _check_finite(init_cfg, "init")
     schemes = {
         net: resolve_scheme(init_cfg.get(net, init_choice), net, scheme_dir, init_choice)
         for net in NETWORKS

@@ -66,27 +66,36 @@ def claimed(directory: Path) -> Iterator[None]:
     on exit. A claim whose process is gone (same host, no such pid) is taken over; a live one is a
     UserError, so two processes never write one run directory."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / CLAIM_FILE
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = _create_claim(path, directory)
+    except OSError as err:
+        raise UserError(
+            f"run directory {directory} cannot be written ({err.strerror or err}); give the run "
+            "a writable directory (hydra.run.dir=..., or fix its permissions)"
+        ) from None
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "since": time.strftime("%F %T"),
         "kept": _kept(directory),
     }
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            break
-        except FileExistsError:
-            _refuse_live_claim(path, directory)
-            path.unlink(missing_ok=True)  # the holder is gone: take it over
     with os.fdopen(fd, "w") as f:
         json.dump(me, f)
     try:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def _create_claim(path: Path, directory: Path) -> int:
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            _refuse_live_claim(path, directory)
+            path.unlink(missing_ok=True)  # the holder is gone: take it over
 
 
 def _kept(directory: Path) -> dict[str, str]:

@@ -132,6 +132,7 @@ class Environment:
 
 def prepare(cfg: RunConfig) -> Environment:
     nets.check(cfg.model, data.image_shape(cfg.data.name))
+    check_run_dir(cfg.out_dir)
     mode, why = tracking.resolve_mode(cfg.logger.mode)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
@@ -207,6 +208,7 @@ def check_resumable(
             f"after {resumed['metrics_offset']:,}; the run's record was lost or cut, and resuming "
             "would leave a hole in it. Restore the file, or start a new run"
         )
+    check_metrics_lines(cfg, metrics, resumed["metrics_offset"])
 
 
 def check_threads(
@@ -222,6 +224,38 @@ def check_threads(
         f"trainer.threads={cfg.trainer.threads} gives {threads} here; the thread count is part "
         f"of a CPU run's numbers: resume it with trainer.threads={trained_with}"
     )
+
+
+def check_run_dir(out_dir) -> None:
+    """Refuses a run directory where one of the run's own entries is of the wrong kind (a file
+    named samples), before anything is written."""
+    entries = {"samples": True, tracking.METRICS_FILE: False, tracking.SUMMARY_FILE: False}
+    for name, is_dir in {**entries, checkpoint.CHECKPOINT_FILE: False}.items():
+        path = out_dir / name
+        if path.exists() and path.is_dir() != is_dir:
+            raise UserError(
+                f"run directory {out_dir}: {path} is a {'file' if is_dir else 'directory'}, "
+                f"where the run writes its {name}; move it away, or give the run another "
+                "directory (hydra.run.dir=...)"
+            )
+
+
+def check_metrics_lines(cfg: RunConfig, metrics, offset: int) -> None:
+    """Refuses a resume over a metrics.jsonl whose lines before the checkpoint's offset are not
+    JSON objects: the run's outcome is read from them at its end."""
+    with open(metrics, "rb") as f:
+        head = f.read(offset)
+    for number, line in enumerate(head.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise UserError(
+                f"resume={cfg.out_dir}: {tracking.METRICS_FILE} line {number} is not a JSON "
+                "object; the run's record before its checkpoint is damaged, and its outcome is "
+                "read from it. Restore the file, or start a new run"
+            )
 
 
 def _final_status(run_dir) -> str | None:

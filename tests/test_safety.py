@@ -522,3 +522,113 @@ def test_the_report_counts_each_run_once_however_its_inputs_overlap(finished_run
         found, _ = report.load_runs(inputs)
         expected = 1 if runs not in inputs else 2
         assert len(found) == expected, inputs
+
+
+# --- 6. the smaller holes and the last tracebacks: one paragraph, exit 2, no result -----------
+
+
+def assert_no_result(run_dir: Path) -> None:
+    for name in ("summary.json", "metrics.jsonl", "checkpoint.pt", "init_report.json"):
+        assert not (run_dir / name).exists(), name
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=${oc.env:GAN_NO_SUCH_VARIABLE}", "seed: its value cannot be resolved"),
+        ("trainer.lr=${trainer.lr}", "trainer.lr: its value cannot be resolved"),
+        ("init.std=inf", "init.std must be a finite number"),
+        ("init.gain=inf", "init.gain must be a finite number"),
+        (f"logger.tags=[{'t' * 65}]", "W&B refuses tags longer than 64"),
+    ],
+    ids=["env-interpolation", "recursive-interpolation", "std-inf", "gain-inf", "long-tag"],
+)
+def test_bad_values_are_one_paragraph(tmp_path, override, message):
+    extra = {"init.std": ["init=normal_small"], "init.gain": ["init=xavier"]}.get(
+        override.split("=")[0], []
+    )
+    with pytest.raises(UserError, match=re.escape(message)):
+        conftest.run_config([*extra, override], tmp_path)
+
+
+@pytest.mark.slow
+def test_an_unresolvable_value_on_the_command_line_is_exit_2_and_no_result(tmp_path):
+    out = tmp_path / "run"
+    proc = train("seed=${oc.env:GAN_NO_SUCH_VARIABLE}", *QUICK, f"hydra.run.dir={out}")
+    assert_refused(proc, "seed: its value cannot be resolved")
+    assert_no_result(out)
+
+
+@pytest.mark.slow
+def test_a_long_tag_makes_a_sweep_job_invalid_not_failed(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train("-m", "seed=0", *QUICK, f"logger.tags=[{'t' * 65}]", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert job_statuses(sweep) == {"0": "invalid"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("summary.json", b"\x00\xff not json", "summary.json or .hydra/overrides.yaml is not"),
+        (".hydra/overrides.yaml", b"\x00\xff\xfe{{[", "summary.json or .hydra/overrides.yaml"),
+        ("summary.json", b'{"overrides": [1, 2]}', "does not list the run's overrides"),
+    ],
+    ids=["summary-bytes", "overrides-bytes", "overrides-not-strings"],
+)
+def test_resume_with_damaged_run_files_is_one_paragraph(run_copy, tmp_path, name, content, message):
+    if name.startswith(".hydra"):
+        (run_copy / "summary.json").unlink()  # so that overrides.yaml is what resume reads
+    (run_copy / name).write_bytes(content)
+    before = snapshot(run_copy)
+    proc = train(f"resume={run_copy}", f"hydra.run.dir={tmp_path / 'call'}")
+    assert_refused(proc, message)
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.slow
+def test_resume_of_a_directory_of_random_bytes_is_one_paragraph(tmp_path):
+    junk = tmp_path / "junk"
+    (junk / ".hydra").mkdir(parents=True)
+    for name in ("checkpoint.pt", "summary.json", ".hydra/overrides.yaml", "metrics.jsonl"):
+        (junk / name).write_bytes(os.urandom(2000))
+    proc = train(f"resume={junk}", f"hydra.run.dir={tmp_path / 'call'}")
+    assert_refused(proc)
+
+
+@pytest.mark.slow
+def test_a_garbage_metrics_line_before_the_checkpoint_is_refused_at_once(run_copy, tmp_path):
+    metrics = run_copy / "metrics.jsonl"
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    lines[0] = b"[1,2,3]" + b" " * (len(lines[0]) - 8) + b"\n"  # same length: offsets still hold
+    metrics.write_bytes(b"".join(lines))
+    before = snapshot(run_copy)
+    proc = train(f"resume={run_copy}", "trainer.steps=20", f"hydra.run.dir={tmp_path / 'call'}")
+    assert_refused(proc, "metrics.jsonl line 1 is not a JSON object")
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.slow
+def test_samples_being_a_file_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "samples").write_text("not a directory")
+    proc = train(*QUICK, f"hydra.run.dir={out}")
+    assert_refused(proc, "samples is a file")
+    assert_no_result(out)
+
+
+def test_a_claim_with_a_pid_that_is_no_number_is_taken_over(tmp_path):
+    import socket
+
+    (tmp_path / ".claim").write_text(json.dumps({"pid": "abc", "host": socket.gethostname()}))
+    with files.claimed(tmp_path):
+        assert json.loads((tmp_path / ".claim").read_text())["pid"] == os.getpid()
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_paragraph(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot be written"):
+        with files.claimed(tmp_path / "file" / "run"):
+            pass
