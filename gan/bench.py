@@ -251,6 +251,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the project's loop in fp32 or under bf16 autocast; auto as trainer.precision=auto",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--population",
+        type=int,
+        metavar="K",
+        help="time K runs trained as one population (seeds seed..seed+K-1) against the "
+        "single-run loop, in member-steps/s (gan.population.bench)",
+    )
     return parser
 
 
@@ -378,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     warning = check_precision(args.precision_resolved, device)
     if warning:
         print(warning, file=sys.stderr)
+    if args.population is not None:
+        if args.population < 1:
+            parser.error("--population must be >= 1")
+        from gan.population import bench as population_bench
+
+        return population_bench.main(args, device)
     loops = _loops(args, device, channels_last)
     rows = _measure(loops, args, device)
     _print_results(args, device, channels_last, {k: label for k, (label, _) in loops.items()}, rows)

@@ -24,6 +24,7 @@ from gan import outcome as outcomes
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import InitRecord, format_table, initialize
+from gan.population import enrollment
 from gan.trainer import (
     GANTrainer,
     Schedule,
@@ -99,6 +100,9 @@ def run(
     nothing of the run it would have continued.
     """
     env = prepare(cfg)
+    enrolled = enrollment.enroll(cfg, env, on_accepted)  # hydra/launcher=population trains it
+    if enrolled:
+        return enrolled
     # From here on a signal asks for a checkpoint and a clean stop (at the first step if it
     # comes during start-up), and no other process may write the run directory.
     with stop_on_signals() as asked, files.claimed(cfg.out_dir):
@@ -323,12 +327,22 @@ def load_data(
 
 
 def make_evaluation(cfg: RunConfig, device: torch.device, progress: bool) -> Evaluation:
+    evaluator = make_evaluator(cfg, device, progress)
+    return Evaluation(evaluator, eval_noise(cfg, evaluator, device))
+
+
+def make_evaluator(cfg: RunConfig, device: torch.device, progress: bool) -> quality.Evaluator:
+    """The dataset's evaluator (its classifier and test split), shared by a population."""
     classifier = quality.load_classifier(cfg.data, progress=progress)
     test = data.load(cfg.data, train=False)
-    evaluator = quality.Evaluator(classifier, test.images.to(device), batch=cfg.eval.batch_size)
+    return quality.Evaluator(classifier, test.images.to(device), batch=cfg.eval.batch_size)
+
+
+def eval_noise(cfg: RunConfig, evaluator: quality.Evaluator, device: torch.device) -> torch.Tensor:
+    """The run's fixed evaluation noise (N, z_dim), from its own seeded stream."""
     stream = torch.Generator().manual_seed(derive_seed(cfg.seed, "eval"))
-    noise = torch.randn(min(cfg.eval.num_samples, len(test)), cfg.model.z_dim, generator=stream)
-    return Evaluation(evaluator, noise.to(device))
+    n = min(cfg.eval.num_samples, len(evaluator.real_features))
+    return torch.randn(n, cfg.model.z_dim, generator=stream).to(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,11 +370,13 @@ def build_networks(cfg: RunConfig) -> tuple[nets.Generator, nets.Discriminator, 
 
 
 def build_trainer(
-    cfg: RunConfig, env: Environment, images: torch.Tensor
+    cfg: RunConfig, env: Environment, images: torch.Tensor, *, allow_channels_last: bool = True
 ) -> tuple[GANTrainer, list[InitRecord]]:
+    """The run's trainer, continued from its checkpoint if resumed. ``allow_channels_last``:
+    False for a population's members, whose solo modules only mirror the stacked network."""
     g, d, records = build_networks(cfg)
     g, d = g.to(env.device), d.to(env.device)
-    if wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
+    if allow_channels_last and wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
         g, d, images = to_channels_last(g, d, images)
     t = cfg.trainer
     trainer = GANTrainer(
@@ -445,9 +461,11 @@ class RunEvents:
         return self.seconds_before + time.perf_counter() - self.started
 
     def evaluate(self, step: int, generator: nets.Generator) -> None:
-        if self.evaluation is None:
-            return
-        scores = self.evaluation.score(generator)
+        if self.evaluation is not None:
+            self.record_scores(step, self.evaluation.score(generator))
+
+    def record_scores(self, step: int, scores: dict[str, float]) -> None:
+        """Logs ``eval/*`` scores of step ``step`` and keeps the best FCD."""
         faults.point("evaluation")
         identity = self.evaluation.evaluator.classifier.identity
         self.logger.log(step, {**scores, "eval/classifier": identity})

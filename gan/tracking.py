@@ -204,6 +204,8 @@ class RunLogger:
                     # every call: W&B reads WANDB_DIR only once per process.
                     dir=os.environ.get("WANDB_DIR") or str(self.out_dir),
                     settings=wandb.Settings(silent=True),  # our one line says where the run is
+                    # A population's members are W&B runs open side by side in one process.
+                    reinit="create_new",
                 )
         except wandb.errors.Error as err:  # e.g. a wrong API key or entity when online
             self._metrics.close()

@@ -39,16 +39,30 @@ METRICS = (
 METRIC_KEYS = tuple(f"train/{m}" for m in METRICS)
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+def _bce(logits: torch.Tensor, target: float, members: bool) -> torch.Tensor:
+    """BCE-with-logits against a constant target, the mean over a batch; ``members``: logits are
+    (K, B, 1) for K members of a population, and the result is each member's own mean, (K,)."""
+    targets = torch.full_like(logits, target)
+    if not members:
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return loss.flatten(1).mean(1)
+
+
+def _mean(x: torch.Tensor, members: bool) -> torch.Tensor:
+    return x.flatten(1).mean(1) if members else x.mean()
+
+
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, members: bool = False
+) -> torch.Tensor:
     """BCE of D calling reals real (1) and fakes fake (0), the mean of the two halves."""
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return 0.5 * (real + fake)
+    return 0.5 * (_bce(real_logits, 1.0, members) + _bce(fake_logits, 0.0, members))
 
 
-def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+def generator_loss(fake_logits: torch.Tensor, members: bool = False) -> torch.Tensor:
     """Non-saturating: G maximizes log D(G(z)), i.e. BCE of D calling its fakes real."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    return _bce(fake_logits, 1.0, members)
 
 
 @torch.no_grad()
@@ -58,19 +72,21 @@ def step_metrics(
     d_real: torch.Tensor,
     d_fake: torch.Tensor,
     d_gen: torch.Tensor,
+    members: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """One step's METRICS by name, as 0-dim device tensors. A logit > 0 means D(x) > 0.5: "real"."""
-    acc_real = (d_real > 0).float().mean()
-    acc_fake = (d_fake < 0).float().mean()
+    """One step's METRICS by name, as 0-dim device tensors ((K,) per member with ``members``).
+    A logit > 0 means D(x) > 0.5: "real"."""
+    acc_real = _mean((d_real > 0).float(), members)
+    acc_fake = _mean((d_fake < 0).float(), members)
     return {
         "loss_D": loss_d.detach(),
         "loss_G": loss_g.detach(),
         "acc_D": 0.5 * (acc_real + acc_fake),
         "acc_D_real": acc_real,
         "acc_D_fake": acc_fake,
-        "acc_G": (d_gen > 0).float().mean(),
-        "D_x": torch.sigmoid(d_real).mean(),
-        "D_G_z": torch.sigmoid(d_fake).mean(),
+        "acc_G": _mean((d_gen > 0).float(), members),
+        "D_x": _mean(torch.sigmoid(d_real), members),
+        "D_G_z": _mean(torch.sigmoid(d_fake), members),
     }
 
 

@@ -1,0 +1,218 @@
+"""A population's run: its members trained together, each still a run of its own.
+
+Every member gets what a solo run gets, from the solo run's own phases (``gan.run``): its claimed
+run directory, init table and ``init_report.json``, ``metrics.jsonl``, samples, checkpoints that
+resume solo or in a population, its own W&B run and ``summary.json``. Only the training loop is
+shared (``PopulationTrainer``), and the dataset, its evaluator and the data loading with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gan import files, tracking
+from gan import run as solo
+from gan.console import progress_bar
+from gan.population.enrollment import Enrolled
+from gan.population.trainer import PopulationTrainer
+from gan.trainer import GANTrainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+# What members of one population may differ in: everything else must be equal, or they could
+# not train in lockstep on one batch of data.
+MEMBER_KEYS = ("seed", "init", "logger", "resume")
+
+
+def population_key(member: Enrolled) -> str:
+    """Members with equal keys can train as one population."""
+    resolved = {k: v for k, v in member.cfg.resolved.items() if k not in MEMBER_KEYS}
+    step = member.env.resumed["trainer"]["step"] if member.env.resumed else 0
+    identity = [resolved, str(member.env.device), member.env.precision, step]
+    return json.dumps(identity, sort_keys=True, default=str)
+
+
+def populations(members: Sequence[Enrolled], max_members: int) -> list[list[Enrolled]]:
+    """The jobs grouped into populations (in sweep order), each at most ``max_members`` big."""
+    groups: dict[str, list[Enrolled]] = {}
+    for member in members:
+        groups.setdefault(population_key(member), []).append(member)
+    return [
+        group[i : i + max_members]
+        for group in groups.values()
+        for i in range(0, len(group), max_members)
+    ]
+
+
+@dataclass
+class Member:
+    """One member's run: its config, environment, solo trainer, records and results so far."""
+
+    cfg: Any  # RunConfig
+    env: solo.Environment
+    trainer: GANTrainer | None = None
+    records: list = field(default_factory=list)
+    evaluation: solo.Evaluation | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+    saved: dict[str, int | None] = field(default_factory=dict)
+
+
+def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> list[dict[str, Any]]:
+    """Trains the enrolled jobs (one population) together; returns their summaries in order."""
+    members = [Member(e.cfg, e.env) for e in enrolled]
+    with solo.stop_on_signals() as asked, ExitStack() as claims:
+        for e in enrolled:
+            claims.enter_context(files.claimed(e.cfg.out_dir))
+            files.remove_partials(e.cfg.out_dir)
+            if e.on_accepted:
+                e.on_accepted()
+        images = load_members(members, progress)
+        for m in members:
+            with member_log(m.cfg.out_dir, console=False):
+                solo.announce(m.cfg, m.env, m.trainer, m.records, len(images))
+        log.info(
+            "population of %d (%s on %s): %s",
+            len(members),
+            members[0].cfg.model.name,
+            members[0].env.device,
+            ", ".join(m.cfg.run_name for m in members),
+        )
+        results = train_members(members, asked, progress)
+    if any(r.status == "stopped" for r in results):
+        raise PopulationPreempted(asked["signal"], results[0].step, [m.summary for m in members])
+    for m, result in zip(members, results):
+        with member_log(m.cfg.out_dir, console=True):
+            solo.log_result(m.cfg, m.summary, result)
+    return [m.summary for m in members]
+
+
+class PopulationPreempted(solo.Preempted):
+    """Every member stopped on SIGINT/SIGTERM after writing its checkpoint."""
+
+    def __init__(self, signum: int, step: int, summaries: list[dict[str, Any]]):
+        super().__init__(signum, step, "every member's run directory")
+        self.signum, self.summaries = signum, summaries
+        self.args = (
+            f"{self.args[0].split(';')[0]}; one member continues alone with "
+            "`python train.py resume=DIR`, all of them with the sweep's own command and its "
+            "hydra.sweep.dir",
+        )
+
+
+def load_members(members: list[Member], progress: bool) -> torch.Tensor:
+    """The shared training split and evaluator, and every member's trainer and evaluation."""
+    first = members[0]
+    images, evaluation = solo.load_data(first.cfg, first.env.device, progress)
+    evaluator = evaluation.evaluator if evaluation else None  # one for all: same data, classifier
+    for m in members:
+        m.trainer, m.records = solo.build_trainer(m.cfg, m.env, images, allow_channels_last=False)
+        if evaluator is not None:
+            noise = solo.eval_noise(m.cfg, evaluator, m.env.device)
+            m.evaluation = solo.Evaluation(evaluator, noise)
+    return images
+
+
+@contextmanager
+def member_log(out_dir, *, console: bool) -> Iterator[None]:
+    """Lines logged meanwhile go to the member's own train.log (and the console if ``console``)."""
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    run_log = logging.getLogger(solo.__name__)
+    run_log.addHandler(handler)
+    propagate, run_log.propagate = run_log.propagate, console
+    try:
+        yield
+    finally:
+        run_log.propagate = propagate
+        run_log.removeHandler(handler)
+        handler.close()
+
+
+class MemberEvents:
+    """The population's side of its loop (``PopulationEvents``): each member's ``RunEvents``,
+    with evaluation batched: every member's images made in one stacked pass per batch."""
+
+    def __init__(self, events: list[solo.RunEvents], asked: dict[str, int | None]):
+        self.events, self.asked = events, asked
+
+    def evaluate(self, step: int, trainer: PopulationTrainer, members: list[int]) -> None:
+        evaluations = [e.evaluation for e in self.events]
+        if evaluations[0] is None:
+            return
+        noise = torch.stack([e.noise for e in evaluations])  # (K, N, z_dim)
+        batch = evaluations[0].evaluator.batch
+        images = torch.cat(
+            [trainer.generate(noise[:, i : i + batch]) for i in range(0, noise.shape[1], batch)],
+            dim=1,
+        )  # (K, N, C, H, W)
+        for k in members:
+            self.events[k].record_scores(step, evaluations[k].evaluator.score(images[k]))
+
+    def checkpoint(self, step: int, members: list[int]) -> None:
+        for k in members:
+            self.events[k].checkpoint(step)
+
+    def should_stop(self) -> bool:
+        return self.asked["signal"] is not None
+
+
+def train_members(
+    members: list[Member], asked: dict[str, int | None], progress: bool
+) -> list[TrainResult]:
+    """As ``gan.run.train`` for each member: summary.json says ``running`` meanwhile and the
+    truth after, whatever happens."""
+    for m in members:
+        m.summary = {**solo.start_summary(m.cfg, m.env), "population": len(members)}
+        tracking.write_json(m.cfg.out_dir / tracking.SUMMARY_FILE, m.summary)
+        m.best = dict(m.env.resumed["best"]) if m.env.resumed else {}
+        m.saved = {"step": m.trainer.step if m.env.resumed else None}
+    trainer = None
+    try:
+        with ExitStack() as stack:
+            loggers = [stack.enter_context(solo.open_logger(m.cfg, m.env)) for m in members]
+            events = []
+            for m, logger in zip(members, loggers):
+                solo.record_start(m.env, logger, m.records, m.evaluation, m.summary)
+                events.append(
+                    solo.RunEvents(m.cfg, m.trainer, logger, m.evaluation, m.best, asked, m.saved)
+                )
+            trainer = PopulationTrainer([m.trainer for m in members])
+            results = _loop(trainer, members, loggers, MemberEvents(events, asked), progress)
+            for m, logger, result in zip(members, loggers, results):
+                solo.record_result(m.summary, result, m.best, m.env, logger)
+                solo.record_artifacts(m.cfg, logger, m.evaluation, result)
+    except BaseException as err:
+        _record_failure(members, trainer, err)
+        raise
+    for m in members:
+        tracking.write_json(m.cfg.out_dir / tracking.SUMMARY_FILE, m.summary)
+    return results
+
+
+def _loop(trainer, members, loggers, events, progress) -> list[TrainResult]:
+    schedule = solo.schedule_of(members[0].cfg)
+    bar = progress_bar(schedule.steps, trainer.step, desc="population", enabled=progress)
+    try:
+        return trainer.run(schedule, loggers, events, bar)
+    finally:
+        bar.close()
+
+
+def _record_failure(members: list[Member], trainer, err: BaseException) -> None:
+    """Every member's summary says what happened: preempted at its last checkpoint when
+    stopped at once, else failed at the step reached."""
+    for m in members:
+        if isinstance(err, (solo.Interrupted, KeyboardInterrupt)):
+            m.summary.update(status="preempted", steps=m.saved["step"] or 0)
+        else:
+            step = trainer.step if trainer else m.trainer.step
+            m.summary.update(status="failed", steps=step, error=f"{type(err).__name__}: {err}")
+        tracking.write_json(m.cfg.out_dir / tracking.SUMMARY_FILE, m.summary)

@@ -1,0 +1,235 @@
+"""K copies of one network architecture as one batched network: a population's members.
+
+Every tensor of the members' ``nn.Sequential`` is stacked into one tensor of shape (K, *shape), so
+one optimizer step updates all members and nothing mixes them: a Linear is a batched matmul over
+(K, B, F), a convolution is grouped with one group per member over (B, K·C, H, W), BatchNorm keeps
+statistics per (member, channel), spectral norm runs its power iteration per member. A member's
+tensors are copied back into its own solo modules (``copy_to``) for checkpoints and diagnostics,
+so a member's files are a solo run's.
+
+Layouts between stages: ``flat`` (K, B, F), ``image`` (K, B, C, H, W) and ``chan``
+(B, K·C, H, W), the layout grouped convolutions and BatchNorm2d read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gan.errors import UserError
+from gan.init import SigmoidInLoss
+
+ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Tanh, nn.Sigmoid, SigmoidInLoss)
+
+
+class Layout:
+    """A tensor of K members in one of three layouts, converted on demand."""
+
+    def __init__(self, tensor: torch.Tensor, kind: str, members: int):
+        self.tensor, self.kind, self.members = tensor, kind, members
+
+    def image(self) -> torch.Tensor:
+        if self.kind == "chan":  # (B, K·C, H, W) → (K, B, C, H, W), a view
+            b, kc, h, w = self.tensor.shape
+            return self.tensor.view(b, self.members, kc // self.members, h, w).transpose(0, 1)
+        return self.tensor
+
+    def chan(self) -> torch.Tensor:
+        if self.kind == "image":  # (K, B, C, H, W) → (B, K·C, H, W), a copy
+            k, b, c, h, w = self.tensor.shape
+            return self.tensor.transpose(0, 1).reshape(b, k * c, h, w)
+        return self.tensor
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # module attribute names cannot hold dots
+
+
+class Stage(nn.Module):
+    """One stage of the members' Sequential, its tensors stacked, addressed by solo names."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        # Read for its hyperparameters only (stride, eps, …); not a submodule, so its own
+        # tensors are neither trained nor moved.
+        self._template = (members[0],)
+        self.names = [n for n, _ in self.template.named_parameters()]
+        self.buffer_names = [n for n, _ in self.template.named_buffers()]
+        for name in self.names:
+            stacked = torch.stack([m.get_parameter(name).detach() for m in members])
+            self.register_parameter(_key(name), nn.Parameter(stacked.clone()))
+        for name in self.buffer_names:
+            stacked = torch.stack([m.get_buffer(name) for m in members])
+            self.register_buffer(_key(name), stacked.clone())
+
+    @property
+    def template(self) -> nn.Module:
+        return self._template[0]
+
+    def get(self, name: str) -> torch.Tensor:
+        return getattr(self, _key(name))
+
+    def tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """(solo name, stacked tensor) for every parameter, then every buffer."""
+        return [(n, self.get(n)) for n in (*self.names, *self.buffer_names)]
+
+    def forward(self, x: Layout) -> Layout:
+        module = self.template
+        if isinstance(module, ELEMENTWISE):  # layout-agnostic
+            return Layout(module(x.tensor), x.kind, x.members)
+        if isinstance(module, nn.Flatten):
+            return Layout(x.image().flatten(2), "flat", x.members)
+        if isinstance(module, nn.Unflatten):
+            k, b = x.tensor.shape[:2]
+            return Layout(x.tensor.reshape(k, b, *module.unflattened_size), "image", x.members)
+        raise AssertionError(f"no forward for {type(module).__name__}")  # refused in stack()
+
+
+class Weighted(Stage):
+    """Linear, Conv2d or ConvTranspose2d, with or without spectral norm."""
+
+    def effective_weight(self) -> torch.Tensor:
+        """(K, *solo weight shape): the plain weight, or original / sigma per member."""
+        if "weight" in self.names:
+            return self.get("weight")
+        original = self.get("parametrizations.weight.original")
+        u, v = self.get("parametrizations.weight.0._u"), self.get("parametrizations.weight.0._v")
+        matrix = original.flatten(2)  # (K, out, in·kh·kw): torch's reshape for dim 0
+        if self.training:  # one power iteration per forward pass, as torch's parametrization
+            with torch.no_grad():
+                eps = self.template.parametrizations.weight[0].eps
+                m = matrix.detach()
+                u.copy_(F.normalize(torch.bmm(m, v.unsqueeze(2)).squeeze(2), dim=1, eps=eps))
+                v.copy_(F.normalize(torch.bmm(m.mT, u.unsqueeze(2)).squeeze(2), dim=1, eps=eps))
+        u, v = u.clone(), v.clone()
+        sigma = (u * torch.bmm(matrix, v.unsqueeze(2)).squeeze(2)).sum(1)  # (K,)
+        return original / sigma.view(-1, *[1] * (original.dim() - 1))
+
+    def forward(self, x: Layout) -> Layout:
+        module, k = self.template, x.members
+        weight, bias = self.effective_weight(), self.get("bias")
+        if isinstance(module, nn.Linear):  # (K, B, in) @ (K, in, out) + (K, 1, out)
+            out = torch.baddbmm(bias.unsqueeze(1), x.tensor, weight.mT)
+            return Layout(out, "flat", k)
+        if isinstance(module, nn.Conv2d):
+            out = F.conv2d(
+                x.chan(),
+                weight.flatten(0, 1),  # (K·out, in, kh, kw)
+                bias.flatten(),
+                module.stride,
+                module.padding,
+                module.dilation,
+                groups=k,
+            )
+            return Layout(out, "chan", k)
+        out = F.conv_transpose2d(
+            x.chan(),
+            weight.flatten(0, 1),  # (K·in, out, kh, kw)
+            bias.flatten(),
+            module.stride,
+            module.padding,
+            module.output_padding,
+            groups=k,
+            dilation=module.dilation,
+        )
+        return Layout(out, "chan", k)
+
+
+class Norm(Stage):
+    """BatchNorm1d / BatchNorm2d with statistics per member and channel."""
+
+    def forward(self, x: Layout) -> Layout:
+        module, k = self.template, x.members
+        if self.training:
+            self.get("num_batches_tracked").add_(1)
+        args = (
+            self.get("running_mean").flatten(),
+            self.get("running_var").flatten(),
+            self.get("weight").flatten(),
+            self.get("bias").flatten(),
+            self.training,
+            module.momentum,
+            module.eps,
+        )
+        if isinstance(module, nn.BatchNorm2d):
+            return Layout(F.batch_norm(x.chan(), *args), "chan", k)
+        _, b, f = x.tensor.shape  # (K, B, F) → (B, K·F): one channel per member and feature
+        out = F.batch_norm(x.tensor.transpose(0, 1).reshape(b, k * f), *args)
+        return Layout(out.view(b, k, f).transpose(0, 1), "flat", k)
+
+
+def _stage(members: Sequence[nn.Module], where: str) -> Stage:
+    module = members[0]
+    weighted = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    if isinstance(module, weighted) and module.bias is not None:
+        if getattr(module, "groups", 1) != 1:
+            raise UserError(f"population: {where} is a grouped convolution; it has no batched form")
+        return Weighted(members)
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.affine:
+        if not module.track_running_stats or module.momentum is None:
+            raise UserError(f"population: {where} (BatchNorm) needs running stats and a momentum")
+        return Norm(members)
+    if isinstance(module, (*ELEMENTWISE, nn.Flatten, nn.Unflatten)):
+        if isinstance(module, nn.Flatten) and (module.start_dim, module.end_dim) != (1, -1):
+            raise UserError(f"population: {where} flattens other dims than (1, -1)")
+        if isinstance(module, nn.Unflatten) and module.dim != 1:
+            raise UserError(f"population: {where} unflattens dim {module.dim}, not 1")
+        return Stage(members)
+    raise UserError(
+        f"population: {where} is a {type(module).__name__}, which has no batched form; "
+        "train this model one run at a time (hydra/launcher=basic or joblib)"
+    )
+
+
+class StackedNet(nn.Module):
+    """K members of one ``nn.Sequential`` architecture as one network.
+
+    ``forward`` takes the members' inputs as (K, B, …) (noise or images) and returns (K, B, …):
+    G's images as (K, B, C, H, W), D's logits as (K, B, 1).
+    """
+
+    def __init__(self, members: Sequence[nn.Sequential], name: str):
+        super().__init__()
+        self.members = len(members)
+        stage_names = [n for n, _ in members[0].named_children()]
+        self.stage_names = stage_names
+        self.stages = nn.ModuleList(
+            _stage([m.get_submodule(s) for m in members], f"{name}.{s}") for s in stage_names
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kind = "flat" if x.dim() == 3 else "image"
+        y = Layout(x, kind, self.members)
+        for stage in self.stages:
+            y = stage(y)
+        return y.image() if y.kind == "chan" else y.tensor
+
+    def tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """(solo name, stacked tensor) for every tensor of a member's state_dict."""
+        return [
+            (f"{stage_name}.{name}", t)
+            for stage_name, stage in zip(self.stage_names, self.stages)
+            for name, t in stage.tensors()
+        ]
+
+    def stacked_parameters(self, solo: nn.Module) -> list[nn.Parameter]:
+        """The stacked parameters in ``solo.parameters()``'s order (optimizer state is by index)."""
+        by_name = dict(self.tensors())
+        return [by_name[name] for name, _ in solo.named_parameters()]
+
+    @torch.no_grad()
+    def copy_to(self, k: int, solo: nn.Module) -> None:
+        """Member ``k``'s tensors into its solo module."""
+        state = solo.state_dict(keep_vars=True)
+        for name, stacked in self.tensors():
+            state[name].data.copy_(stacked[k])
+
+    @torch.no_grad()
+    def copy_from(self, k: int, solo: nn.Module) -> None:
+        """Member ``k``'s tensors from its solo module (a resumed or diagnosed member)."""
+        state = solo.state_dict(keep_vars=True)
+        for name, stacked in self.tensors():
+            stacked[k].copy_(state[name].data)

@@ -1,0 +1,22 @@
+"""Registers ``hydra/launcher=population``: Hydra takes launchers only from the ``hydra_plugins``
+namespace, so the class lives here by name; its code is ``gan.population.launcher``."""
+
+from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
+
+from gan.population import launcher
+
+
+class PopulationLauncher(launcher.PopulationLauncher):
+    """See ``gan.population.launcher``."""
+
+
+@dataclass
+class PopulationLauncherConf(launcher.PopulationLauncherConf):
+    _target_: str = "hydra_plugins.gan_population_launcher.population_launcher.PopulationLauncher"
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="population", node=PopulationLauncherConf, provider="gan-init"
+)

@@ -1,0 +1,198 @@
+"""Populations: K runs trained as one batched model are still K runs, each its solo run.
+
+Tolerance: a population sums in another order than a solo run (batched matmuls, grouped
+convolutions), so a member's metrics are close to its solo run's, not equal, and GAN training
+amplifies the rounding differences step by step (the BatchNorm DCGAN's losses: 3e-7 apart at
+step 5, 1e-3 at step 33). Stated once here: |population - solo| <= ABS + REL·|solo| for every
+logged value, over 50 steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from conftest import run_config
+from gan import nets, run
+from gan.config import ModelConfig, preset
+from gan.population.stacked import StackedNet
+from gan.population.trainer import PopulationTrainer
+from gan.trainer import Schedule
+
+ABS, REL = 0.05, 0.15
+SHAPE = (1, 8, 8)
+NORMS = list(itertools.product(("batch", "none"), ("none", "batch", "spectral")))
+
+
+class Sink:
+    """Keeps what a run logs: (step, metrics) rows."""
+
+    def __init__(self):
+        self.rows: list[tuple[int, dict]] = []
+
+    def log(self, step, metrics):
+        self.rows.append((step, dict(metrics)))
+
+    def log_samples(self, step, images):
+        self.rows.append((step, {"samples": tuple(images.shape)}))
+
+    def log_diagnostics(self, step, values, samples):
+        if values:
+            self.rows.append((step, dict(values)))
+
+
+class NoEvents:
+    def evaluate(self, *args): ...
+    def checkpoint(self, *args): ...
+    def should_stop(self):
+        return False
+
+
+class NoBar:
+    def update(self, n): ...
+
+
+def members(tmp_path, jobs: list[list[str]], common: list[str]):
+    """(cfg, env, solo trainer) per job, each as a run builds it, on the CPU."""
+    built = []
+    for i, job in enumerate(jobs):
+        cfg = run_config([*common, *job, "trainer.device=cpu"], tmp_path / f"m{i}")
+        env = run.prepare(cfg)
+        images, _ = run.load_data(cfg, env.device, progress=False)
+        trainer, _ = run.build_trainer(cfg, env, images, allow_channels_last=False)
+        built.append((cfg, env, trainer))
+    return built
+
+
+def close(a: float, b: float) -> bool:
+    return abs(a - b) <= ABS + REL * abs(b)
+
+
+def assert_close_runs(population_rows, solo_rows):
+    assert [s for s, _ in population_rows] == [s for s, _ in solo_rows]
+    for (step, got), (_, want) in zip(population_rows, solo_rows):
+        assert got.keys() == want.keys(), step
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert close(got[key], value), (step, key, got[key], value)
+            else:
+                assert got[key] == value, (step, key)
+
+
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+@pytest.mark.parametrize("g_norm,d_norm", NORMS)
+def test_stacked_networks_compute_each_members_own_function(model, g_norm, d_norm):
+    cfg = dataclasses.replace(preset(ModelConfig, "model", model), g_norm=g_norm, d_norm=d_norm)
+    solos = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        solos.append(nets.build(cfg, SHAPE))
+    g = StackedNet([s[0] for s in solos], "generator")
+    d = StackedNet([s[1] for s in solos], "discriminator")
+    z = torch.randn(3, 16, cfg.z_dim)
+    images = g(z)
+    logits = d(images.detach())
+    assert images.shape == (3, 16, *SHAPE) and logits.shape == (3, 16, 1)
+    for k, (solo_g, solo_d) in enumerate(solos):
+        torch.testing.assert_close(images[k], solo_g(z[k]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(logits[k], solo_d(images[k].detach()), rtol=1e-4, atol=1e-5)
+        for stacked, solo in ((g, solo_g), (d, solo_d)):  # running stats, spectral u and v
+            state = solo.state_dict()
+            for name, tensor in stacked.tensors():
+                torch.testing.assert_close(tensor[k], state[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["mlp", "mlp_deep", "dcgan"])
+@pytest.mark.parametrize("g_norm,d_norm", NORMS)
+def test_a_members_initial_weights_are_bit_identical_to_its_solo_runs(
+    tmp_path, model, g_norm, d_norm
+):
+    jobs = [["init=default", "seed=0"], ["init=he_xavier", "seed=1"], ["init=orthogonal", "seed=2"]]
+    common = [f"model={model}", f"model.g_norm={g_norm}", f"model.d_norm={d_norm}"]
+    built = members(tmp_path, jobs, common)
+    population = PopulationTrainer([t for _, _, t in built])
+    for k, (cfg, _, _) in enumerate(built):
+        g, d, _ = run.build_networks(cfg)  # a fresh solo build
+        mirror = population.sync_to_solo(k)
+        for mine, solo in ((mirror.g, g), (mirror.d, d)):
+            for (name, a), (_, b) in zip(mine.state_dict().items(), solo.state_dict().items()):
+                assert torch.equal(a, b), (model, k, name)
+
+
+CASES = {
+    "mlp-adam": ["model=mlp"],
+    "mlp-sgd-spectral": [
+        "model=mlp",
+        "model.g_norm=none",
+        "model.d_norm=spectral",
+        "trainer.optimizer=sgd",
+    ],
+    "mlp_deep": ["model=mlp_deep"],
+    "dcgan-batch": pytest.param(["model=dcgan"], marks=pytest.mark.slow),
+    "dcgan-sgd-spectral": pytest.param(
+        ["model=dcgan", "model.d_norm=spectral", "trainer.optimizer=sgd"], marks=pytest.mark.slow
+    ),
+}
+ARMS_AND_SEEDS = [
+    ["init=default", "seed=0"],
+    ["init=default", "seed=1"],
+    ["init=he_xavier", "seed=0"],
+    ["init=he_xavier", "seed=1"],
+]
+
+
+@pytest.mark.parametrize("common", CASES.values(), ids=CASES.keys())
+def test_a_population_of_four_follows_its_four_solo_runs(tmp_path, common):
+    schedule = Schedule(50, log_every=10, sample_every=25, diag_every=20)
+    solo_sinks = []
+    for _, _, trainer in members(tmp_path / "solo", ARMS_AND_SEEDS, common):
+        solo_sinks.append(Sink())
+        trainer.run(schedule, solo_sinks[-1], progress=False)
+        solo_sinks[-1].state = (trainer.rng.get_state(), trainer.order.clone(), trainer.cursor)
+    built = members(tmp_path / "population", ARMS_AND_SEEDS, common)
+    sinks = [Sink() for _ in built]
+    results = PopulationTrainer([t for _, _, t in built]).run(schedule, sinks, NoEvents(), NoBar())
+    assert [r.status for r in results] == ["finished"] * 4
+    for (_, _, trainer), sink, solo in zip(built, sinks, solo_sinks):
+        rng, order, cursor = solo.state  # the same batches and noise were drawn
+        assert torch.equal(trainer.rng.get_state(), rng) and torch.equal(trainer.order, order)
+        assert trainer.cursor == cursor
+        assert_close_runs(sink.rows, solo.rows)
+
+
+DIVERGING = ["init=normal_large", "init.std=1e30", "seed=5"]
+
+
+def test_a_diverging_member_is_recorded_at_its_solo_step_and_leaves_the_others_alone(tmp_path):
+    schedule = Schedule(30, log_every=5, sample_every=100)
+    healthy = [["init=he_xavier", "seed=0"], ["init=he_xavier", "seed=1"]]
+    ((_, _, alone),) = members(tmp_path / "solo", [DIVERGING], [])
+    solo_result = alone.run(schedule, Sink(), progress=False)
+    assert solo_result.status == "diverged"
+
+    without = [Sink(), Sink()]
+    PopulationTrainer([t for *_, t in members(tmp_path / "a", healthy, [])]).run(
+        schedule, without, NoEvents(), NoBar()
+    )
+    sinks = [Sink(), Sink(), Sink()]
+    built = members(tmp_path / "b", [healthy[0], DIVERGING, healthy[1]], [])
+    population = PopulationTrainer([t for *_, t in built])
+    results = population.run(schedule, sinks, NoEvents(), NoBar())
+
+    assert [r.status for r in results] == ["finished", "diverged", "finished"]
+    assert results[1].diverged_step == solo_result.diverged_step
+    assert sinks[1].rows[-1][1] == {"diverged": True, "diverged_step": solo_result.diverged_step}
+    assert_close_runs(sinks[0].rows, without[0].rows)
+    assert_close_runs(sinks[2].rows, without[1].rows)
+    # Once frozen, the diverged member's parameters stop moving (NaN and inf included).
+    before = [p.clone() for p in parameters(population.sync_to_solo(1))]
+    population.run(Schedule(35, log_every=5, sample_every=100), [Sink()] * 3, NoEvents(), NoBar())
+    after = parameters(population.sync_to_solo(1))
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(before, after))
+
+
+def parameters(trainer) -> list[torch.Tensor]:
+    return [p.detach() for p in (*trainer.g.parameters(), *trainer.d.parameters())]

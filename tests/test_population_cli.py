@@ -1,0 +1,125 @@
+"""`python train.py -m hydra/launcher=population …` end to end: the sweep a user knows, its jobs
+trained as populations, every member a run of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_population import close
+
+import conftest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+QUICK = [
+    "trainer.steps=40",
+    "trainer.log_every=10",
+    "trainer.sample_every=20",
+    "trainer.diag_every=15",
+    "trainer.eval_every=20",
+    "trainer.ckpt_every=15",
+    "trainer.threads=1",
+]
+RUN_FILES = ("init_report.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "train.log")
+
+
+def train(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("GAN_FAULT", None)
+    if fault:
+        env["GAN_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "train.py", *args, *QUICK, f"data_dir={conftest.DATA_DIR}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+def population(sweep: Path, *jobs: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    return train("-m", "hydra/launcher=population", *jobs, f"hydra.sweep.dir={sweep}", fault=fault)
+
+
+def summaries(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))}
+
+
+def metric_lines(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_sweep_trains_as_one_population_of_runs_like_solo_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = population(sweep, "init=default,he_xavier", "seed=0,1")
+    assert proc.returncode == 0, proc.stderr
+    assert "population of 4 (mlp on cpu)" in proc.stdout
+    runs = summaries(sweep)
+    assert len(runs) == 4
+    assert {s["status"] for s in runs.values()} == {"finished"}
+    assert {s["population"] for s in runs.values()} == {4}
+    assert len({s["wandb"]["id"] for s in runs.values()}) == 4  # a W&B run each
+    for name in runs:
+        for file in RUN_FILES:
+            assert (sweep / name / file).is_file(), (name, file)
+        assert list((sweep / name / "samples").glob("*.png"))
+    assert (sweep / "report" / "report.md").is_file()
+
+    # One member against its solo run: the same init table, metrics close.
+    solo = tmp_path / "solo"
+    proc = train("init=he_xavier", "seed=1", f"hydra.run.dir={solo}")
+    assert proc.returncode == 0, proc.stderr
+    (member,) = [sweep / n for n, s in runs.items() if (s["arm"], s["seed"]) == ("he_xavier", 1)]
+    assert (member / "init_report.json").read_text() == (solo / "init_report.json").read_text()
+    assert_close_lines(metric_lines(member), metric_lines(solo))
+
+
+def assert_close_lines(got: list[dict], want: list[dict]) -> None:
+    """The same metrics.jsonl lines, numbers within the tolerance of tests/test_population.py."""
+    assert [g["step"] for g in got] == [w["step"] for w in want]
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        numbers = [k for k, v in w.items() if isinstance(v, float)]
+        assert all(close(g[k], w[k]) for k in numbers), g["step"]
+
+
+def test_an_invalid_job_is_recorded_invalid_and_never_joins(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = population(sweep, "init=he_xavier", "model.slope=0.2,1.5")
+    assert proc.returncode == 1  # the sweep reports the invalid job
+    runs = summaries(sweep)
+    statuses = sorted(s["status"] for s in runs.values())
+    assert statuses == ["finished", "invalid"]
+    assert "population of 1" in proc.stdout
+    (invalid,) = [s for s in runs.values() if s["status"] == "invalid"]
+    assert "model.slope" in invalid["error"]
+
+
+def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = ("init=default,he_xavier", "seed=0")
+    stopped = population(sweep, *jobs, fault="evaluation:SIGTERM@2")
+    assert stopped.returncode == 143, stopped.stderr
+    runs = summaries(sweep)
+    assert {(s["status"], s["steps"]) for s in runs.values()} == {("preempted", 20)}
+    first, second = sorted(runs)
+
+    alone = train(f"resume='{sweep / first}'")  # a member's checkpoint resumes solo
+    assert alone.returncode == 0, alone.stderr
+    together = population(sweep, *jobs)  # the same sweep completes the rest
+    assert together.returncode == 0, together.stderr
+    runs = summaries(sweep)
+    assert {(s["status"], s["steps"]) for s in runs.values()} == {("finished", 40)}
+    assert "kept, finished" in together.stdout + together.stderr
+
+    straight = tmp_path / "straight"  # the same population, never stopped
+    assert population(straight, *jobs).returncode == 0
+    for name in (first, second):
+        assert_close_lines(metric_lines(sweep / name), metric_lines(straight / name))
