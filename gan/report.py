@@ -171,20 +171,26 @@ def read_run(run_dir: Path) -> Run | None:
         summary = json.loads(summary_path.read_text())
     except ValueError as err:
         raise UnreadableRun(f"{summary_path} is not valid JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise UnreadableRun(f"{summary_path} holds no summary (a JSON object)")
     if summary.get("status") not in ("finished", "diverged"):
         return None
-    run = Run(
-        run_dir,
-        summary["arm"],
-        int(summary["seed"]),
-        summary["model"],
-        summary["dataset"],
-        summary["status"],
-        diverged_step=summary.get("diverged_step"),
-        outcome=summary.get("outcome"),
-        setting=read_setting(run_dir, summary),
-        setting_name=setting_name(summary.get("overrides", [])),
-    )
+    try:
+        run = Run(
+            run_dir,
+            str(summary["arm"]),
+            int(summary["seed"]),
+            summary["model"],
+            summary["dataset"],
+            summary["status"],
+            diverged_step=summary.get("diverged_step"),
+            outcome=summary.get("outcome"),
+            setting=read_setting(run_dir, summary),
+            setting_name=setting_name(summary.get("overrides", [])),
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        what = f"has no {err}" if isinstance(err, KeyError) else f"has a bad value ({err})"
+        raise UnreadableRun(f"{summary_path} {what}") from None
     run.curves = _read_curves(run_dir / METRICS_FILE)
     return run
 
@@ -198,7 +204,7 @@ def _read_curves(metrics: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 if key.startswith(SERIES_PREFIXES) and (key in NUMERIC or _is_number(value)):
                     # non-finite values are written as "NaN" / "Infinity": float() reads them
                     series[key].append((int(record["step"]), float(value)))
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise UnreadableRun(f"{metrics} line {number} is not a valid record ({err})") from None
     return {key: _by_step(pairs) for key, pairs in series.items()}
 
@@ -816,8 +822,14 @@ def main(argv: list[str] | None = None) -> int:
     console.setup()
     runs, incomplete = load_runs(args.inputs)
     out = args.out or args.inputs[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    text = write_reports(runs, incomplete, out, args.fcd_threshold)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        text = write_reports(runs, incomplete, out, args.fcd_threshold)
+    except OSError as err:
+        raise UserError(
+            f"--out {out}: the report cannot be written there ({err.strerror or err}); give a "
+            "writable directory"
+        ) from None
     print(text)
     written = [str(out / name) for name in OUTPUTS if (out / name).is_file()]
     print("wrote " + ", ".join(written))

@@ -632,3 +632,39 @@ def test_a_run_directory_that_cannot_be_made_is_one_paragraph(tmp_path):
     with pytest.raises(UserError, match="cannot be written"):
         with files.claimed(tmp_path / "file" / "run"):
             pass
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: _edit_summary(d, arm=None), "has no 'arm'"),
+        (lambda d: _edit_summary(d, seed="seven"), "has a bad value"),
+        (lambda d: (d / "metrics.jsonl").write_text("[1,2,3]\n"), "line 1 is not a valid record"),
+        (lambda d: (d / "summary.json").write_text("[]"), "holds no summary"),
+    ],
+    ids=["no-arm", "seed-not-a-number", "metrics-line-a-list", "summary-a-list"],
+)
+def test_the_report_skips_a_damaged_run_with_its_reason(finished_run, tmp_path, damage, message):
+    from gan import report
+
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        shutil.copytree(finished_run, runs / name)
+    damage(runs / "b")
+    found, skipped = report.load_runs([runs])
+    assert len(found) == 1 and message in str(skipped[0]), skipped
+
+
+def _edit_summary(run_dir: Path, **changes) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary.update(changes)
+    summary = {k: v for k, v in summary.items() if v is not None}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_report_out_that_cannot_be_written_is_exit_2(finished_run, tmp_path, capsys):
+    from gan import report
+
+    (tmp_path / "out").write_text("a file")
+    assert report.main([str(finished_run), "--out", str(tmp_path / "out")]) == 2
+    assert "the report cannot be written there" in capsys.readouterr().err
