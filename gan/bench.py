@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from gan import data, nets
 from gan.config import DataConfig, ModelConfig, preset
-from gan.errors import exits_on_user_error
+from gan.errors import UserError, exits_on_user_error
 from gan.trainer import (
     CHANNELS_LAST_SETTINGS,
     PRECISIONS,
@@ -122,6 +122,11 @@ def reference_loop(
     loader = torch.utils.data.DataLoader(
         _reference_dataset(dataset, root), batch_size=batch_size, shuffle=True, drop_last=True
     )
+    if len(loader) == 0:  # drop_last: no whole batch, and the loop below would never end
+        raise UserError(
+            f"--batch-size {batch_size} exceeds the {len(loader.dataset)} training images of "
+            f"{dataset}; use a smaller --batch-size"
+        )
     ones = torch.ones(batch_size, 1, device=device)
     zeros = torch.zeros(batch_size, 1, device=device)
     done, start = 0, None
@@ -379,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.steps, args.batch_size, args.repeats) <= 0:
         parser.error("--steps, --batch-size and --repeats must be > 0")
+    if args.batch_size < 2:  # BatchNorm (in G) cannot train on one sample
+        parser.error("--batch-size must be at least 2")
+    data.ensure_dir(args.data_dir)  # a file, or a parent that does not exist: one paragraph
     device = resolve_device(args.device)
     channels_last = wants_channels_last(args.model, args.channels_last)
     args.precision_resolved = resolve_precision(args.precision, device)

@@ -24,7 +24,7 @@ from torch import nn
 from gan.config import CONF_DIR, DataConfig, preset, resolve_scheme
 from gan.data import DATASETS
 from gan.diagnostics import activation_stats
-from gan.errors import exits_on_user_error
+from gan.errors import UserError, exits_on_user_error
 from gan.figures import pyplot
 from gan.init import Scheme, SoftmaxInLoss, initialize
 
@@ -247,12 +247,28 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("depth", "width", "samples", "steps"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0")
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.train:
-        _training_mode(args)
-    else:
-        _activations_mode(args)
+    weights = args.depth * args.width**2 * 4  # float32 bytes of the probe's weight matrices
+    if weights > MAX_WEIGHT_BYTES:
+        raise UserError(
+            f"--width {args.width} with --depth {args.depth} needs {weights / 2**30:,.0f} GiB "
+            f"for the weights alone (at most {MAX_WEIGHT_BYTES / 2**30:.0f} GiB); use a smaller "
+            "--width"
+        )
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.train:
+            _training_mode(args)
+        else:
+            _activations_mode(args)
+    except OSError as err:
+        raise UserError(
+            f"--out {args.out}: cannot write there ({err.strerror or err}); give a writable "
+            "directory"
+        ) from None
     return 0
+
+
+MAX_WEIGHT_BYTES = 2 * 2**30  # a probe larger than this would exhaust a laptop's memory
 
 
 if __name__ == "__main__":

@@ -668,3 +668,30 @@ def test_a_report_out_that_cannot_be_written_is_exit_2(finished_run, tmp_path, c
     (tmp_path / "out").write_text("a file")
     assert report.main([str(finished_run), "--out", str(tmp_path / "out")]) == 2
     assert "the report cannot be written there" in capsys.readouterr().err
+
+
+def test_probe_inputs_that_cannot_work_are_exit_2(tmp_path, capsys, caplog):
+    from gan import probe
+
+    assert probe.main(["--width", "10000000", "--out", str(tmp_path / "p")]) == 2
+    assert "use a smaller --width" in capsys.readouterr().err + caplog.text
+    assert not (tmp_path / "p").exists()
+    (tmp_path / "file").write_text("x")
+    small = ["--depth", "2", "--width", "4", "--samples", "8"]
+    assert probe.main([*small, "--out", str(tmp_path / "file")]) == 2
+    assert "cannot write there" in capsys.readouterr().err + caplog.text
+
+
+def test_bench_inputs_that_cannot_work_are_exit_2(tmp_path, capsys, caplog):
+    from gan import bench
+
+    quick = ["--dataset", "digits", "--steps", "1", "--repeats", "1", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*quick, "--batch-size", "1"])
+    assert exit_.value.code == 2
+    (tmp_path / "file").write_text("x")
+    assert bench.main([*quick, "--data-dir", str(tmp_path / "file")]) == 2
+    assert "data_dir" in capsys.readouterr().err + caplog.text
+    too_big = ["--batch-size", "100000", "--data-dir", str(conftest.DATA_DIR)]
+    assert bench.main([*quick, *too_big]) == 2
+    assert "exceeds the" in capsys.readouterr().err + caplog.text
