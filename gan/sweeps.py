@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gan import files
-from gan.errors import UserError
+from gan.errors import EXIT_USER_ERROR, UserError
 
 # Outcomes that do not fail a sweep: divergence is a result (some arms are meant to diverge).
 ACCEPTED = ("finished", "diverged")
@@ -191,10 +192,79 @@ def job_outcomes(sweep_dir: Path, planned: list[str] | None = None) -> list[JobO
     return sorted(outcomes, key=lambda o: _job_number(o.job_dir))
 
 
+NAME_MAX = 255  # the longest file name most file systems take
+
+
+def check_sweep(config: DictConfig) -> None:
+    """Refuses, before any job, a sweep that Hydra would end at its first job: an option that does
+    not exist in a sweep list (``-m init=foo,default``), or a job directory whose name (made of
+    the job's overrides) is too long for the file system."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from gan.config import CONF_DIR
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    try:
+        parsed = OverridesParser.create().parse_overrides(arguments)
+    except Exception:  # noqa: BLE001 - Hydra reports its own parse errors
+        return
+    for override in parsed:
+        group = override.key_or_group
+        if group.startswith("hydra") or not (CONF_DIR / group).is_dir():
+            continue
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_discrete_sweep()
+            else [override.get_value_element_as_str()]
+        )
+        for value in values:
+            if value not in ("null", "None") and not (CONF_DIR / group / f"{value}.yaml").is_file():
+                options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+                raise UserError(
+                    f"{group}={value} in this sweep: there is no such option (conf/{group}/"
+                    f"{value}.yaml); the options are {', '.join(options)}. Fix the sweep list; "
+                    "no job was started"
+                )
+    _check_job_dir_names(config, parsed)
+
+
+def _check_job_dir_names(config: DictConfig, parsed: list) -> None:
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir", "")
+        if "override_dirname" not in str(subdir):
+            return
+        naming = config.hydra.job.config.override_dirname
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+        longest = max(
+            len(
+                get_overrides_dirname(
+                    parser.parse_overrides(job),
+                    list(naming.exclude_keys),
+                    naming.item_sep,
+                    naming.kv_sep,
+                )
+            )
+            for job in jobs
+        )
+    except Exception:  # noqa: BLE001 - sweeps of other kinds: Hydra names their directories
+        return
+    if longest + 8 > NAME_MAX:  # a job's directory is <number>_<its overrides>
+        raise UserError(
+            f"this sweep's job directories would be named after their overrides, up to "
+            f"{longest} characters, more than the {NAME_MAX} a file name may have; shorten the "
+            "overrides (e.g. a long widths list), or name the jobs by number: "
+            "hydra.sweep.subdir='${hydra.job.num}'. No job was started"
+        )
+
+
 def planned_jobs(config: DictConfig) -> list[str] | None:
     """Every job's overrides (comma-separated) as Hydra's basic sweeper numbers them, or None for
     another sweeper."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
@@ -291,6 +361,12 @@ class SweepSummary(Callback):
         self.previous: dict[int, Any] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweep(config)
+        except UserError as err:  # before Hydra composes the jobs: one paragraph, no files
+            # Printed: the parent's logging is Hydra's own here (stdout, "[HYDRA]" lines).
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_USER_ERROR) from None
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # an earlier launch's: this one runs

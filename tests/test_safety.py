@@ -695,3 +695,21 @@ def test_bench_inputs_that_cannot_work_are_exit_2(tmp_path, capsys, caplog):
     too_big = ["--batch-size", "100000", "--data-dir", str(conftest.DATA_DIR)]
     assert bench.main([*quick, *too_big]) == 2
     assert "exceeds the" in capsys.readouterr().err + caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["init=foo,default"], "init=foo in this sweep: there is no such option"),
+        ([f"model.discriminator_widths=[{','.join(['256'] * 60)}]"], "more than the 255"),
+    ],
+    ids=["unknown-option", "job-dir-name-too-long"],
+)
+def test_a_sweep_hydra_would_end_at_its_first_job_is_refused_before_any(
+    tmp_path, overrides, message
+):
+    sweep = tmp_path / "sweep"
+    proc = train("-m", "seed=0", *overrides, *QUICK, f"hydra.sweep.dir={sweep}")
+    assert_refused(proc, message)
+    assert not sweep.exists()
