@@ -87,7 +87,7 @@ def assert_close_lines(got: list[dict], want: list[dict]) -> None:
     for g, w in zip(got, want):
         assert g.keys() == w.keys()
         numbers = [k for k, v in w.items() if isinstance(v, float)]
-        assert all(close(g[k], w[k]) for k in numbers), g["step"]
+        assert all(close(g[k], w[k], k) for k in numbers), g["step"]
 
 
 def test_an_invalid_job_is_recorded_invalid_and_never_joins(tmp_path):

@@ -49,7 +49,11 @@ def _key(name: str) -> str:
 
 
 class Stage(nn.Module):
-    """One stage of the members' Sequential, its tensors stacked, addressed by solo names."""
+    """One stage of the members' Sequential, its tensors stacked, addressed by solo names.
+
+    A Linear's weight is stored transposed, (K, in, out): the batched matmul then reads and
+    writes it, and its gradient, without strided copies. ``get`` always gives the solo layout.
+    """
 
     def __init__(self, members: Sequence[nn.Module]):
         super().__init__()
@@ -58,9 +62,14 @@ class Stage(nn.Module):
         self._template = (members[0],)
         self.names = [n for n, _ in self.template.named_parameters()]
         self.buffer_names = [n for n, _ in self.template.named_buffers()]
+        linear = isinstance(self.template, nn.Linear)
+        self.transposed = {n for n in self.names if linear and n.split(".")[-1] != "bias"}
         for name in self.names:
-            stacked = torch.stack([m.get_parameter(name).detach() for m in members])
-            self.register_parameter(_key(name), nn.Parameter(stacked.clone()))
+            tensors = [m.get_parameter(name).detach() for m in members]
+            if name in self.transposed:
+                tensors = [t.T for t in tensors]
+            stacked = torch.stack(tensors).contiguous()
+            self.register_parameter(_key(name), nn.Parameter(stacked))
         for name in self.buffer_names:
             stacked = torch.stack([m.get_buffer(name) for m in members])
             self.register_buffer(_key(name), stacked.clone())
@@ -69,12 +78,21 @@ class Stage(nn.Module):
     def template(self) -> nn.Module:
         return self._template[0]
 
-    def get(self, name: str) -> torch.Tensor:
+    def raw(self, name: str) -> torch.Tensor:
+        """The stacked tensor as stored (a Linear's weight transposed)."""
         return getattr(self, _key(name))
 
+    def get(self, name: str) -> torch.Tensor:
+        """The stacked tensor in the solo layout, (K, *solo shape) (a view)."""
+        return self.raw(name).mT if name in self.transposed else self.raw(name)
+
     def tensors(self) -> list[tuple[str, torch.Tensor]]:
-        """(solo name, stacked tensor) for every parameter, then every buffer."""
+        """(solo name, stacked tensor in solo layout) for every parameter, then every buffer."""
         return [(n, self.get(n)) for n in (*self.names, *self.buffer_names)]
+
+    def parameters_by_name(self) -> list[tuple[str, nn.Parameter, bool]]:
+        """(solo name, stored parameter, whether it is stored transposed)."""
+        return [(n, self.raw(n), n in self.transposed) for n in self.names]
 
     def forward(self, x: Layout) -> Layout:
         module = self.template
@@ -92,12 +110,14 @@ class Weighted(Stage):
     """Linear, Conv2d or ConvTranspose2d, with or without spectral norm."""
 
     def effective_weight(self) -> torch.Tensor:
-        """(K, *solo weight shape): the plain weight, or original / sigma per member."""
+        """The weight as stored ((K, in, out) for a Linear, (K, *solo shape) for a conv): the
+        plain one, or original / sigma per member under spectral norm."""
         if "weight" in self.names:
-            return self.get("weight")
-        original = self.get("parametrizations.weight.original")
+            return self.raw("weight")
+        name = "parametrizations.weight.original"
+        stored = self.raw(name)
         u, v = self.get("parametrizations.weight.0._u"), self.get("parametrizations.weight.0._v")
-        matrix = original.flatten(2)  # (K, out, in·kh·kw): torch's reshape for dim 0
+        matrix = self.get(name).flatten(2)  # (K, out, in·kh·kw): torch's reshape for dim 0
         if self.training:  # one power iteration per forward pass, as torch's parametrization
             with torch.no_grad():
                 eps = self.template.parametrizations.weight[0].eps
@@ -106,14 +126,13 @@ class Weighted(Stage):
                 v.copy_(F.normalize(torch.bmm(m.mT, u.unsqueeze(2)).squeeze(2), dim=1, eps=eps))
         u, v = u.clone(), v.clone()
         sigma = (u * torch.bmm(matrix, v.unsqueeze(2)).squeeze(2)).sum(1)  # (K,)
-        return original / sigma.view(-1, *[1] * (original.dim() - 1))
+        return stored / sigma.view(-1, *[1] * (stored.dim() - 1))
 
     def forward(self, x: Layout) -> Layout:
         module, k = self.template, x.members
         weight, bias = self.effective_weight(), self.get("bias")
         if isinstance(module, nn.Linear):  # (K, B, in) @ (K, in, out) + (K, 1, out)
-            out = torch.baddbmm(bias.unsqueeze(1), x.tensor, weight.mT)
-            return Layout(out, "flat", k)
+            return Layout(torch.baddbmm(bias.unsqueeze(1), x.tensor, weight), "flat", k)
         if isinstance(module, nn.Conv2d):
             out = F.conv2d(
                 x.chan(),
@@ -215,9 +234,14 @@ class StackedNet(nn.Module):
             for name, t in stage.tensors()
         ]
 
-    def stacked_parameters(self, solo: nn.Module) -> list[nn.Parameter]:
-        """The stacked parameters in ``solo.parameters()``'s order (optimizer state is by index)."""
-        by_name = dict(self.tensors())
+    def stacked_parameters(self, solo: nn.Module) -> list[tuple[nn.Parameter, bool]]:
+        """(stored parameter, transposed?) in ``solo.parameters()``'s order: optimizer state
+        is matched by index."""
+        by_name = {
+            f"{stage_name}.{name}": (p, transposed)
+            for stage_name, stage in zip(self.stage_names, self.stages)
+            for name, p, transposed in stage.parameters_by_name()
+        }
         return [by_name[name] for name, _ in solo.named_parameters()]
 
     @torch.no_grad()

@@ -45,31 +45,48 @@ LOSSES = [METRICS.index("loss_D"), METRICS.index("loss_G")]  # divergence reads 
 
 
 class StackedOptimizer:
-    """One optimizer of the members' kind over the stacked tensors, and its state per member."""
+    """One optimizer of the members' kind over the stacked tensors, and its state per member.
 
-    def __init__(self, net: StackedNet, solos: Sequence[nn.Module], solo_opts, members: int):
-        self.params = net.stacked_parameters(solos[0])
+    Its per-element state (Adam's moments, SGD's momentum) is stored like its parameter,
+    (K, …), transposed where the parameter is; its step count is shared: members move in lockstep.
+    """
+
+    def __init__(self, net: StackedNet, solos: Sequence[nn.Module], solo_opts: Sequence):
+        pairs = net.stacked_parameters(solos[0])
+        self.params = [p for p, _ in pairs]
+        self.transposed = [t for _, t in pairs]
         template = solo_opts[0]
         self.opt = type(template)(self.params, **template.defaults)
-        self.members = members
+
+    def _per_member(self, value, stacked: torch.Tensor) -> bool:
+        return isinstance(value, torch.Tensor) and value.shape == stacked.shape
 
     def state_to(self, k: int, solo: nn.Module, solo_opt: torch.optim.Optimizer) -> None:
-        for stacked, p in zip(self.params, solo.parameters()):
+        """Member ``k``'s optimizer state into its solo optimizer."""
+        for stacked, transposed, p in zip(self.params, self.transposed, solo.parameters()):
             state = self.opt.state.get(stacked)
-            if state:
-                solo_opt.state[p] = {
-                    key: self._member(value, stacked, k) for key, value in state.items()
-                }
+            if not state:
+                continue
+            solo_opt.state[p] = {
+                # contiguous: a fused optimizer walks state and parameter in one memory order
+                key: _solo_layout(value[k], transposed).clone(memory_format=torch.contiguous_format)
+                if self._per_member(value, stacked)
+                else value.clone()
+                if isinstance(value, torch.Tensor)
+                else value
+                for key, value in state.items()
+            }
 
     def state_from(self, solo_opts: Sequence, solos: Sequence[nn.Module]) -> None:
-        per_param = zip(self.params, *[list(s.parameters()) for s in solos])
-        for stacked, *ps in per_param:
+        """Every member's optimizer state, stacked (all solo optimizers at one step)."""
+        columns = zip(self.params, self.transposed, *[list(s.parameters()) for s in solos])
+        for stacked, transposed, *ps in columns:
             states = [opt.state.get(p) for opt, p in zip(solo_opts, ps)]
             if not states[0]:
                 continue
             self.opt.state[stacked] = {
-                key: torch.stack([s[key] for s in states])
-                if isinstance(value, torch.Tensor) and value.shape == stacked.shape[1:]
+                key: _stack([s[key] for s in states], transposed)
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape == ps[0].shape
                 else value.clone()
                 if isinstance(value, torch.Tensor)
                 else value
@@ -77,26 +94,21 @@ class StackedOptimizer:
             }
 
     def state_from_member(self, k: int, solo: nn.Module, solo_opt) -> None:
-        for stacked, p in zip(self.params, solo.parameters()):
+        """Member ``k``'s solo optimizer state back into the stack."""
+        for stacked, transposed, p in zip(self.params, self.transposed, solo.parameters()):
             for key, value in solo_opt.state.get(p, {}).items():
                 mine = self.opt.state[stacked][key]
-                if isinstance(value, torch.Tensor) and mine.shape == stacked.shape:
-                    mine[k].copy_(value)
+                if self._per_member(mine, stacked):
+                    mine[k].copy_(_solo_layout(value, transposed))  # .T is its own inverse
                 elif isinstance(value, torch.Tensor):
-                    mine.copy_(value)  # a shared step count: every member's is the same
-
-    @staticmethod
-    def _member(value, stacked: torch.Tensor, k: int):
-        if isinstance(value, torch.Tensor):
-            return value[k].clone() if value.shape == stacked.shape else value.clone()
-        return value
+                    mine.copy_(value)  # the shared step count: every member's is the same
 
     def freeze(self, k: int) -> None:
-        """Member ``k`` stops moving: its gradients are zeroed before each step (``mask``), and
+        """Member ``k`` stops moving: its gradients are zeroed before each step (``step``), and
         its moments zeroed now, so Adam's and SGD's updates are exactly 0 from here on."""
         for stacked in self.params:
             for value in self.opt.state.get(stacked, {}).values():
-                if isinstance(value, torch.Tensor) and value.shape == stacked.shape:
+                if self._per_member(value, stacked):
                     value[k].zero_()
 
     def step(self, frozen: torch.Tensor | None) -> None:
@@ -108,6 +120,14 @@ class StackedOptimizer:
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
+
+
+def _solo_layout(t: torch.Tensor, transposed: bool) -> torch.Tensor:
+    return t.T if transposed else t
+
+
+def _stack(tensors: list[torch.Tensor], transposed: bool) -> torch.Tensor:
+    return torch.stack([_solo_layout(t, transposed) for t in tensors]).contiguous()
 
 
 class PopulationTrainer:
@@ -123,8 +143,8 @@ class PopulationTrainer:
         self.joint_d, self.bf16, self.precision = first.joint_d, first.bf16, first.precision
         self.g = StackedNet([t.g for t in solos], "generator").to(self.device)
         self.d = StackedNet([t.d for t in solos], "discriminator").to(self.device)
-        self.g_opt = StackedOptimizer(self.g, [t.g for t in solos], [t.g_opt for t in solos], 0)
-        self.d_opt = StackedOptimizer(self.d, [t.d for t in solos], [t.d_opt for t in solos], 0)
+        self.g_opt = StackedOptimizer(self.g, [t.g for t in solos], [t.g_opt for t in solos])
+        self.d_opt = StackedOptimizer(self.d, [t.d for t in solos], [t.d_opt for t in solos])
         self.g_opt.state_from([t.g_opt for t in solos], [t.g for t in solos])
         self.d_opt.state_from([t.d_opt for t in solos], [t.d for t in solos])
         self.fixed_z = torch.stack([t.fixed_z for t in solos])  # (K, 64, z_dim)
