@@ -572,7 +572,10 @@ def train(
                 err.explain(trainer.step, saved["step"], cfg.out_dir)
         else:
             summary.update(status="failed", steps=trainer.step)
-        tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+        try:
+            tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+        except OSError as write_error:  # a full disk: the error being raised says more
+            log.error("error: summary.json not updated (%s)", write_error)
         raise
     faults.point("summary")
     # Still inside the signal guard: a signal now cannot leave summary.json saying "running".

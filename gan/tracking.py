@@ -192,6 +192,18 @@ class RunLogger:
         metrics.seek(0, os.SEEK_END)  # tell() must report the cut length, not the old one
         return metrics
 
+    def _cut_back(self, offset: int) -> None:
+        """Drops whatever part of a line a failed write left, and reopens at ``offset``."""
+        try:
+            self._metrics.close()  # may flush part of the line again: cut after it
+        except OSError:
+            pass
+        try:
+            os.truncate(self.out_dir / METRICS_FILE, offset)
+        except OSError:
+            pass
+        self._metrics = self._open_metrics(offset)
+
     def _start_wandb(self, args: Sequence[str] | None, **init: Any) -> None:
         import wandb
 
@@ -227,8 +239,17 @@ class RunLogger:
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         line = json.dumps(strict_json({"step": step, **metrics}), allow_nan=False)
-        self._metrics.write(line + "\n")
-        self._metrics.flush()
+        start = self._metrics.tell()
+        try:
+            self._metrics.write(line + "\n")
+            self._metrics.flush()
+        except OSError as err:  # a full disk: no half line stays, and the run stops saying why
+            self._cut_back(start)
+            raise UserError(
+                f"{self.out_dir / METRICS_FILE} cannot be written ({err.strerror or err}); the "
+                "disk is full or failing. Free space, then resume the run: it continues from its "
+                "last checkpoint"
+            ) from None
         if self.wandb_run:  # strings (e.g. the eval classifier's id) live in W&B's config/summary
             self._wandb_log(step, {k: v for k, v in metrics.items() if not isinstance(v, str)})
 

@@ -713,3 +713,39 @@ def test_a_sweep_hydra_would_end_at_its_first_job_is_refused_before_any(
     proc = train("-m", "seed=0", *overrides, *QUICK, f"hydra.sweep.dir={sweep}")
     assert_refused(proc, message)
     assert not sweep.exists()
+
+
+class DiskFull:
+    """A metrics file on a disk that fills up: half of the next write lands, then ENOSPC."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def write(self, text: str) -> int:
+        import errno
+
+        self.real.write(text[: len(text) // 2])
+        self.real.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_full_disk_leaves_no_half_metrics_line_and_says_so(tmp_path):
+    from gan import tracking
+
+    logger = tracking.RunLogger(
+        tmp_path, mode="disabled", project="p", entity=None, name="n", group="g",
+        job_type="train", tags=[], config={},
+    )  # fmt: skip
+    with logger:
+        logger.log(1, {"train/loss_D": 0.5})
+        first = (tmp_path / "metrics.jsonl").read_bytes()
+        logger._metrics = DiskFull(logger._metrics)
+        with pytest.raises(UserError, match="the disk is full or failing"):
+            logger.log(2, {"train/loss_D": 0.25})
+        assert (tmp_path / "metrics.jsonl").read_bytes() == first
+        logger.log(3, {"train/loss_D": 0.125})  # space freed: the record goes on whole
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 3]
