@@ -136,6 +136,7 @@ class Environment:
 
 def prepare(cfg: RunConfig) -> Environment:
     nets.check(cfg.model, data.image_shape(cfg.data.name))
+    check_model_memory(cfg)
     check_run_dir(cfg.out_dir)
     mode, why = tracking.resolve_mode(cfg.logger.mode)
     device = resolve_device(cfg.trainer.device)
@@ -228,6 +229,23 @@ def check_threads(
         f"trainer.threads={cfg.trainer.threads} gives {threads} here; the thread count is part "
         f"of a CPU run's numbers: resume it with trainer.threads={trained_with}"
     )
+
+
+def check_model_memory(cfg: RunConfig) -> None:
+    """Refuses networks whose weights, gradients and optimizer state alone exceed this machine's
+    memory (``discriminator_widths=[100000,100000]``), counted on the meta device: nothing is
+    allocated, and the RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        g, d = nets.build(cfg.model, data.image_shape(cfg.data.name))
+    count = sum(p.numel() for net in (g, d) for p in net.parameters())
+    need = count * 4 * 4  # float32 weights, gradients and Adam's two moments
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise UserError(
+            f"model: G and D have {count:,} parameters, which need about {need / 2**30:,.0f} GiB "
+            f"to train, more than this machine's {have / 2**30:,.0f} GiB; use smaller "
+            "model.generator_widths / model.discriminator_widths"
+        )
 
 
 def check_run_dir(out_dir) -> None:

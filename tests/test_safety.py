@@ -749,3 +749,14 @@ def test_a_full_disk_leaves_no_half_metrics_line_and_says_so(tmp_path):
         logger.log(3, {"train/loss_D": 0.125})  # space freed: the record goes on whole
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 3]
+
+
+def test_networks_too_large_for_memory_are_refused_before_any_allocation(tmp_path):
+    from gan import run
+
+    cfg = conftest.run_config(["model.discriminator_widths=[100000,100000]"], tmp_path)
+    state = torch.get_rng_state()
+    with pytest.raises(UserError, match="use smaller"):
+        run.prepare(cfg)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not any(tmp_path.iterdir())
