@@ -542,7 +542,12 @@ def open_logger(cfg: RunConfig, env: Environment) -> tracking.RunLogger:
         group=cfg.wandb_group,
         job_type=cfg.logger.job_type,
         tags=[cfg.model.name, cfg.data.name, *setting_tag, *cfg.logger.tags, *sweep_tags],
-        config={**wandb_config(cfg), "setting": cfg.setting, "precision": env.precision},
+        config={
+            **wandb_config(cfg),
+            "setting": cfg.setting,
+            "precision": env.precision,
+            "threads": env.threads,  # resolved: part of a CPU run's numbers
+        },
         metrics_offset=env.resumed["metrics_offset"] if env.resumed else None,
         wandb_id=env.resumed["wandb_id"] if env.resumed else None,
         args=cfg.overrides,

@@ -1,0 +1,233 @@
+"""Train one GAN: `gan-train init=he_xavier`, or `python train.py init=he_xavier` in a checkout
+(Hydra; `-m` sweeps, e.g. seed=0,1,2). Hydra's entry point, resume and a sweep's failed jobs;
+the run itself is ``gan.run``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import hydra
+import yaml
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from gan import checkpoint, files, sweeps, tracking
+from gan.config import CONF_DIR, RunConfig, run_config
+from gan.errors import UserError, exits_on_user_error, report_user_error
+from gan.files import atomic_file
+from gan.run import Interrupted, Preempted, run
+
+log = logging.getLogger("train")
+
+
+def to_run_config(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> RunConfig:
+    """The one conversion from Hydra's config to the typed objects the library takes."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.sweep_id is None:
+            # Every job of a sweep sits in the sweep's directory: its name identifies the sweep.
+            cfg.logger.sweep_id = "-".join(Path(out_dir).parent.parts[-2:])
+        elif cfg.logger.sweep_id is None and os.environ.get("WANDB_SWEEP_ID"):
+            cfg.logger.sweep_id = os.environ["WANDB_SWEEP_ID"]  # a run of `wandb agent`
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "a value"
+        raise UserError(
+            f"{key}: its value cannot be resolved ({str(err).splitlines()[0]}); give it a plain "
+            "value, or define what its ${...} refers to"
+        ) from None
+    return run_config(
+        plain,
+        out_dir=out_dir,
+        init_choice=hydra_cfg.runtime.choices["init"],
+        init_overrides=[o for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith("init.")],
+        overrides=[o for o in hydra_cfg.overrides.task if not o.startswith("resume=")],
+        scheme_dir=CONF_DIR / "init",
+    )
+
+
+def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, DictConfig, Path]:
+    """The config of the run in ``resume``: its own overrides, then this command's (which win).
+
+    `python train.py resume=DIR` needs nothing else; `resume=DIR trainer.steps=20000` extends it.
+    The library refuses overrides that would change the run's seed, model, dataset or init.
+    """
+    run_dir = Path(resume)
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserError(
+            f"resume={resume}: not a run directory of train.py (no .hydra/overrides.yaml there)"
+        )
+    summary, own = saved_overrides(run_dir)
+    now = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
+    # Quoted: a sweep's job directory is named like `0_seed=7,trainer.lr=0.001`.
+    again = [*own, *now, f"resume={checkpoint.hydra_value(resume)}"]
+    try:
+        cfg = compose("config", overrides=again, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(
+            f"resume={resume}: the run's overrides and this command's do not compose "
+            f"({str(err).splitlines()[0][:300]}); fix the overrides, or start a new run"
+        ) from None
+    if cfg.logger.sweep_id is None:  # a sweep's job keeps its sweep's id
+        cfg.logger.sweep_id = summary.get("sweep_id")
+    return cfg, cfg.hydra, run_dir
+
+
+def saved_overrides(run_dir: Path) -> tuple[dict, list[str]]:
+    """The run's summary.json ({} if none) and its own overrides: summary.json keeps them, as
+    Hydra replaces .hydra/overrides.yaml with this command's when the resume runs in the run dir
+    itself (hydra.run.dir=DIR). A UserError if either file is not what train.py wrote."""
+    summary_path = run_dir / tracking.SUMMARY_FILE
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        own = (summary.get("overrides") if isinstance(summary, dict) else None) or list(
+            OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        )
+    except (OSError, ValueError, TypeError, OmegaConfBaseException, yaml.YAMLError) as err:
+        raise UserError(
+            f"resume={run_dir}: its summary.json or .hydra/overrides.yaml is not what train.py "
+            f"writes ({type(err).__name__}: {str(err).splitlines()[0][:200]}); restore them, or "
+            "start a new run"
+        ) from None
+    if not isinstance(summary, dict) or not all(isinstance(o, str) for o in own):
+        raise UserError(
+            f"resume={run_dir}: its summary.json or .hydra/overrides.yaml does not list the run's "
+            "overrides as train.py writes them; restore them, or start a new run"
+        )
+    return summary, own
+
+
+@contextmanager
+def run_dir_log(out_dir: Path) -> Iterator[None]:
+    """A resumed run's lines also go to its own train.log (Hydra's goes to this invocation's)."""
+    if Path(HydraConfig.get().runtime.output_dir).resolve() == out_dir.resolve():
+        yield
+        return
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def record_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run's own .hydra files say what it now runs (e.g. the raised trainer.steps), so
+    the report's settings guard and the next resume read the truth."""
+    task = [o for o in cfg.hydra.overrides.task if not o.startswith("resume=")]
+    plain = cfg.copy()
+    with open_dict(plain):
+        plain.pop("hydra", None)
+    for name, content in (("config.yaml", plain), ("overrides.yaml", OmegaConf.create(task))):
+        with atomic_file(run_dir / ".hydra" / name) as f:
+            f.write(OmegaConf.to_yaml(content).encode())
+
+
+def job_failed(out_dir: Path, status: str, error: BaseException) -> dict:
+    """In a multirun, a job that cannot run is a result: its summary.json says why, and the sweep
+    goes on (``gan.sweeps`` lists it at the end and sets the exit status)."""
+    summary_path = out_dir / tracking.SUMMARY_FILE
+    summary = previous_summary(out_dir)
+    summary.update(
+        status=status,
+        error=f"{type(error).__name__}: {error}" if status == "failed" else str(error),
+    )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tracking.write_json(summary_path, summary)
+    except OSError as err:  # a read-only or vanished job dir: the sweep lists it as failed
+        log.error("error: %s: summary.json not written (%s)", out_dir, err)
+    return summary
+
+
+# An absolute path: the configs of a checkout or of the installed package (gan.config.CONF_DIR).
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+@exits_on_user_error
+def main(cfg: DictConfig) -> dict | None:
+    hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return sweep_job(cfg, hydra_cfg, out_dir)
+    try:
+        resumed = cfg.resume is not None
+        if resumed:
+            cfg, hydra_cfg, out_dir = resumed_config(cfg.resume, hydra_cfg)
+        with run_dir_log(out_dir):
+            on_accepted = (lambda: record_resumed_config(cfg, out_dir)) if resumed else None
+            return run(to_run_config(cfg, hydra_cfg, out_dir), on_accepted=on_accepted)
+    except (Preempted, Interrupted) as stop:
+        log.error("preempted: %s", stop)
+        raise SystemExit(stop.exit_code) from None
+
+
+def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | None:
+    """One job of a multirun: its failure is a result (the sweep goes on), a signal stops the
+    whole sweep (``gan.sweeps``), and a job an earlier launch of the sweep finished is kept, one
+    it stopped resumes from its checkpoint."""
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    why_not = sweeps.why_not_start(sweep_dir)
+    if why_not:
+        log.warning("not started: %s", why_not)
+        sweeps.discard_unstarted(out_dir)
+        return None
+    sweeps.watch_sweep(sweep_dir)
+    earlier = previous_summary(out_dir)
+    if earlier.get("status") in sweeps.ACCEPTED:
+        log.info("%s: kept, %s in an earlier launch of this sweep", out_dir, earlier["status"])
+        return earlier
+    try:
+        with sweeps.job_in_progress():
+            run_cfg = to_run_config(cfg, hydra_cfg, out_dir)
+            if earlier and (out_dir / checkpoint.CHECKPOINT_FILE).is_file():
+                run_cfg = dataclasses.replace(run_cfg, resume=True)  # stopped or killed before
+            return run(run_cfg)
+    except (Preempted, Interrupted) as stop:
+        log.error("preempted: %s", stop)
+        name = signal.Signals(stop.exit_code - 128).name
+        sweeps.request_stop(sweep_dir, stop.exit_code - 128, f"{name} in job {out_dir.name}")
+        return previous_summary(out_dir)
+    except files.ClaimRefused as err:  # the directory and its summary are another process's
+        report_user_error(err)
+        return None
+    except UserError as err:
+        report_user_error(err)
+        return job_failed(out_dir, "invalid", err)
+    except Exception as err:  # noqa: BLE001 - a sweep outlives one job's crash, and says so
+        log.exception("job failed: %s", err)
+        return job_failed(out_dir, "failed", err)
+
+
+def previous_summary(out_dir: Path) -> dict:
+    """The job's summary.json as an earlier launch (or this one) left it; {} if none."""
+    try:
+        summary = json.loads((out_dir / tracking.SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def cli() -> None:
+    """`gan-train` and `python train.py`: Hydra's main, and a single line for Ctrl-C before
+    the run's own signal handling starts."""
+    try:
+        main()
+    except KeyboardInterrupt:  # before the run's own signal handling (imports, composition)
+        print("interrupted during start-up: nothing was trained", file=sys.stderr)
+        sys.exit(130)
