@@ -363,8 +363,9 @@ def _cell(values: Sequence[float | None], key: str, digits: int | None = None) -
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def few_seeds_warning(arms: dict[str, list[Run]]) -> list[str]:
-    """A warning block when an arm has fewer than FEW_SEEDS finished runs (also on the console)."""
+def few_seeds_warning(arms: dict[str, list[Run]], console: bool = True) -> list[str]:
+    """A warning block when an arm has fewer than FEW_SEEDS finished runs; also on the console
+    unless ``console`` is False (a setting's page under an atlas, whose page warns once)."""
     counts = {arm: sum(r.status == "finished" for r in rs) for arm, rs in arms.items()}
     few = {arm: n for arm, n in counts.items() if n < FEW_SEEDS}
     if not few:
@@ -375,7 +376,8 @@ def few_seeds_warning(arms: dict[str, list[Run]]) -> list[str]:
         "few runs are wide (shown clipped to what each metric can take) and the tests have little "
         "power: read this report as a demonstration, not as evidence."
     )
-    log.warning("warning: %s", text.removeprefix("Warning: "))
+    if console:
+        log.warning("warning: %s", text.removeprefix("Warning: "))
     return [f"> **{text}**", ""]
 
 
@@ -451,7 +453,7 @@ def write_reports(
     values = varying_values([tuple(group[0].setting.items()) for group in settings.values()])
     for (label, group), folder, differs in zip(settings.items(), _folders(settings), values):
         (out / folder).mkdir(parents=True, exist_ok=True)
-        write_report(group, [], out / folder, threshold, setting=label)
+        write_report(group, [], out / folder, threshold, setting=label, console=False)
         info[label] = atlas.SettingInfo(len(group), folder, differs)
         rows += [{"setting": label, **run_row(r, threshold)} for r in group]
     write_csv(rows, out / "summary.csv")
@@ -484,9 +486,11 @@ def write_report(
     out: Path,
     threshold: float | None,
     setting: str | None = None,
+    console: bool = True,
 ) -> str:
     """Writes summary.csv, the figures, report.md and report.html into ``out`` for runs of one
-    setting (named in the title when given); returns report.md's text."""
+    setting (named in the title when given); returns report.md's text. ``console``: whether a
+    small-n warning also goes to the console."""
     arms = arms_of(runs)
     finished = {arm: [r for r in rs if r.status == "finished"] for arm, rs in arms.items()}
     write_csv([run_row(r, threshold) for rs in arms.values() for r in rs], out / "summary.csv")
@@ -500,7 +504,7 @@ def write_report(
     head = intro(runs, arms, setting)
     lines = [
         *head[:2],  # the title; the warning comes before anything it qualifies
-        *few_seeds_warning(arms),
+        *few_seeds_warning(arms, console),
         *head[2:],
         *arm_table(arms, finished, PRIMARY in logged, KCD in logged, threshold),
         *coverage_table(finished, [k for k in COVERAGE if k in logged]),

@@ -169,6 +169,20 @@ def test_fewer_than_five_seeds_are_warned_about_on_every_page(two_seeds, caplog)
     assert any("fewer than 5 finished seeds" in r.message for r in caplog.records)
 
 
+def test_an_atlas_warns_on_every_page_and_once_on_the_console(tmp_path, caplog):
+    for dataset in ("digits", "mnist"):  # two settings
+        for arm in ("default", "he_xavier"):
+            for seed in range(2):
+                make_run(tmp_path / dataset, arm, seed, [20.0 + seed], dataset=dataset)
+    runs, _ = report.load_runs([tmp_path])
+    with caplog.at_level(logging.WARNING):
+        top = report.write_reports(runs, [], tmp_path, None)
+    assert "> **Warning: fewer than 5" in top
+    pages = [p.read_text() for p in tmp_path.glob("*/report.md")]  # one per setting
+    assert len(pages) == 2 and all("> **Warning: fewer than 5" in page for page in pages)
+    assert sum("fewer than 5 finished seeds" in r.message for r in caplog.records) == 1
+
+
 def test_five_seeds_per_arm_get_no_warning(tmp_path):
     for arm in ("default", "he_xavier"):
         for seed in range(5):
