@@ -811,8 +811,10 @@ OUTPUTS = (
 
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
+    installed = Path(sys.argv[0]).name == "gan-report"  # the entry point of an installed package
     parser = argparse.ArgumentParser(
-        prog="python -m gan.report", description=__doc__.split("\n\n")[0]
+        prog="gan-report" if installed else "python -m gan.report",
+        description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="multirun (or run) directories")
     parser.add_argument("--out", type=Path, help="output directory (default: <first input>/report)")

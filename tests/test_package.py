@@ -80,5 +80,6 @@ def test_the_installed_wheel_trains_and_reports_outside_the_checkout(tmp_path):
     assert sh(bin_dir / "gan-train", "--help", cwd=work, env=env).startswith("Trains one GAN")
 
     sh(bin_dir / "gan-report", run_dir, "--out", work / "report", cwd=work, env=env)
+    assert sh(bin_dir / "gan-report", "--help", cwd=work, env=env).startswith("usage: gan-report")
     for name in ("report.md", "report.html", "curves.png", "summary.csv"):
         assert (work / "report" / name).is_file(), name
