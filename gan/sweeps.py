@@ -80,9 +80,18 @@ def _sweep_pid() -> int | None:
 
 
 def orphaned() -> bool:
-    """True in a worker process whose sweep process is gone (killed hard)."""
+    """True in a worker process whose sweep process is gone (killed hard): no such process, or,
+    for a worker the sweep started itself, a new parent (the sweep may linger as a zombie)."""
     pid = _sweep_pid()
-    return pid is not None and pid != os.getpid() and os.getppid() != pid
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return _watch["ppid"] == pid and os.getppid() != pid
 
 
 def why_not_start(sweep_dir: Path) -> str | None:
@@ -101,7 +110,7 @@ def discard_unstarted(job_dir: Path) -> None:
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
-_watch = {"started": False, "in_job": False}
+_watch = {"started": False, "in_job": False, "ppid": None}
 
 
 def watch_sweep(sweep_dir: Path) -> None:
@@ -110,7 +119,7 @@ def watch_sweep(sweep_dir: Path) -> None:
     worker whose sweep is gone, so that no worker outlives its sweep."""
     if _sweep_pid() in (None, os.getpid()) or _watch["started"]:
         return
-    _watch["started"] = True
+    _watch["started"], _watch["ppid"] = True, os.getppid()
     threading.Thread(target=_watching, args=(Path(sweep_dir),), daemon=True).start()
 
 
