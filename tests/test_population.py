@@ -259,3 +259,25 @@ def test_options_a_population_cannot_honour_make_the_job_invalid(tmp_path, overr
     with enrollment.gathering() as gathered, pytest.raises(UserError, match=key):
         run.run(cfg, progress=False)
     assert gathered == [] and not (tmp_path / "run").exists()
+
+
+def test_jobs_are_grouped_by_all_but_arm_and_seed_and_cut_to_size(tmp_path, monkeypatch):
+    from gan.population import launcher
+    from gan.population.run import populations
+
+    jobs = [
+        ["init=default", "seed=0"],
+        ["init=he_xavier", "seed=0"],
+        ["seed=1"],
+        ["trainer.lr=1e-3"],
+    ]
+    enrolled = [enrollment.Enrolled(cfg, env, None) for cfg, env, _ in members(tmp_path, jobs, [])]
+    groups = populations(enrolled, max_members=2)
+    assert [[e.cfg.seed for e in g] for g in groups] == [[0, 0], [1], [0]]
+    assert groups[2][0].cfg.trainer.lr == 1e-3  # another lr: a population of its own
+
+    # Sized to memory: room for exactly 3 members' planned tensors at memory_fraction 0.5.
+    per_member = launcher.member_bytes(enrolled[0].cfg)
+    monkeypatch.setattr(launcher, "free_bytes", lambda device: 2 * 3 * per_member)
+    fitted = launcher.PopulationLauncher(max_members=64)._fit(enrolled[:3] * 2)
+    assert [len(p) for p in fitted] == [3, 3]
