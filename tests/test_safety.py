@@ -759,3 +759,21 @@ def test_networks_too_large_for_memory_are_refused_before_any_allocation(tmp_pat
         run.prepare(cfg)
     assert torch.equal(torch.get_rng_state(), state)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.2, 0.6, 1.0])
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *QUICK, f"hydra.run.dir={tmp_path / 'run'}"]
+        + [f"data_dir={conftest.DATA_DIR}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
