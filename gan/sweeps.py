@@ -276,9 +276,10 @@ def planned_jobs(config: DictConfig) -> list[str] | None:
     another sweeper."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    sweeper = OmegaConf.select(config, "hydra.sweeper", default=None) or {}
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
-    params = config.hydra.sweeper.get("params") or {}
+    params = sweeper.get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     try:
         parsed = OverridesParser.create().parse_overrides(arguments)
