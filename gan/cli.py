@@ -19,6 +19,7 @@ import yaml
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -221,6 +222,31 @@ def previous_summary(out_dir: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return summary if isinstance(summary, dict) else {}
+
+
+class RunDirCheck(Callback):
+    """Before Hydra makes a single run's directory: a name it cannot resolve or make is one
+    paragraph and exit 2, not Hydra's error (registered in conf/config.yaml)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:…}
+        try:
+            run_dir = OmegaConf.select(config, "hydra.run.dir", throw_on_resolution_failure=True)
+            files.check_new_directory(Path(str(run_dir)), "hydra.run.dir")
+        except OmegaConfBaseException as err:
+            why = str(err).splitlines()[0]
+            self._refuse(
+                f"the run directory's name cannot be resolved ({why}); every value it is made "
+                "of (the seed, the init, the time) must resolve: fix the override, or give "
+                "hydra.run.dir=DIR"
+            )
+        except UserError as err:
+            self._refuse(str(err))
+
+    @staticmethod
+    def _refuse(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def cli() -> None:

@@ -166,3 +166,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def check_new_directory(path: Path, key: str) -> None:
+    """Raises a UserError unless ``path`` could be made as a directory here: each name within the
+    filesystem's limit, and its nearest existing ancestor a writable directory."""
+    path = Path(path).absolute()
+    limit = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    long = [part for part in path.parts if len(part.encode()) > limit]
+    if long:
+        raise UserError(
+            f"{key}={path}: the name {long[0][:40]}… is {len(long[0].encode())} bytes, longer than "
+            f"the {limit} a file name may have here; choose a shorter {key}"
+        )
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        what = "is not a directory" if not ancestor.is_dir() else "cannot be written"
+        raise UserError(f"{key}={path}: {ancestor} {what}; choose another {key}")

@@ -764,10 +764,18 @@ def test_networks_too_large_for_memory_are_refused_before_any_allocation(tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.2, 0.6, 1.0])
-def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
+@pytest.mark.parametrize(
+    "command,delay",
+    [
+        ([str(ROOT / "train.py")], 0.2),
+        ([str(ROOT / "train.py")], 0.6),
+        ([str(ROOT / "train.py")], 1.0),
+        (["-m", "gan"], 0.3),  # the gan-train entry point's module
+    ],
+)
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, command, delay):
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *QUICK, f"hydra.run.dir={tmp_path / 'run'}"]
+        [sys.executable, *command, *QUICK, f"hydra.run.dir={tmp_path / 'run'}"]
         + [f"data_dir={conftest.DATA_DIR}"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -779,3 +787,34 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.parametrize(
+    "override,says",
+    [
+        ("seed=${oc.env:GAN_NO_SUCH_VARIABLE}", "cannot be resolved"),
+        ("hydra.run.dir={tmp}/" + "x" * 300, "longer than"),
+        ("hydra.run.dir={tmp}/a_file/run", "is not a directory"),
+    ],
+    ids=["unresolvable-seed", "name-too-long", "under-a-file"],
+)
+def test_a_run_directory_hydra_cannot_name_or_make_is_one_paragraph(tmp_path, override, says):
+    (tmp_path / "a_file").write_text("")
+    before = set(ROOT.glob("outputs/*/*"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            override.replace("{tmp}", str(tmp_path)),
+            "logger.mode=disabled",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and says in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert set(ROOT.glob("outputs/*/*")) == before  # nothing made
