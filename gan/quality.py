@@ -299,8 +299,20 @@ class Evaluator:
 
     def score(self, images: torch.Tensor) -> dict[str, float]:
         """``eval/*`` metrics of ``images`` (N, C, H, W) in [-1, 1], on the classifier's device."""
-        features, probs = _features(self.classifier.model, images, self.batch)
-        histogram = torch.bincount(probs.argmax(1), minlength=self.classes).double() / len(images)
+        return self._scores(*_features(self.classifier.model, images, self.batch))
+
+    def score_members(self, images: torch.Tensor) -> list[dict[str, float]]:
+        """``score`` of each member's images (K, N, C, H, W) of a population: one classifier
+        pass over all of them (it scores each image on its own), then each member's metrics."""
+        k, n = images.shape[:2]
+        features, probs = _features(self.classifier.model, images.flatten(0, 1), self.batch)
+        return [
+            self._scores(features[i * n : (i + 1) * n], probs[i * n : (i + 1) * n])
+            for i in range(k)
+        ]
+
+    def _scores(self, features: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
+        histogram = torch.bincount(probs.argmax(1), minlength=self.classes).double() / len(probs)
         nonzero = histogram[histogram > 0]
         kcd, kcd_std = kernel_distance(features.cpu().numpy(), self.real_features)
         return {

@@ -149,3 +149,17 @@ def test_kcd_of_real_data_is_near_zero_and_logged_with_its_spread(digits):
     assert abs(real["eval/kcd"]) < 3 * real["eval/kcd_std"]  # 0 within its spread
     assert noise["eval/kcd"] > 20 * abs(real["eval/kcd"]) and noise["eval/kcd"] > 0
     assert real["eval/kcd_std"] > 0  # subsets differ even when the whole test split is scored
+
+
+def test_a_populations_members_are_scored_as_each_alone(digits):
+    # One classifier pass over every member's images (eval mode: each image on its own) gives
+    # each member the scores it gets alone, up to summation order (FCD is in float64).
+    _, evaluator, train = digits
+    noise = torch.rand(2, 300, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    images = torch.stack([train.images[:300], noise[0], noise[1] * 0.5])  # (3, 300, 1, 8, 8)
+    together = evaluator.score_members(images)
+    for member, scores in zip(images, together):
+        alone = evaluator.score(member)
+        assert scores.keys() == alone.keys()
+        for key, value in alone.items():
+            assert scores[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

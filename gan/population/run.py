@@ -153,8 +153,9 @@ class MemberEvents:
             [trainer.generate(noise[:, i : i + batch]) for i in range(0, noise.shape[1], batch)],
             dim=1,
         )  # (K, N, C, H, W)
-        for k in members:
-            self.events[k].record_scores(step, evaluations[k].evaluator.score(images[k]))
+        scores = evaluations[0].evaluator.score_members(images[members])  # one evaluator for all
+        for k, member_scores in zip(members, scores):
+            self.events[k].record_scores(step, member_scores)
 
     def checkpoint(self, step: int, members: list[int]) -> None:
         for k in members:
