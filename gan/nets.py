@@ -201,6 +201,14 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+def model_parameters(model: ModelConfig, image_shape: Sequence[int]) -> int:
+    """G's and D's parameters together, counted on the meta device: nothing is allocated, and
+    the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        g, d = build(model, image_shape)
+    return count_parameters(g) + count_parameters(d)
+
+
 @torch.no_grad()
 def generate(g: Generator, z: torch.Tensor) -> torch.Tensor:
     """Samples in eval mode (BatchNorm running statistics), restoring the previous mode."""

@@ -235,9 +235,7 @@ def check_model_memory(cfg: RunConfig) -> None:
     """Refuses networks whose weights, gradients and optimizer state alone exceed this machine's
     memory (``discriminator_widths=[100000,100000]``), counted on the meta device: nothing is
     allocated, and the RNG is left as it was."""
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        g, d = nets.build(cfg.model, data.image_shape(cfg.data.name))
-    count = sum(p.numel() for net in (g, d) for p in net.parameters())
+    count = nets.model_parameters(cfg.model, data.image_shape(cfg.data.name))
     need = count * 4 * 4  # float32 weights, gradients and Adam's two moments
     have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > have:

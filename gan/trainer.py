@@ -37,6 +37,26 @@ METRICS = (
     "D_G_z",  # mean D(G(z)) on fakes
 )
 METRIC_KEYS = tuple(f"train/{m}" for m in METRICS)
+LOSSES = [METRICS.index("loss_D"), METRICS.index("loss_G")]  # a non-finite one means divergence
+
+
+def window_means(rows: torch.Tensor) -> torch.Tensor:
+    """The mean of a logging window's rows (steps, …, METRICS), summed step by step: the
+    summation order of a running sum, whatever the window's length."""
+    total = rows[0].clone()
+    for row in rows[1:]:
+        total += row
+    return total / len(rows)
+
+
+def diverged_step(step: int, finite_losses: list[float], weights_ok: float) -> int | None:
+    """The first step of the window ending at ``step`` whose losses were not finite (the last
+    step if only the weights are not), or None if the window is healthy."""
+    if all(finite_losses) and weights_ok:
+        return None
+    n = len(finite_losses)
+    first_bad = finite_losses.index(0.0) if not all(finite_losses) else n - 1
+    return step - n + 1 + first_bad
 
 
 def _bce(logits: torch.Tensor, target: float, members: bool) -> torch.Tensor:
@@ -473,19 +493,14 @@ class GANTrainer:
         """Logs the window's means; a TrainResult when the run diverged."""
         # The window's only host sync: its means, which of its steps had finite losses, and
         # whether the weights are finite.
-        n = self.window_steps
-        rows = self.rows[:n]
-        finite_losses = torch.isfinite(rows[:, :2]).all(1)  # loss_D, loss_G: METRICS[:2]
-        total = rows[0].clone()
-        for row in rows[1:]:  # step by step, the summation order of a running sum
-            total += row
+        rows = self.rows[: self.window_steps]
+        finite_losses = torch.isfinite(rows[:, LOSSES]).all(1)
         synced = torch.cat(
-            (total / n, finite_losses.float(), self._weights_finite()[None].float())
+            (window_means(rows), finite_losses.float(), self._weights_finite()[None].float())
         ).tolist()
         values, finite, weights_ok = synced[: len(METRICS)], synced[len(METRICS) : -1], synced[-1]
-        if not all(finite) or not weights_ok:
-            first_bad = finite.index(0.0) if not all(finite) else n - 1
-            diverged_at = step - n + 1 + first_bad
+        diverged_at = diverged_step(step, finite, weights_ok)
+        if diverged_at is not None:
             sink.log(step, {"diverged": True, "diverged_step": diverged_at})
             seconds = time.perf_counter() - start
             return TrainResult("diverged", step, seconds, self.last, diverged_at)

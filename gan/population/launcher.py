@@ -10,6 +10,7 @@ another. Each job's return value is its own summary, as with any launcher.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from gan import nets, sweeps
+from gan import data, nets, sweeps
 from gan.errors import UserError
 from gan.population import enrollment
 from gan.population.run import PopulationPreempted, populations, run_population
@@ -134,10 +135,7 @@ class PopulationLauncher(Launcher):
 def member_bytes(cfg) -> int:
     """A member's planned memory: its tensors four times (weights, gradients, two optimizer
     moments), its solo copy, and activations of a few batches through the widest layer."""
-    from gan import data
-
-    g, d = nets.build(cfg.model, data.image_shape(cfg.data.name))
-    params = nets.count_parameters(g) + nets.count_parameters(d)
+    params = nets.model_parameters(cfg.model, data.image_shape(cfg.data.name))
     widest = max((*cfg.model.generator_widths, *cfg.model.discriminator_widths))
     activations = 8 * cfg.trainer.batch_size * widest * 64  # generous for the DCGAN's maps
     return 4 * (5 * params + activations)
@@ -146,6 +144,4 @@ def member_bytes(cfg) -> int:
 def free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    import os
-
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

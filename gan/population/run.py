@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -101,9 +102,9 @@ class PopulationPreempted(solo.Preempted):
         super().__init__(signum, step, "every member's run directory")
         self.signum, self.summaries = signum, summaries
         self.args = (
-            f"{self.args[0].split(';')[0]}; one member continues alone with "
-            "`python train.py resume=DIR`, all of them with the sweep's own command and its "
-            "hydra.sweep.dir",
+            f"{signal.Signals(signum).name} at step {step}: every member's checkpoint written; "
+            "one member continues alone with `python train.py resume=DIR`, all of them with the "
+            "sweep's own command and its hydra.sweep.dir",
         )
 
 

@@ -133,27 +133,15 @@ class Weighted(Stage):
         weight, bias = self.effective_weight(), self.get("bias")
         if isinstance(module, nn.Linear):  # (K, B, in) @ (K, in, out) + (K, 1, out)
             return Layout(torch.baddbmm(bias.unsqueeze(1), x.tensor, weight), "flat", k)
+        # One group per member: weight (K·out, in, kh, kw), or (K·in, out, kh, kw) transposed.
+        conv = dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
         if isinstance(module, nn.Conv2d):
-            out = F.conv2d(
-                x.chan(),
-                weight.flatten(0, 1),  # (K·out, in, kh, kw)
-                bias.flatten(),
-                module.stride,
-                module.padding,
-                module.dilation,
-                groups=k,
+            out = F.conv2d(x.chan(), weight.flatten(0, 1), bias.flatten(), groups=k, **conv)
+        else:
+            conv["output_padding"] = module.output_padding
+            out = F.conv_transpose2d(
+                x.chan(), weight.flatten(0, 1), bias.flatten(), groups=k, **conv
             )
-            return Layout(out, "chan", k)
-        out = F.conv_transpose2d(
-            x.chan(),
-            weight.flatten(0, 1),  # (K·in, out, kh, kw)
-            bias.flatten(),
-            module.stride,
-            module.padding,
-            module.output_padding,
-            groups=k,
-            dilation=module.dilation,
-        )
         return Layout(out, "chan", k)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from gan.diagnostics import LayerDiagnostics
 from gan.population.stacked import StackedNet
 from gan.trainer import (
+    LOSSES,
     METRIC_KEYS,
     METRICS,
     GANTrainer,
@@ -28,8 +29,10 @@ from gan.trainer import (
     Sink,
     TrainResult,
     discriminator_loss,
+    diverged_step,
     generator_loss,
     step_metrics,
+    window_means,
 )
 
 
@@ -39,9 +42,6 @@ class PopulationEvents(Protocol):
     def evaluate(self, step: int, trainer: PopulationTrainer, members: list[int]) -> None: ...
     def checkpoint(self, step: int, members: list[int]) -> None: ...
     def should_stop(self) -> bool: ...
-
-
-LOSSES = [METRICS.index("loss_D"), METRICS.index("loss_G")]  # divergence reads these by name
 
 
 class StackedOptimizer:
@@ -71,9 +71,7 @@ class StackedOptimizer:
                 # contiguous: a fused optimizer walks state and parameter in one memory order
                 key: _solo_layout(value[k], transposed).clone(memory_format=torch.contiguous_format)
                 if self._per_member(value, stacked)
-                else value.clone()
-                if isinstance(value, torch.Tensor)
-                else value
+                else _copy(value)
                 for key, value in state.items()
             }
 
@@ -87,9 +85,7 @@ class StackedOptimizer:
             self.opt.state[stacked] = {
                 key: _stack([s[key] for s in states], transposed)
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape == ps[0].shape
-                else value.clone()
-                if isinstance(value, torch.Tensor)
-                else value
+                else _copy(value)
                 for key, value in states[0].items()
             }
 
@@ -120,6 +116,11 @@ class StackedOptimizer:
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
+
+
+def _copy(value):
+    """A shared optimizer value (the step count, a hyperparameter) for another optimizer."""
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def _solo_layout(t: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -298,24 +299,22 @@ class PopulationTrainer:
 
     def _close_window(self, step: int, sinks: Sequence[Sink], results: list, start: float) -> None:
         """Logs each active member's window means; records and freezes the ones that diverged."""
-        n = self.window_steps
-        rows = self.rows[:n]  # (n, K, METRICS)
-        total = rows[0].clone()
-        for row in rows[1:]:  # step by step, the summation order of the solo loop's running sum
-            total += row
+        rows = self.rows[: self.window_steps]  # (n, K, METRICS)
         finite = torch.isfinite(rows[:, :, LOSSES]).all(2)  # (n, K)
         synced = torch.cat(
-            (total / n, finite.T.float(), self._weights_finite()[:, None].float()), dim=1
+            (window_means(rows), finite.T.float(), self._weights_finite()[:, None].float()), dim=1
         ).tolist()  # the window's one host sync: (K, METRICS + n + 1)
         for k in self._active_members():
-            values, ok, weights_ok = synced[k][: len(METRICS)], synced[k][len(METRICS) : -1], 1
-            weights_ok = synced[k][-1]
-            if all(ok) and weights_ok:
+            values, ok, weights_ok = (
+                synced[k][: len(METRICS)],
+                synced[k][len(METRICS) : -1],
+                synced[k][-1],
+            )
+            diverged_at = diverged_step(step, ok, weights_ok)
+            if diverged_at is None:
                 self.solos[k].last = dict(zip(METRIC_KEYS, values))
                 sinks[k].log(step, self.solos[k].last)
                 continue
-            first_bad = ok.index(0.0) if not all(ok) else n - 1
-            diverged_at = step - n + 1 + first_bad
             sinks[k].log(step, {"diverged": True, "diverged_step": diverged_at})
             elapsed = time.perf_counter() - start
             results[k] = TrainResult("diverged", step, elapsed, self.solos[k].last, diverged_at)
