@@ -217,15 +217,7 @@ def test_a_sweep_job_resumes_with_the_command_it_prints(tmp_path):
         and json.loads((job / "summary.json").read_text())["status"] == "preempted"
     ), proc.stderr[-3000:]
     command = re.search(r"continue with `(python train\.py [^`]+)`", proc.stderr)[1]
-    again = subprocess.run(
-        f"{shlex.quote(sys.executable)} {command[len('python ') :]} data_dir={conftest.DATA_DIR}",
-        shell=True,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
+    again = run_printed(f"{command} data_dir={conftest.DATA_DIR}", timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((job / "summary.json").read_text())["status"] == "finished"
 
@@ -345,21 +337,26 @@ def assert_stopped_cleanly(proc, out: str, err: str, sweep: Path, code: int, wor
     wait_for(lambda: not alive(workers), timeout=30)
 
 
-def rerun_completes_the_rest(sweep: Path, err: str) -> None:
-    """The printed command finishes exactly the jobs that did not finish, and keeps the rest."""
-    command = re.search(r"To complete exactly those: (python train\.py .*)", err)[1]
-    kept = {p: p.read_bytes() for p in sweep.glob("*/summary.json") if "finished" in p.read_text()}
-    resumable = [d for d in sweep.glob("*/checkpoint.pt") if d.parent / "summary.json" not in kept]
-    again = subprocess.run(
+def run_printed(command: str, *, timeout: float, env=None) -> subprocess.CompletedProcess:
+    """A `python train.py …` command as a run printed it, through the shell, with this Python."""
+    return subprocess.run(
         f"{shlex.quote(sys.executable)} {command[len('python ') :]}",
         shell=True,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "WANDB_MODE": "disabled"},
+        env=env,
     )
+
+
+def rerun_completes_the_rest(sweep: Path, err: str) -> None:
+    """The printed command finishes exactly the jobs that did not finish, and keeps the rest."""
+    command = re.search(r"To complete exactly those: (python train\.py .*)", err)[1]
+    kept = {p: p.read_bytes() for p in sweep.glob("*/summary.json") if "finished" in p.read_text()}
+    resumable = [d for d in sweep.glob("*/checkpoint.pt") if d.parent / "summary.json" not in kept]
+    again = run_printed(command, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
     assert again.returncode == 0, again.stderr[-3000:]
     assert job_statuses(sweep) == dict.fromkeys("0123", "finished")
     assert all(p.read_bytes() == content for p, content in kept.items())
