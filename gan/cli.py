@@ -28,7 +28,8 @@ from gan import checkpoint, files, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
-from gan.run import Interrupted, Preempted, run
+from gan.run import run
+from gan.signals import Interrupted, Preempted
 
 log = logging.getLogger("train")
 

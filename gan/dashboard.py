@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from gan.config import CONF_DIR
 from gan.errors import UserError, exits_on_user_error
-from gan.report import TRAINING_CURVES
+from gan.report.columns import TRAINING_CURVES
 from gan.tracking import has_wandb_credentials
 
 TRAINING = TRAINING_CURVES  # the same panels as the report's training curves

@@ -6,14 +6,10 @@ directory. A run started with ``cfg.resume`` continues the checkpoint in ``cfg.o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +21,8 @@ from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import InitRecord, format_table, initialize
 from gan.population import enrollment
+from gan.resume import check_resumable, check_threads
+from gan.signals import Interrupted, Preempted, stop_on_signals
 from gan.trainer import (
     GANTrainer,
     Schedule,
@@ -38,55 +36,6 @@ from gan.trainer import (
 )
 
 log = logging.getLogger(__name__)
-
-# What a resumed run may change: its length, periods, threads, logging, paths. Anything else
-# (seed, model, init, dataset, lr, batch size, precision…) would not continue the same run.
-# trainer.threads and trainer.precision may change as settings only: what they resolve to
-# (torch's thread count on the CPU, the precision) must stay, as both change the numbers.
-RESUME_MAY_CHANGE = (
-    "trainer.steps",
-    "trainer.sample_every",
-    "trainer.diag_every",
-    "trainer.eval_every",
-    "trainer.ckpt_every",
-    "trainer.threads",
-    "trainer.device",
-    "trainer.precision",  # as a setting (auto may stay auto); the resolved one must not change
-    "eval.batch_size",
-    "data_dir",
-    "logger.",
-)
-
-
-class Preempted(Exception):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
-
-    def __init__(self, signum: int, step: int, run_dir: str):
-        super().__init__(
-            f"{signal.Signals(signum).name} at step {step}: checkpoint written in {run_dir}; "
-            f"continue with `{checkpoint.resume_command(run_dir)}`"
-        )
-        self.exit_code = 128 + signum
-
-
-class Interrupted(BaseException):
-    """A second SIGINT/SIGTERM: stop at once, without the checkpoint the first one asks for.
-    A BaseException, like KeyboardInterrupt, so that no handler of errors swallows it."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"{signal.Signals(signum).name} again: stopped at once")
-        self.exit_code = 128 + signum
-
-    def explain(self, step: int, saved_step: int | None, run_dir) -> None:
-        """Says where the run stopped and what can continue it."""
-        if saved_step is None:
-            then = "no checkpoint was written yet: run the same command again"
-        else:
-            then = (
-                f"the checkpoint of step {saved_step} continues with "
-                f"`{checkpoint.resume_command(run_dir)}`"
-            )
-        self.args = (f"{self.args[0]} at step {step}; {then}",)
 
 
 def run(
@@ -162,75 +111,6 @@ def prepare(cfg: RunConfig) -> Environment:
     return Environment(device, precision, threads, mode, why, resumed)
 
 
-RESUMED_KEYS = ("trainer", "rng", "config", "metrics_offset", "wandb_id", "best")
-
-
-def check_resumable(
-    cfg: RunConfig, resumed: dict[str, Any], device: torch.device, precision: str
-) -> None:
-    """Refuses to continue a checkpoint as a different experiment, device or length, or over a
-    metrics.jsonl that lost lines."""
-    missing = [k for k in RESUMED_KEYS if k not in resumed]
-    if missing or not isinstance(resumed["trainer"], dict):
-        raise UserError(
-            f"resume={cfg.out_dir}: its {checkpoint.CHECKPOINT_FILE} lacks "
-            f"{', '.join(missing) or 'the trainer state'}; it is not a checkpoint of a run of "
-            "train.py, and was left untouched. Resume another run, or start a new one"
-        )
-    trained_on = resumed["trainer"]["device"]
-    if trained_on != device.type:  # random generator states differ by device
-        raise UserError(
-            f"resume={cfg.out_dir}: the run trained on {trained_on}, this machine would use "
-            f"{device.type}; resume it with trainer.device={trained_on}"
-        )
-    trained_in = resumed.get("precision", "fp32")  # older checkpoints: fp32, the old default
-    if trained_in != precision:
-        raise UserError(
-            f"resume={cfg.out_dir}: the run trained in {trained_in}, and trainer.precision="
-            f"{cfg.trainer.precision} resolves to {precision} here; resume it with "
-            f"trainer.precision={trained_in}"
-        )
-    changed = changed_settings(resumed["config"], cfg.resolved)
-    if changed:
-        raise UserError(
-            f"resume={cfg.out_dir}: this run's {', '.join(changed)} differ(s) from the "
-            "checkpoint's; a resumed run must continue the same experiment (only "
-            f"{', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)} may change). Drop those "
-            "overrides, or start a new run"
-        )
-    step = resumed["trainer"]["step"]
-    if step >= cfg.trainer.steps and _final_status(cfg.out_dir):
-        raise UserError(
-            f"resume={cfg.out_dir}: the checkpoint is at step {step}, trainer.steps="
-            f"{cfg.trainer.steps}; raise trainer.steps to train further"
-        )
-    metrics = cfg.out_dir / tracking.METRICS_FILE
-    size = metrics.stat().st_size if metrics.is_file() else None
-    if size is None or size < resumed["metrics_offset"]:
-        what = "is missing" if size is None else f"has {size:,} bytes"
-        raise UserError(
-            f"resume={cfg.out_dir}: {tracking.METRICS_FILE} {what}, but the checkpoint was taken "
-            f"after {resumed['metrics_offset']:,}; the run's record was lost or cut, and resuming "
-            "would leave a hole in it. Restore the file, or start a new run"
-        )
-    check_metrics_lines(cfg, metrics, resumed["metrics_offset"])
-
-
-def check_threads(
-    cfg: RunConfig, resumed: dict[str, Any], device: torch.device, threads: int
-) -> None:
-    """Refuses to continue a CPU run at another thread count: torch splits its sums by thread,
-    so the same seed gives other numbers, and the run would no longer be the one it was."""
-    trained_with = resumed.get("threads")  # None: a checkpoint of an older version
-    if device.type != "cpu" or trained_with is None or trained_with == threads:
-        return
-    raise UserError(
-        f"resume={cfg.out_dir}: the run trained with {trained_with} CPU thread(s), and "
-        f"trainer.threads={cfg.trainer.threads} gives {threads} here; the thread count is part "
-        f"of a CPU run's numbers: resume it with trainer.threads={trained_with}"
-    )
-
-
 def check_model_memory(cfg: RunConfig) -> None:
     """Refuses networks whose weights, gradients and optimizer state alone exceed this machine's
     memory (``discriminator_widths=[100000,100000]``), counted on the meta device: nothing is
@@ -258,56 +138,6 @@ def check_run_dir(out_dir) -> None:
                 f"where the run writes its {name}; move it away, or give the run another "
                 "directory (hydra.run.dir=...)"
             )
-
-
-def check_metrics_lines(cfg: RunConfig, metrics, offset: int) -> None:
-    """Refuses a resume over a metrics.jsonl whose lines before the checkpoint's offset are not
-    JSON objects: the run's outcome is read from them at its end."""
-    with open(metrics, "rb") as f:
-        head = f.read(offset)
-    for number, line in enumerate(head.splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            raise UserError(
-                f"resume={cfg.out_dir}: {tracking.METRICS_FILE} line {number} is not a JSON "
-                "object; the run's record before its checkpoint is damaged, and its outcome is "
-                "read from it. Restore the file, or start a new run"
-            )
-
-
-def _final_status(run_dir) -> str | None:
-    """The status summary.json ends with, if it does: a run killed after its last checkpoint but
-    before its summary is not final, and resuming it writes the summary."""
-    try:
-        status = json.loads((run_dir / tracking.SUMMARY_FILE).read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-    return status if status in ("finished", "diverged") else None
-
-
-def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Dotted keys whose value differs, outside RESUME_MAY_CHANGE; a changed seed, model, init or
-    dataset is named by its group. Keys a checkpoint of an older version lacks are not compared."""
-    old, new = _flatten(saved), _flatten(now)
-    changed: dict[str, None] = {}
-    for key in old.keys() & new.keys():
-        if old[key] == new[key] or key.startswith(RESUME_MAY_CHANGE):
-            continue
-        group = key.split(".", 1)[0]
-        changed[group if group in ("seed", "model", "init", "dataset") else key] = None
-    return list(changed)
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}"))
-    return flat
 
 
 # --------------------------------------------------------------------------------------------
@@ -776,42 +606,3 @@ def log_result(cfg: RunConfig, summary: dict[str, Any], result: TrainResult) -> 
             f"best FCD {summary['eval/fcd_best']:.2f} at step {summary['eval/fcd_best_step']}"
         )
     log.info("%s", " | ".join([*parts, str(cfg.out_dir)]))
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[dict[str, int | None]]:
-    """While open, SIGINT/SIGTERM ask the loop to stop (checkpoint, then exit) instead of killing
-    it; a second signal interrupts at once. Only in the main thread (parallel launchers' workers
-    skip)."""
-    asked: dict[str, int | None] = {"signal": None}
-    _open_requests.append(asked)
-    try:
-        if threading.current_thread() is not threading.main_thread():
-            yield asked
-            return
-
-        def handler(signum, frame):
-            if asked["signal"] is not None:
-                raise Interrupted(signum)
-            asked["signal"] = signum
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield asked
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-    finally:
-        _open_requests.remove(asked)
-
-
-_open_requests: list[dict[str, int | None]] = []  # the runs in progress, for request_stop
-
-
-def request_stop(signum: int) -> bool:
-    """Asks the run in progress to stop as a first ``signum`` would (checkpoint, then stop), from
-    any thread (a sweep's watchdog); False if no run is in progress."""
-    for asked in list(_open_requests):
-        if asked["signal"] is None:
-            asked["signal"] = signum
-    return bool(_open_requests)

@@ -124,14 +124,14 @@ def watch_sweep(sweep_dir: Path) -> None:
 
 
 def _watching(sweep_dir: Path) -> None:
-    from gan import run
+    from gan import signals  # imports checkpoint, and with it torch: only once a job runs
 
     while True:
         time.sleep(POLL_SECONDS)
         gone = orphaned()
         if not (gone or (sweep_dir / STOP_FILE).exists()):
             continue
-        if run.request_stop(signal.SIGTERM) or _watch["in_job"]:
+        if signals.request_stop(signal.SIGTERM) or _watch["in_job"]:
             continue  # the job checkpoints and ends: this worker exits after it if orphaned
         if gone:
             os._exit(128 + signal.SIGTERM)

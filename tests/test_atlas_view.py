@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 from test_report import make_run, with_config
 
-from gan import atlas, report, report_figures
+from gan import report
+from gan.report import atlas, figures
 
 # setting → arm → (first-evaluation FCDs, final FCDs, outcomes), one entry per seed
 SWEEP = {
@@ -89,7 +90,7 @@ def test_the_forest_plot_draws_one_line_per_row_and_a_line_at_zero(sweep, tmp_pa
     runs, _ = report.load_runs([sweep])
     settings = {label: report.arms_of(group) for label, group in report.by_setting(runs).items()}
     rows = atlas.atlas_rows(settings)
-    fig = report_figures.plot_forest(rows, tmp_path / "atlas.png")
+    fig = figures.plot_forest(rows, tmp_path / "atlas.png")
     final, first = fig.axes
     labels = [t.get_text() for t in final.get_yticklabels()]
     assert labels == ["mlp: he_xavier − default", "mlp_g_none: he_xavier − default"]

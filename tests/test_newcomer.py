@@ -20,8 +20,9 @@ from test_report import make_run
 import conftest
 import train
 from conftest import ROOT, run_config
-from gan import config, data, probe, report, report_figures
+from gan import config, data, probe, report
 from gan.errors import UserError
+from gan.report import columns, comparisons, figures
 from gan.run import run
 
 QUICK = [
@@ -197,15 +198,15 @@ def test_intervals_are_clipped_to_what_each_metric_can_take(two_seeds):
     # 8.00 ± 25.41 would claim up to 33 of 10 classes; an accuracy of 0.945 ± 0.572 above 1.
     assert "8.00 [0.00, 10.00]" in text
     assert "0.945 [0.373, 1.000]" in text
-    comparisons = report.pairwise(
+    (tested,) = comparisons.pairwise(
         report.arms_of(runs), [("default", "he_xavier")], ["eval/classes_covered"]
     )
-    assert comparisons[0].tests["ci_low"] >= -10 and comparisons[0].tests["ci_high"] <= 10
+    assert tested.tests["ci_low"] >= -10 and tested.tests["ci_high"] <= 10
 
 
 def test_curve_bands_stay_in_range_and_every_axis_says_what_it_shows(two_seeds, tmp_path):
     arms = report.arms_of(report.load_runs([two_seeds])[0])
-    fig = report_figures.plot_curves(arms, report.CURVES, tmp_path / "curves.png")
+    fig = figures.plot_curves(arms, columns.CURVES, tmp_path / "curves.png")
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
     for key, ax in panels.items():
         assert ax.get_ylabel(), key
@@ -213,12 +214,12 @@ def test_curve_bands_stay_in_range_and_every_axis_says_what_it_shows(two_seeds, 
     edges = np.concatenate([p.get_paths()[0].vertices[:, 1] for p in acc.collections])
     assert edges.max() <= 1.0 and edges.min() >= 0.0
     mean, half = np.array([20.0, 1.0]), np.array([5.0, 4.0])
-    low, high = report_figures.band_limits(mean, half, "eval/fcd")
+    low, high = figures.band_limits(mean, half, "eval/fcd")
     assert list(low) == [15.0, 0.0] and list(high) == [25.0, 5.0]
 
 
 def test_each_metric_has_its_range():
-    from gan.stats import clip_difference, clip_interval
+    from gan.report.stats import clip_difference, clip_interval
 
     assert clip_interval(-3.0, 12.0, "eval/classes_covered") == (0.0, 10.0)
     assert clip_interval(-0.1, 0.4, "eval/kcd") == (-0.1, 0.4)  # unbiased: may be below 0

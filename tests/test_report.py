@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from gan import report
+from gan.report import grouping
+from gan.report import stats as report_stats
 
 
 def make_run(
@@ -65,9 +67,9 @@ def ablation(tmp_path):
 
 
 def test_mean_ci_and_tests_match_hand_computed_values():
-    mean, half, n = report.mean_ci([10, 11, 12])
+    mean, half, n = report_stats.mean_ci([10, 11, 12])
     assert (mean, n) == (11, 3) and half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
-    c = report.compare([10, 11, 12], [20, 21, 22])
+    c = report_stats.compare([10, 11, 12], [20, 21, 22])
     assert c["t"] == pytest.approx(-10 / math.sqrt(2 / 3))  # Welch t = -12.247
     assert c["p_welch"] == pytest.approx(2.55e-4, rel=0.01)  # df = 4
     assert c["p_mannwhitney"] == pytest.approx(0.1)  # exact: 2 of 20 orderings as extreme
@@ -157,7 +159,7 @@ def test_runs_started_with_a_named_setting_are_labelled_by_it(tmp_path):
     runs, _ = report.load_runs([tmp_path])
     settings = report.by_setting(runs)
     assert {k: len(v) for k, v in settings.items()} == {"mlp": 2, "mlp_g_none": 2}
-    assert report.differences([tuple(g[0].setting.items()) for g in settings.values()]) == [
+    assert grouping.differences([tuple(g[0].setting.items()) for g in settings.values()]) == [
         "model.g_norm=batch",
         "model.g_norm=none",
     ]
@@ -168,25 +170,25 @@ def test_runs_started_with_a_named_setting_are_labelled_by_it(tmp_path):
 
 def test_holm_matches_hand_computed_values():
     # sorted 0.005, 0.01, 0.03, 0.04 → × 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 → monotone: 0.06
-    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    adjusted = report.holm([0.5, math.nan, 0.01])  # an untested row is not part of the family
+    assert report_stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = report_stats.holm([0.5, math.nan, 0.01])  # an untested row is not part of the family
     assert adjusted[0] == pytest.approx(0.5) and math.isnan(adjusted[1])
     assert adjusted[2] == pytest.approx(0.02)
-    assert report.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert report_stats.holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
 
 
 def test_bootstrap_interval_is_seeded_and_agrees_with_t_for_many_seeds():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 200)
-    first = report.bootstrap_ci(a, b)
-    assert first == report.bootstrap_ci(a, b)  # deterministic: the report does not change
+    first = report_stats.bootstrap_ci(a, b)
+    assert first == report_stats.bootstrap_ci(a, b)  # deterministic: the report does not change
     low, high = first
     assert low < a.mean() - b.mean() < high
-    t = report.compare(a, b)
+    t = report_stats.compare(a, b)
     assert low == pytest.approx(t["ci_low"], abs=0.03) and high == pytest.approx(
         t["ci_high"], abs=0.03
     )
-    assert report.bootstrap_ci([3.0, 3.0], [1.0, 1.0]) == (2.0, 2.0)  # no spread: the point
+    assert report_stats.bootstrap_ci([3.0, 3.0], [1.0, 1.0]) == (2.0, 2.0)  # no spread: the point
 
 
 def test_welch_interval_matches_scipy():
@@ -194,7 +196,7 @@ def test_welch_interval_matches_scipy():
 
     a, b = [10.0, 11.5, 12.0, 9.0], [20.0, 21.0, 25.0]
     expected = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    c = report.compare(a, b)
+    c = report_stats.compare(a, b)
     assert (c["ci_low"], c["ci_high"]) == pytest.approx((expected.low, expected.high))
 
 
@@ -228,7 +230,7 @@ def test_pairwise_p_values_are_holm_adjusted_over_the_whole_table(three_arms):
     tested = [r.split(" | ") for r in rows if r.count("[") == 2]  # rows with both intervals
     assert len(tested) == 3 * 4  # 3 pairs × (fcd, kcd, class_kl, acc_D); the rest: no spread
     raw = [float(cells[5]) for cells in tested]
-    assert [float(cells[6]) for cells in tested] == pytest.approx(report.holm(raw), rel=1e-2)
+    assert [float(cells[6]) for cells in tested] == pytest.approx(report_stats.holm(raw), rel=1e-2)
     assert "over all 12 tests below" in text
     assert "| a | b | -9.333 | [" in text  # mean difference, then the t and bootstrap intervals
     # Verdicts on both quality metrics, judged on Holm's p.

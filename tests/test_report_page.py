@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from test_report import make_run
 
 import conftest
-from gan import report, report_figures, report_html, sweeps
+from gan import report, sweeps
+from gan.report import columns, figures, html_page, page
 
 
 def add_samples(run_dir, steps, shade):
@@ -59,19 +60,19 @@ def sweep(tmp_path):
 
 def test_samples_show_each_arms_median_fcd_seed(sweep):
     arms = report.arms_of(report.load_runs([sweep])[0])
-    default, zeros = report.sample_picks(arms)
+    default, zeros = page.sample_picks(arms)
     assert default.image == sweep / "default-2" / "samples" / "step_0000200.png"  # FCD 20: median
     assert "seed 2: median final FCD 20.00, step 200" in default.title
     assert zeros.image == sweep / "zeros-0" / "samples" / "step_0000200.png"  # no FCD: first seed
     assert "(no FCD)" in zeros.title
-    fig = report_figures.plot_samples([default, zeros], sweep / "samples.png")
+    fig = figures.plot_samples([default, zeros], sweep / "samples.png")
     shown = [ax.images[0].get_array() for ax in fig.axes if ax.images]
     assert len(shown) == 2 and shown[0][0, 0, 0] == pytest.approx(0.3, abs=0.01)  # seed 2's grid
 
 
 def test_diagnostics_by_arm_at_step_0_and_the_last_step(sweep, tmp_path):
     arms = report.arms_of(report.load_runs([sweep])[0])
-    fig = report_figures.plot_diagnostics(arms, tmp_path / "diagnostics.png")
+    fig = figures.plot_diagnostics(arms, tmp_path / "diagnostics.png")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:5] == [
         "generator: activation std",
@@ -115,7 +116,7 @@ def test_the_page_says_when_only_the_init_or_nothing_was_recorded(tmp_path):
 
 def test_curves_show_single_evaluations_and_each_seed_and_leave_no_blank_slot(sweep, tmp_path):
     arms = report.arms_of(report.load_runs([sweep])[0])
-    fig = report_figures.plot_curves(arms, report.CURVES, tmp_path / "curves.png")
+    fig = figures.plot_curves(arms, columns.CURVES, tmp_path / "curves.png")
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
     assert list(panels) == [
         "train/loss_D",
@@ -157,7 +158,7 @@ def test_html_rendering_of_the_markdown_it_writes(tmp_path):
     md = "# Title\n## Sub\n\ntext with **bold** & `code`\nwrapped\n\n- one\n- two\n"
     md += "\n![fig](fig.png)\n"
     md += "\n| a | b |\n|---|---|\n| 1 < 2 | x |\n\n![gone](missing.png)\n"
-    page = report_html.render(md, tmp_path, "T")
+    page = html_page.render(md, tmp_path, "T")
     assert "<h1>Title</h1>" in page and "<h2>Sub</h2>" in page
     assert "<p>text with <strong>bold</strong> &amp; <code>code</code> wrapped</p>" in page
     assert "<ul><li>one</li><li>two</li></ul>" in page
@@ -216,7 +217,7 @@ def test_a_failing_report_does_not_fail_the_sweep(sweep, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(report, "write_report", broken)
+    monkeypatch.setattr(page, "write_report", broken)
     line = sweeps.write_sweep_report(sweep)
     assert line.startswith("report: failed (RuntimeError: a bug); `python -m gan.report")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gan import files, tracking
+from gan import files, signals, tracking
 from gan import run as solo
 from gan.console import progress_bar
 from gan.population.enrollment import Enrolled
@@ -69,7 +69,7 @@ class Member:
 def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> list[dict[str, Any]]:
     """Trains the enrolled jobs (one population) together; returns their summaries in order."""
     members = [Member(e.cfg, e.env) for e in enrolled]
-    with solo.stop_on_signals() as asked, ExitStack() as claims:
+    with signals.stop_on_signals() as asked, ExitStack() as claims:
         for e in enrolled:
             claims.enter_context(files.claimed(e.cfg.out_dir))
             files.remove_partials(e.cfg.out_dir)
@@ -95,7 +95,7 @@ def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> li
     return [m.summary for m in members]
 
 
-class PopulationPreempted(solo.Preempted):
+class PopulationPreempted(signals.Preempted):
     """Every member stopped on SIGINT/SIGTERM after writing its checkpoint."""
 
     def __init__(self, signum: int, step: int, summaries: list[dict[str, Any]]):
@@ -212,7 +212,7 @@ def _record_failure(members: list[Member], trainer, err: BaseException) -> None:
     """Every member's summary says what happened: preempted at its last checkpoint when
     stopped at once, else failed at the step reached."""
     for m in members:
-        if isinstance(err, (solo.Interrupted, KeyboardInterrupt)):
+        if isinstance(err, (signals.Interrupted, KeyboardInterrupt)):
             m.summary.update(status="preempted", steps=m.saved["step"] or 0)
         else:
             step = trainer.step if trainer else m.trainer.step

@@ -1,8 +1,8 @@
 """The ablation report's figures: curves per arm, samples side by side, per-layer diagnostics.
 
-Every function takes the report's runs grouped by arm (``gan.report.arms_of``) and writes one PNG;
-arm ``i`` is drawn in colour ``C{i}`` in every figure. The figures are returned (closed) so tests
-can check what was drawn.
+Every function takes the report's runs grouped by arm (``gan.report.grouping.arms_of``) and
+writes one PNG; arm ``i`` is drawn in colour ``C{i}`` in every figure. The figures are returned
+(closed) so tests can check what was drawn.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gan.figures import pyplot
-from gan.stats import t_half_width, value_range
+from gan.report.stats import t_half_width, value_range
 
 if TYPE_CHECKING:
-    from gan.atlas import AtlasRow
-    from gan.report import Run
+    from gan.report.effects import AtlasRow
+    from gan.report.runs import Run
 
 SEED_LINES_UP_TO = 5  # arms with at most this many runs also show each seed as a thin line
 MARKERS_UP_TO = 20  # curves with at most this many points get markers (one evaluation shows)

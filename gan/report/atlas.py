@@ -14,59 +14,22 @@ import csv
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gan import report_figures
 from gan.outcome import OUTCOMES
-from gan.stats import compare, holm
+from gan.report import figures
+from gan.report.columns import ALPHA, PRIMARY
+from gan.report.effects import AtlasRow, Effect, effect
+from gan.report.stats import holm
 
 if TYPE_CHECKING:
-    from gan.report import Run
+    from gan.report.runs import Run
 
 CONTROL = "default"  # PyTorch's own init: what every other arm is measured against
-PRIMARY = "eval/fcd"
-ALPHA = 0.05
-
-
-@dataclass
-class Effect:
-    """Mean(arm) − mean(control) of one value over finished runs, with Welch's test."""
-
-    diff: float
-    low: float
-    high: float
-    p: float
-    g: float
-    n: tuple[int, int]
-    holm: float = math.nan  # p adjusted over every test of the atlas table
-
-    @property
-    def significant(self) -> bool:
-        return self.holm < ALPHA
-
-
-@dataclass
-class AtlasRow:
-    setting: str
-    arm: str
-    control: str
-    final: Effect | None  # None: fewer than 2 finished runs with FCD in an arm
-    first: Effect | None
-    first_step: int | None  # the step of the first evaluation
-    outcomes: dict[str, Counter] = field(default_factory=dict)  # arm and control → counts
-
-
-def effect(values: Sequence[float], control: Sequence[float]) -> Effect | None:
-    if len(values) < 2 or len(control) < 2:
-        return None
-    t = compare(values, control)
-    diff = float(np.mean(values) - np.mean(control))
-    n = (len(values), len(control))
-    return Effect(diff, t["ci_low"], t["ci_high"], t["p_welch"], t["hedges_g"], n)
 
 
 def _finished(runs: Sequence[Run]) -> list[Run]:
@@ -219,7 +182,7 @@ def write_atlas(
     """Writes atlas.png and atlas.csv into ``out``; returns the atlas page's Markdown lines."""
     rows = atlas_rows(settings)
     single = {setting: arms for setting, arms in settings.items() if len(arms) == 1}
-    report_figures.plot_forest(rows, out / "atlas.png")
+    figures.plot_forest(rows, out / "atlas.png")
     write_atlas_csv(rows, out / "atlas.csv")
     family = sum(e is not None and not math.isnan(e.p) for r in rows for e in (r.final, r.first))
     n_runs = sum(i.runs for i in info.values())

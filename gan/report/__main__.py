@@ -1,0 +1,7 @@
+"""`python -m gan.report`: see ``gan.report.cli``."""
+
+import sys
+
+from gan.report.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""`python -m gan.report <multirun dir> [...]`: an ablation's statistics from its files alone.
+
+The command line of ``gan.report`` (installed as ``gan-report``); the package's docstring says
+what it writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gan import console
+from gan.errors import UserError, exits_on_user_error
+from gan.report.page import write_reports
+from gan.report.runs import load_runs
+
+OUTPUTS = (
+    "report.md",
+    "report.html",
+    "curves.png",
+    "samples.png",
+    "diagnostics.png",
+    "summary.csv",
+    "atlas.png",
+    "atlas.csv",
+)
+
+
+@exits_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    installed = Path(sys.argv[0]).name == "gan-report"  # the entry point of an installed package
+    parser = argparse.ArgumentParser(
+        prog="gan-report" if installed else "python -m gan.report",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, help="multirun (or run) directories")
+    parser.add_argument("--out", type=Path, help="output directory (default: <first input>/report)")
+    parser.add_argument(
+        "--fcd-threshold",
+        type=float,
+        default=None,
+        help="report the steps each run needs to reach eval/fcd ≤ this value",
+    )
+    args = parser.parse_args(argv)
+    console.setup()
+    runs, incomplete = load_runs(args.inputs)
+    out = args.out or args.inputs[0] / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        text = write_reports(runs, incomplete, out, args.fcd_threshold)
+    except OSError as err:
+        raise UserError(
+            f"--out {out}: the report cannot be written there ({err.strerror or err}); give a "
+            "writable directory"
+        ) from None
+    print(text)
+    written = [str(out / name) for name in OUTPUTS if (out / name).is_file()]
+    print("wrote " + ", ".join(written))
+    return 0

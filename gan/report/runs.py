@@ -1,0 +1,231 @@
+"""Reading run directories: a run's summary, its metrics as curves, and its setting."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gan.config import setting_name
+from gan.errors import UserError
+from gan.report.columns import CURVES, FINALS, MORE_FINALS
+from gan.tracking import METRICS_FILE, SUMMARY_FILE
+
+log = logging.getLogger(__name__)
+
+# Series read from metrics.jsonl: these prefixes, as numbers. Keys the report relies on must be
+# numbers (a string there makes the line invalid); other strings (eval/classifier) are labels.
+SERIES_PREFIXES = ("train/", "eval/", "diag/")
+NUMERIC = frozenset(CURVES + FINALS + MORE_FINALS)
+NON_FINITE = ("NaN", "Infinity", "-Infinity")  # how the runs write non-finite numbers
+
+
+@dataclass
+class Run:
+    path: Path
+    arm: str
+    seed: int
+    model: str
+    dataset: str
+    status: str
+    # key → (steps, values)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    diverged_step: int | None = None
+    outcome: str | None = None  # trained | collapsed | stuck | diverged (gan.outcome); None: older
+    setting: dict[str, str] = field(default_factory=dict)  # read_setting: key → JSON value
+    setting_name: str | None = None  # the `setting=` override, if the run was started with one
+
+    def last_sample(self) -> Path | None:
+        """The run's last sample grid (``samples/step_NNNNNNN.png``), if any."""
+        grids = sorted((self.path / "samples").glob("step_*.png"))
+        return grids[-1] if grids else None
+
+    def final(self, key: str) -> float | None:
+        return float(self.curves[key][1][-1]) if key in self.curves else None
+
+    def best(self, key: str) -> tuple[float, int] | None:
+        if key not in self.curves:
+            return None
+        steps, values = self.curves[key]
+        if np.isnan(values).all():
+            return None
+        i = int(np.nanargmin(values))
+        return float(values[i]), int(steps[i])
+
+
+def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Skipped]]:
+    """Runs under ``inputs`` that have a summary; also the directories skipped as incomplete."""
+    runs, incomplete = [], []
+    seen: set[Path] = set()  # each run once, however the inputs overlap (twice, dir + subdir)
+    for root in inputs:
+        if not Path(root).is_dir():
+            raise UserError(f"{root} is not a directory")
+        for metrics in sorted(Path(root).rglob(METRICS_FILE)):
+            if metrics.parent.resolve() in seen:
+                continue
+            seen.add(metrics.parent.resolve())
+            try:
+                run = read_run(metrics.parent)
+            except UnreadableRun as err:
+                log.warning("warning: skipping %s: %s", metrics.parent, err)
+                incomplete.append(Skipped(metrics.parent, str(err)))
+                continue
+            if run is None:
+                incomplete.append(Skipped(metrics.parent, "no finished summary"))
+            else:
+                runs.append(run)
+    if not runs:
+        raise UserError(
+            f"no finished runs (directories with {SUMMARY_FILE} and {METRICS_FILE}) under "
+            + ", ".join(map(str, inputs))
+        )
+    return runs, incomplete
+
+
+class UnreadableRun(Exception):
+    """A run whose files cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
+def read_run(run_dir: Path) -> Run | None:
+    """The run in ``run_dir``; None while it has no finished (or diverged) summary."""
+    summary_path = run_dir / SUMMARY_FILE
+    if not summary_path.is_file():
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except ValueError as err:
+        raise UnreadableRun(f"{summary_path} is not valid JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise UnreadableRun(f"{summary_path} holds no summary (a JSON object)")
+    if summary.get("status") not in ("finished", "diverged"):
+        return None
+    try:
+        run = Run(
+            run_dir,
+            str(summary["arm"]),
+            int(summary["seed"]),
+            summary["model"],
+            summary["dataset"],
+            summary["status"],
+            diverged_step=summary.get("diverged_step"),
+            outcome=summary.get("outcome"),
+            setting=read_setting(run_dir, summary),
+            setting_name=setting_name(summary.get("overrides", [])),
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        what = f"has no {err}" if isinstance(err, KeyError) else f"has a bad value ({err})"
+        raise UnreadableRun(f"{summary_path} {what}") from None
+    run.curves = _read_curves(run_dir / METRICS_FILE)
+    return run
+
+
+def _read_curves(metrics: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for number, line in enumerate(metrics.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            for key, value in record.items():
+                if key.startswith(SERIES_PREFIXES) and (key in NUMERIC or _is_number(value)):
+                    # non-finite values are written as "NaN" / "Infinity": float() reads them
+                    series[key].append((int(record["step"]), float(value)))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise UnreadableRun(f"{metrics} line {number} is not a valid record ({err})") from None
+    return {key: _by_step(pairs) for key, pairs in series.items()}
+
+
+def _by_step(pairs: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) in step order; a step logged twice (lines re-made by a resume) keeps its
+    last value, so runs align step by step."""
+    last = dict(pairs)
+    steps = sorted(last)
+    return np.array(steps, dtype=int), np.array([last[s] for s in steps], dtype=float)
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+        value in NON_FINITE
+    )
+
+
+# Keys of the resolved config that do not change what a run measures: the init arm (compared
+# within a setting), the seed, logging, paths and speed knobs. trainer.precision gives way to the
+# precision it resolved to on the run's machine (summary.json); trainer.default_lr to the resolved
+# trainer.lr.
+NOT_SETTING = (
+    "init",
+    "seed",
+    "logger",
+    "data_dir",
+    "resume",
+    "eval.batch_size",
+    "dataset.download_timeout",
+    "dataset.offline_dir",
+    "trainer.default_lr",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.channels_last",
+    "trainer.compile",
+    "trainer.precision",
+    "trainer.log_every",
+    "trainer.sample_every",
+    "trainer.diag_every",
+    "trainer.ckpt_every",
+)
+
+
+def read_setting(run_dir: Path, summary: dict) -> dict[str, str]:
+    """The run's setting: dotted key → value as JSON, from summary.json's model, dataset and
+    resolved precision and, when present, the resolved .hydra/config.yaml minus NOT_SETTING."""
+    setting = {
+        "model.name": summary["model"],
+        "dataset.name": summary["dataset"],
+        "precision (resolved)": summary.get("precision", "fp32"),
+    }
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.is_file():
+        setting.update(_flat(_resolved_config(path)))
+    return {
+        key: json.dumps(value, sort_keys=True)
+        for key, value in sorted(setting.items())
+        if not any(key == k or key.startswith(k + ".") for k in NOT_SETTING)
+    }
+
+
+def _resolved_config(path: Path) -> dict:
+    """The config with interpolations resolved (trainer.lr is written as one); one that cannot be
+    resolved outside its run stays as written."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # noqa: BLE001 - yaml's and omegaconf's errors alike
+        raise UnreadableRun(f"{path} is not a readable config ({err})") from None
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
