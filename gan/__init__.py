@@ -21,7 +21,7 @@ __all__ = ["UserError", "init_table", "initialize"]
 def __getattr__(name: str) -> Any:
     # Loaded on first use: gan.init imports torch, which `import gan` alone should not pay for.
     if name in ("initialize", "init_table"):
-        from gan import init
+        from gan import init_call
 
-        return getattr(init, name)
+        return getattr(init_call, name)
     raise AttributeError(f"module 'gan' has no attribute {name!r}")

@@ -26,7 +26,8 @@ from gan.data import DATASETS
 from gan.diagnostics import activation_stats
 from gan.errors import UserError, exits_on_user_error
 from gan.figures import pyplot
-from gan.init import Scheme, SoftmaxInLoss, initialize
+from gan.init import Scheme, SoftmaxInLoss
+from gan.init_call import initialize
 
 SCHEME_DIR = CONF_DIR / "init"  # the init options, wherever the configs are installed
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}

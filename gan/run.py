@@ -19,7 +19,8 @@ from gan import checkpoint, data, faults, files, nets, quality, tracking
 from gan import outcome as outcomes
 from gan.config import RunConfig
 from gan.errors import UserError
-from gan.init import InitRecord, format_table, initialize
+from gan.init import InitRecord
+from gan.init_call import init_table, initialize
 from gan.population import enrollment
 from gan.resume import check_resumable, check_threads
 from gan.signals import Interrupted, Preempted, stop_on_signals
@@ -267,7 +268,7 @@ def announce(
         env.device,
         env.precision,
     )
-    log.info("%s", format_table(records))
+    log.info("%s", init_table(records))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     tracking.write_json(cfg.out_dir / tracking.INIT_REPORT_FILE, [r.to_dict() for r in records])
 

@@ -16,11 +16,11 @@ from gan.init import (
     Scheme,
     SigmoidInLoss,
     fans,
-    format_table,
-    initialize,
+    init_table,
     trace_feeds,
     trainable_weight,
 )
+from gan.init_call import initialize
 from gan.run import build_networks
 
 # What each weighted layer feeds, written out by hand from the architectures' definitions (not
@@ -179,7 +179,7 @@ def test_the_init_table_names_the_original_under_spectral_norm(tmp_path):
         "out.parametrizations.weight.original",
         "out.bias",
     ]
-    assert "fc1.parametrizations.weight.original  Linear" in format_table(records)
+    assert "fc1.parametrizations.weight.original  Linear" in init_table(records)
     # The generator's records, and every field but the path, are what they are without it.
     assert [r for r in records if r.network == "generator"] == [
         r for r in plain if r.network == "generator"

@@ -25,7 +25,7 @@ from torch import nn
 
 import gan
 from gan import init as init_module
-from gan import nets
+from gan import init_call, nets
 from gan.config import CONF_DIR, D_NORMS, G_NORMS, ModelConfig, preset, resolve_scheme
 from gan.errors import UserError
 from gan.init import Scheme, SigmoidInLoss, SoftmaxInLoss, trainable_weight
@@ -639,7 +639,7 @@ def test_per_network_schemes_by_name_give_what_a_run_gives():
     for network, net in (("generator", g_run), ("discriminator", d_run)):
         scheme = resolve_scheme("g_he_xavier_d_default", network, CONF_DIR / "init", "x")
         stream = torch.Generator().manual_seed(derive_seed(3, f"init/{network}"))
-        init_module.initialize(net, scheme, network=network, generator=stream)
+        init_call.initialize(net, scheme, network=network, generator=stream)
     for a, b in ((g, g_run), (d, d_run)):
         assert all(
             torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values())
@@ -755,7 +755,7 @@ def test_project_networks_give_exactly_the_records_and_weights_of_the_registrati
         reference_records, reference_state = results.pop("reference")
         for records, state in results.values():
             assert [r.to_dict() for r in records] == [r.to_dict() for r in reference_records]
-            assert init_module.init_table(records) == init_module.init_table(reference_records)
+            assert init_call.init_table(records) == init_call.init_table(reference_records)
             assert state.keys() == reference_state.keys()
             assert all(torch.equal(state[k], reference_state[k]) for k in state)
 
@@ -781,7 +781,7 @@ def test_project_networks_are_bit_identical_to_before(model, norms, scheme_name,
     for network, net in (("generator", g), ("discriminator", d)):
         scheme = resolve_scheme(scheme_name, network, CONF_DIR / "init", scheme_name)
         stream = torch.Generator().manual_seed(derive_seed(3, f"init/{network}"))
-        records = init_module.initialize(net, scheme, network=network, generator=stream)
+        records = init_call.initialize(net, scheme, network=network, generator=stream)
         h.update(json.dumps([r.to_dict() for r in records]).encode())
         for name, t in net.state_dict().items():
             h.update(name.encode())

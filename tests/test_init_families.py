@@ -20,9 +20,9 @@ from gan.init import (
     Scheme,
     SigmoidInLoss,
     fans,
-    initialize,
     rule_names,
 )
+from gan.init_call import initialize
 
 N_IN, N_OUT = 400, 300  # 120k weights: a sample std within 1.0 % at 5 standard errors
 # A value for every option a family may take; gain 1.7 and mode fan_out are not the defaults.

@@ -28,9 +28,9 @@ def write_reports(
     runs: list[Run], incomplete: list[Skipped], out: Path, threshold: float | None
 ) -> str:
     """The report of ``runs``: of one setting, as ``write_report``; of several, one report per
-    setting in its own folder under ``out`` and the atlas (``gan.report.atlas``) in ``out`` itself, its
-    report.md / report.html, atlas.png, atlas.csv and a summary.csv of every run. Returns the
-    top report.md's text."""
+    setting in its own folder under ``out`` and the atlas (``gan.report.atlas``) in ``out``
+    itself, its report.md / report.html, atlas.png, atlas.csv and a summary.csv of every run.
+    Returns the top report.md's text."""
     settings = by_setting(runs)
     if len(settings) == 1:
         return write_report(runs, incomplete, out, threshold)
