@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
-from gan import checkpoint, data, faults, files, nets, quality, tracking
+from gan import checkpoint, data, faults, files, nets, quality, record, tracking
 from gan import outcome as outcomes
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import InitRecord, format_table, initialize
 from gan.population import enrollment
+from gan.record import Ending, Status
 from gan.trainer import (
     GANTrainer,
     Schedule,
@@ -113,7 +114,7 @@ def run(
             on_accepted()
         announce(cfg, env, trainer, records, len(images))
         summary, result = train(cfg, env, trainer, records, evaluation, asked, progress)
-    if result.status == "stopped":
+    if result.status == Ending.stopped:
         raise Preempted(asked["signal"], result.step, str(cfg.out_dir))
     log_result(cfg, summary, result)
     return summary
@@ -249,8 +250,8 @@ def check_model_memory(cfg: RunConfig) -> None:
 def check_run_dir(out_dir) -> None:
     """Refuses a run directory where one of the run's own entries is of the wrong kind (a file
     named samples), before anything is written."""
-    entries = {"samples": True, tracking.METRICS_FILE: False, tracking.SUMMARY_FILE: False}
-    for name, is_dir in {**entries, checkpoint.CHECKPOINT_FILE: False}.items():
+    entries = {record.SAMPLES_DIR: True, record.METRICS_FILE: False, record.SUMMARY_FILE: False}
+    for name, is_dir in {**entries, record.CHECKPOINT_FILE: False}.items():
         path = out_dir / name
         if path.exists() and path.is_dir() != is_dir:
             raise UserError(
@@ -281,11 +282,7 @@ def check_metrics_lines(cfg: RunConfig, metrics, offset: int) -> None:
 def _final_status(run_dir) -> str | None:
     """The status summary.json ends with, if it does: a run killed after its last checkpoint but
     before its summary is not final, and resuming it writes the summary."""
-    try:
-        status = json.loads((run_dir / tracking.SUMMARY_FILE).read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-    return status if status in ("finished", "diverged") else None
+    return record.Summary(run_dir).final_status()
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -439,7 +436,7 @@ def announce(
     )
     log.info("%s", format_table(records))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    tracking.write_json(cfg.out_dir / tracking.INIT_REPORT_FILE, [r.to_dict() for r in records])
+    record.write_json(cfg.out_dir / record.INIT_REPORT_FILE, [r.to_dict() for r in records])
 
 
 # --------------------------------------------------------------------------------------------
@@ -574,7 +571,8 @@ def train(
 ) -> tuple[dict[str, Any], TrainResult]:
     """Trains to ``trainer.steps``; summary.json says ``running`` meanwhile and the truth after."""
     summary = start_summary(cfg, env)
-    tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+    summary_file = record.Summary(cfg.out_dir)
+    summary_file.write(summary)
     best: dict[str, Any] = dict(env.resumed["best"]) if env.resumed else {}
     saved = {"step": trainer.step if env.resumed else None}  # the last checkpoint on disk
     try:
@@ -588,25 +586,25 @@ def train(
             record_artifacts(cfg, logger, evaluation, result)
     except BaseException as err:  # the status must say what happened, whatever it was
         if isinstance(err, (Interrupted, KeyboardInterrupt)):  # stopped at once: what lasts
-            summary.update(status="preempted", steps=saved["step"] or 0)  # is the checkpoint
+            summary.update(status=Status.preempted, steps=saved["step"] or 0)  # is the checkpoint
             if isinstance(err, Interrupted):
                 err.explain(trainer.step, saved["step"], cfg.out_dir)
         else:
-            summary.update(status="failed", steps=trainer.step)
+            summary.update(status=Status.failed, steps=trainer.step)
         try:
-            tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+            summary_file.write(summary)
         except OSError as write_error:  # a full disk: the error being raised says more
-            log.error("error: summary.json not updated (%s)", write_error)
+            log.error("error: %s not updated (%s)", record.SUMMARY_FILE, write_error)
         raise
     faults.point("summary")
     # Still inside the signal guard: a signal now cannot leave summary.json saying "running".
-    tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+    summary_file.write(summary)
     return summary, result
 
 
 def start_summary(cfg: RunConfig, env: Environment) -> dict[str, Any]:
     return {
-        "status": "running",
+        "status": Status.running,
         "run_name": cfg.run_name,
         "arm": cfg.init.arm,
         "seed": cfg.seed,
@@ -671,16 +669,16 @@ def record_result(
     env: Environment,
     logger: tracking.RunLogger,
 ) -> None:
-    status = {"finished": "finished", "diverged": "diverged", "stopped": "preempted"}
-    summary.update(status=status[result.status], steps=result.step, **run_time(result, env))
+    status = record.status_of(result.status)
+    summary.update(status=status, steps=result.step, **run_time(result, env))
     summary.update(final=result.last, **best)
-    if result.status == "diverged":
+    if result.status == Ending.diverged:
         summary.update(diverged=True, diverged_step=result.diverged_step)
-    if result.status in ("finished", "diverged"):  # a stopped run has come to nothing yet
-        windows = outcomes.read_windows(logger.out_dir / tracking.METRICS_FILE)
+    if status in record.FINAL:  # a stopped run has come to nothing yet
+        windows = outcomes.read_windows(logger.out_dir / record.METRICS_FILE)
         summary["outcome"] = outcomes.outcome(windows, result.status)
     logger.summarize({k: v for k, v in summary.items() if k in SUMMARY_KEYS_IN_WANDB})
-    if result.status == "stopped":
+    if result.status == Ending.stopped:
         logger.mark_preempted()
 
 
@@ -722,9 +720,9 @@ def record_artifacts(
     its scores were computed with, aliased by its id (FCDs compare only under one classifier)."""
     if not (cfg.logger.log_artifacts and logger.wandb_run):
         return
-    if result.status == "finished":  # a stopped run resumes, a diverged one has no final state
+    if result.status == Ending.finished:  # a stopped run resumes, a diverged one has no final state
         logger.log_artifact(
-            cfg.out_dir / checkpoint.CHECKPOINT_FILE,
+            cfg.out_dir / record.CHECKPOINT_FILE,
             name=f"checkpoint-{logger.wandb_run.id}",
             kind="model",
             aliases=("final",),
@@ -748,7 +746,7 @@ def record_artifacts(
 
 def log_result(cfg: RunConfig, summary: dict[str, Any], result: TrainResult) -> None:
     """One line: what happened, how fast, the last window's metrics, the best FCD, where."""
-    if result.status == "diverged":
+    if result.status == Ending.diverged:
         outcome = f"diverged at step {result.diverged_step} (a loss or weight went non-finite)"
     else:
         outcome = f"{result.step} steps"

@@ -21,6 +21,7 @@ from gan.console import progress_bar
 from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
 from gan.nets import Discriminator, Generator, generate
+from gan.record import Ending
 
 __all__ = ["CHANNELS_LAST_SETTINGS", "PRECISIONS", "GANTrainer", "Schedule", "TrainResult"]
 
@@ -141,7 +142,7 @@ class Schedule:
 
 @dataclass(frozen=True)
 class TrainResult:
-    status: str  # finished | diverged | stopped (asked to stop, e.g. by a signal)
+    status: Ending
     step: int  # the last completed step
     seconds: float
     last: dict[str, float]  # the last logging window's metrics
@@ -470,7 +471,9 @@ class GANTrainer:
                 result = self._after_step(step, schedule, sink, events, start)
             bar.update(1)
         bar.close()
-        return result or TrainResult("finished", self.step, time.perf_counter() - start, self.last)
+        return result or TrainResult(
+            Ending.finished, self.step, time.perf_counter() - start, self.last
+        )
 
     def _train_step(
         self, step: int, schedule: Schedule, sink: Sink, diagnostics: LayerDiagnostics | None
@@ -503,7 +506,7 @@ class GANTrainer:
         if diverged_at is not None:
             sink.log(step, {"diverged": True, "diverged_step": diverged_at})
             seconds = time.perf_counter() - start
-            return TrainResult("diverged", step, seconds, self.last, diverged_at)
+            return TrainResult(Ending.diverged, step, seconds, self.last, diverged_at)
         self.last = dict(zip(METRIC_KEYS, values))
         sink.log(step, self.last)
         self.window_steps = 0
@@ -527,5 +530,5 @@ class GANTrainer:
         if stop or schedule.checkpoint_due(step):
             events.checkpoint(step)
         if stop and step < schedule.steps:
-            return TrainResult("stopped", step, time.perf_counter() - start, self.last)
+            return TrainResult(Ending.stopped, step, time.perf_counter() - start, self.last)
         return None
