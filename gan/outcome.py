@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from gan.record import Ending, Outcome
+from gan.trainer import ACC_D_FAKE, ACC_D_REAL, ACC_G, D_G_Z, D_X, LOSS_D, LOSS_G, TRAIN_PREFIX
 
 OUTCOMES = tuple(Outcome)  # read by gan.atlas until it imports gan.record.Outcome
 
@@ -43,15 +44,7 @@ COLLAPSED_ACC_G = 0.05  # at most this share of the fakes fool the updated D…
 COLLAPSED_ACC_D_FAKE = 0.5  # …which had called at least this share of them fake
 
 # The window metrics the rule reads (gan.trainer.METRICS, logged as train/NAME).
-KEYS = (
-    "train/loss_D",
-    "train/loss_G",
-    "train/acc_D_real",
-    "train/acc_D_fake",
-    "train/acc_G",
-    "train/D_x",
-    "train/D_G_z",
-)
+KEYS = (LOSS_D, LOSS_G, ACC_D_REAL, ACC_D_FAKE, ACC_G, D_X, D_G_Z)
 
 
 def final_windows(windows: Sequence[Mapping[str, float]]) -> Sequence[Mapping[str, float]]:
@@ -70,11 +63,11 @@ def outcome(windows: Sequence[Mapping[str, float]], status: str = Ending.finishe
     if not all(math.isfinite(w[k]) for w in final for k in KEYS):
         return Outcome.diverged
     mean = {k: sum(w[k] for w in final) / len(final) for k in KEYS}
-    real, fake = mean["train/acc_D_real"], mean["train/acc_D_fake"]
+    real, fake = mean[ACC_D_REAL], mean[ACC_D_FAKE]
     # One answer for every sample: all called real (1, 0), all fake (0, 1), or all tied (0, 0).
     if all(min(x, 1 - x) <= STUCK_ALIKE for x in (real, fake)) and min(real, fake) <= STUCK_ALIKE:
         return Outcome.stuck
-    if mean["train/acc_G"] <= COLLAPSED_ACC_G and mean["train/acc_D_fake"] >= COLLAPSED_ACC_D_FAKE:
+    if mean[ACC_G] <= COLLAPSED_ACC_G and mean[ACC_D_FAKE] >= COLLAPSED_ACC_D_FAKE:
         return Outcome.collapsed
     return Outcome.trained
 
@@ -85,7 +78,7 @@ def read_windows(metrics_file: Path) -> list[dict[str, float]]:
     lines = Path(metrics_file).read_text().splitlines()
     records = (json.loads(line) for line in lines if line.strip())
     return [
-        {k: float(v) for k, v in r.items() if k == "step" or k.startswith("train/")}
+        {k: float(v) for k, v in r.items() if k == "step" or k.startswith(TRAIN_PREFIX)}
         for r in records
         if KEYS[0] in r
     ]

@@ -27,6 +27,10 @@ from gan.init import InitRecord, format_table, initialize
 from gan.population import enrollment
 from gan.record import Ending, Status
 from gan.trainer import (
+    ACC_D,
+    ACC_G,
+    LOSS_D,
+    LOSS_G,
     GANTrainer,
     Schedule,
     TrainResult,
@@ -481,9 +485,9 @@ class RunEvents:
         """Logs ``eval/*`` scores of step ``step`` and keeps the best FCD."""
         faults.point("evaluation")
         identity = self.evaluation.evaluator.classifier.identity
-        self.logger.log(step, {**scores, "eval/classifier": identity})
-        if not self.best or scores["eval/fcd"] < self.best["eval/fcd_best"]:  # GANs can worsen
-            self.best.update({"eval/fcd_best": scores["eval/fcd"], "eval/fcd_best_step": step})
+        self.logger.log(step, {**scores, quality.CLASSIFIER: identity})
+        if not self.best or scores[quality.FCD] < self.best[quality.FCD_BEST]:  # GANs can worsen
+            self.best.update({quality.FCD_BEST: scores[quality.FCD], quality.FCD_BEST_STEP: step})
             self.logger.summarize(self.best)
 
     def checkpoint(self, step: int) -> None:
@@ -645,8 +649,8 @@ def record_start(
         classifier = evaluation.evaluator.classifier
         logger.summarize(
             {
-                "eval/classifier": classifier.identity,
-                "eval/classifier_test_accuracy": classifier.test_accuracy,
+                quality.CLASSIFIER: classifier.identity,
+                quality.CLASSIFIER_TEST_ACCURACY: classifier.test_accuracy,
             }
         )
 
@@ -766,13 +770,12 @@ def log_result(cfg: RunConfig, summary: dict[str, Any], result: TrainResult) -> 
     last = result.last
     if last:
         parts.append(
-            f"loss_D {last['train/loss_D']:.3f} loss_G {last['train/loss_G']:.3f} "
-            f"acc_D {last['train/acc_D']:.2f} acc_G {last['train/acc_G']:.2f}"
+            f"loss_D {last[LOSS_D]:.3f} loss_G {last[LOSS_G]:.3f} "
+            f"acc_D {last[ACC_D]:.2f} acc_G {last[ACC_G]:.2f}"
         )
-    if "eval/fcd_best" in summary:
-        parts.append(
-            f"best FCD {summary['eval/fcd_best']:.2f} at step {summary['eval/fcd_best_step']}"
-        )
+    if quality.FCD_BEST in summary:
+        best, at = summary[quality.FCD_BEST], summary[quality.FCD_BEST_STEP]
+        parts.append(f"best FCD {best:.2f} at step {at}")
     log.info("%s", " | ".join([*parts, str(cfg.out_dir)]))
 
 

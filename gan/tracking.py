@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from gan import diagnostics, quality, trainer
 from gan.errors import UserError
 from gan.record import (  # noqa: F401 - SUMMARY_FILE: read by gan.report until it imports gan.record
     METRICS_FILE,
@@ -38,13 +39,13 @@ STEP_METRIC = "trainer/step"  # in every W&B row: the x-axis of the metrics belo
 # (name or glob, summary) as W&B's define_metric takes them; None keeps W&B's default summary,
 # the last value under the plain name. An exact name takes precedence over a glob.
 METRIC_DEFINITIONS = (
-    ("train/*", None),
-    ("eval/*", None),
-    ("eval/fcd", "min,last"),  # GANs can worsen: the best score and the final one
-    ("eval/kcd", "min,last"),
+    (f"{trainer.TRAIN_PREFIX}*", None),
+    (f"{quality.EVAL_PREFIX}*", None),
+    (quality.FCD, "min,last"),  # GANs can worsen: the best score and the final one
+    (quality.KCD, "min,last"),
     # Per-layer statistics at init (the step-0 record: what the init did) and at the end.
-    ("diag/*", "first,last"),
-    ("hist/*", None),
+    (f"{diagnostics.DIAG_PREFIX}*", "first,last"),
+    (f"{diagnostics.HIST_PREFIX}*", None),
 )
 
 
@@ -265,7 +266,7 @@ class RunLogger:
             for prefix, sample in samples.items():
                 finite = sample[torch.isfinite(sample)]  # a diverging run's activations: NaN/inf
                 if len(finite):
-                    key = f"{prefix.replace('diag/', 'hist/', 1)}/act"
+                    key = diagnostics.histogram_key(prefix)
                     histograms[key] = self._wandb.Histogram(finite.double().numpy())
             if histograms:
                 self._wandb_log(step, histograms)

@@ -37,7 +37,10 @@ METRICS = (
     "D_x",  # mean D(x) (probability) on reals
     "D_G_z",  # mean D(G(z)) on fakes
 )
-METRIC_KEYS = tuple(f"train/{m}" for m in METRICS)
+TRAIN_PREFIX = "train/"
+METRIC_KEYS = tuple(f"{TRAIN_PREFIX}{m}" for m in METRICS)
+# Each key by name, for the modules that read one (the outcome rule, the result line, the report).
+LOSS_D, LOSS_G, ACC_D, ACC_D_REAL, ACC_D_FAKE, ACC_G, D_X, D_G_Z = METRIC_KEYS
 LOSSES = [METRICS.index("loss_D"), METRICS.index("loss_G")]  # a non-finite one means divergence
 
 
@@ -511,9 +514,9 @@ class GANTrainer:
         sink.log(step, self.last)
         self.window_steps = 0
         bar.set_postfix(
-            loss_D=f"{self.last['train/loss_D']:.3f}",
-            loss_G=f"{self.last['train/loss_G']:.3f}",
-            acc_D=f"{self.last['train/acc_D']:.2f}",
+            loss_D=f"{self.last[LOSS_D]:.3f}",
+            loss_G=f"{self.last[LOSS_G]:.3f}",
+            acc_D=f"{self.last[ACC_D]:.2f}",
             refresh=False,
         )
         return None
