@@ -29,10 +29,10 @@ import torch
 from gan import faults
 from gan.errors import UserError
 from gan.files import atomic_file
+from gan.record import CHECKPOINT_FILE
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 2
 MAGIC = b"GAN-CHECKPOINT"
 HEADER = re.compile(rb"GAN-CHECKPOINT (\d+) sha256=([0-9a-f]{64}) bytes=(\d+)\n")

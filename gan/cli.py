@@ -5,7 +5,6 @@ the run itself is ``gan.run``."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -24,10 +23,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from gan import checkpoint, files, sweeps, tracking
+from gan import checkpoint, files, record, sweeps
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
+from gan.record import Status
 from gan.run import run
 from gan.signals import Interrupted, Preempted
 
@@ -69,10 +69,10 @@ def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, Dict
     The library refuses overrides that would change the run's seed, model, dataset or init.
     """
     run_dir = Path(resume)
-    saved = run_dir / ".hydra" / "overrides.yaml"
+    saved = run_dir / record.OVERRIDES_FILE
     if not saved.is_file():
         raise UserError(
-            f"resume={resume}: not a run directory of train.py (no .hydra/overrides.yaml there)"
+            f"resume={resume}: not a run directory of train.py (no {record.OVERRIDES_FILE} there)"
         )
     summary, own = saved_overrides(run_dir)
     now = [o for o in hydra_cfg.overrides.task if not o.startswith("resume=")]
@@ -94,22 +94,23 @@ def saved_overrides(run_dir: Path) -> tuple[dict, list[str]]:
     """The run's summary.json ({} if none) and its own overrides: summary.json keeps them, as
     Hydra replaces .hydra/overrides.yaml with this command's when the resume runs in the run dir
     itself (hydra.run.dir=DIR). A UserError if either file is not what train.py wrote."""
-    summary_path = run_dir / tracking.SUMMARY_FILE
+    files_named = f"{record.SUMMARY_FILE} or {record.OVERRIDES_FILE}"
+    summary_file = record.Summary(run_dir)
     try:
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        own = (summary.get("overrides") if isinstance(summary, dict) else None) or list(
-            OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
-        )
+        summary = summary_file.load() if summary_file.exists() else {}
+        own = summary.get("overrides") or list(OmegaConf.load(run_dir / record.OVERRIDES_FILE))
+    except record.NotASummary:
+        own = None
     except (OSError, ValueError, TypeError, OmegaConfBaseException, yaml.YAMLError) as err:
         raise UserError(
-            f"resume={run_dir}: its summary.json or .hydra/overrides.yaml is not what train.py "
-            f"writes ({type(err).__name__}: {str(err).splitlines()[0][:200]}); restore them, or "
-            "start a new run"
+            f"resume={run_dir}: its {files_named} is not what train.py writes "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); restore them, or start a "
+            "new run"
         ) from None
-    if not isinstance(summary, dict) or not all(isinstance(o, str) for o in own):
+    if own is None or not all(isinstance(o, str) for o in own):
         raise UserError(
-            f"resume={run_dir}: its summary.json or .hydra/overrides.yaml does not list the run's "
-            "overrides as train.py writes them; restore them, or start a new run"
+            f"resume={run_dir}: its {files_named} does not list the run's overrides as train.py "
+            "writes them; restore them, or start a new run"
         )
     return summary, own
 
@@ -120,7 +121,7 @@ def run_dir_log(out_dir: Path) -> Iterator[None]:
     if Path(HydraConfig.get().runtime.output_dir).resolve() == out_dir.resolve():
         yield
         return
-    handler = logging.FileHandler(out_dir / "train.log")
+    handler = logging.FileHandler(out_dir / record.LOG_FILE)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(handler)
     try:
@@ -137,25 +138,27 @@ def record_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
     plain = cfg.copy()
     with open_dict(plain):
         plain.pop("hydra", None)
-    for name, content in (("config.yaml", plain), ("overrides.yaml", OmegaConf.create(task))):
-        with atomic_file(run_dir / ".hydra" / name) as f:
+    for name, content in (
+        (record.CONFIG_FILE, plain),
+        (record.OVERRIDES_FILE, OmegaConf.create(task)),
+    ):
+        with atomic_file(run_dir / name) as f:
             f.write(OmegaConf.to_yaml(content).encode())
 
 
-def job_failed(out_dir: Path, status: str, error: BaseException) -> dict:
+def job_failed(out_dir: Path, status: Status, error: BaseException) -> dict:
     """In a multirun, a job that cannot run is a result: its summary.json says why, and the sweep
     goes on (``gan.sweeps`` lists it at the end and sets the exit status)."""
-    summary_path = out_dir / tracking.SUMMARY_FILE
     summary = previous_summary(out_dir)
     summary.update(
         status=status,
-        error=f"{type(error).__name__}: {error}" if status == "failed" else str(error),
+        error=f"{type(error).__name__}: {error}" if status == Status.failed else str(error),
     )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        tracking.write_json(summary_path, summary)
+        record.Summary(out_dir).write(summary)
     except OSError as err:  # a read-only or vanished job dir: the sweep lists it as failed
-        log.error("error: %s: summary.json not written (%s)", out_dir, err)
+        log.error("error: %s: %s not written (%s)", out_dir, record.SUMMARY_FILE, err)
     return summary
 
 
@@ -191,13 +194,13 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
         return None
     sweeps.watch_sweep(sweep_dir)
     earlier = previous_summary(out_dir)
-    if earlier.get("status") in sweeps.ACCEPTED:
+    if earlier.get("status") in record.FINAL:
         log.info("%s: kept, %s in an earlier launch of this sweep", out_dir, earlier["status"])
         return earlier
     try:
         with sweeps.job_in_progress():
             run_cfg = to_run_config(cfg, hydra_cfg, out_dir)
-            if earlier and (out_dir / checkpoint.CHECKPOINT_FILE).is_file():
+            if earlier and (out_dir / record.CHECKPOINT_FILE).is_file():
                 run_cfg = dataclasses.replace(run_cfg, resume=True)  # stopped or killed before
             return run(run_cfg)
     except (Preempted, Interrupted) as stop:
@@ -210,19 +213,15 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
         return None
     except UserError as err:
         report_user_error(err)
-        return job_failed(out_dir, "invalid", err)
+        return job_failed(out_dir, Status.invalid, err)
     except Exception as err:  # noqa: BLE001 - a sweep outlives one job's crash, and says so
         log.exception("job failed: %s", err)
-        return job_failed(out_dir, "failed", err)
+        return job_failed(out_dir, Status.failed, err)
 
 
 def previous_summary(out_dir: Path) -> dict:
     """The job's summary.json as an earlier launch (or this one) left it; {} if none."""
-    try:
-        summary = json.loads((out_dir / tracking.SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+    return record.Summary(out_dir).read()
 
 
 class RunDirCheck(Callback):

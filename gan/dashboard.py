@@ -18,19 +18,24 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from gan import quality
 from gan.config import CONF_DIR
+from gan.diagnostics import DIAG_PREFIX
 from gan.errors import UserError, exits_on_user_error
 from gan.report.columns import TRAINING_CURVES
 from gan.tracking import has_wandb_credentials
 
 TRAINING = TRAINING_CURVES  # the same panels as the report's training curves
-EVALUATION = ("eval/fcd", "eval/kcd", "eval/classes_covered", "eval/class_kl")
+EVALUATION = (quality.FCD, quality.KCD, quality.CLASSES_COVERED, quality.CLASS_KL)
 NETWORKS = ("G", "D")
-# The statistics of gan.diagnostics.AGGREGATION (a test keeps the two in step; this module does
-# not import torch for them).
+# The statistics of gan.diagnostics.AGGREGATION, in panel order (a test keeps the two in step).
 DIAGNOSTICS = ("act_std", "act_mean", "dead_frac", "saturated_frac", "grad_norm", "weight_std")
 LOG_SCALE = ("act_std", "grad_norm", "weight_std")  # inits differ by orders of magnitude here
-PINNED_COLUMNS = ["summary:eval/fcd_best", "summary:eval/fcd_best_step", "summary:status"]
+PINNED_COLUMNS = [
+    f"summary:{quality.FCD_BEST}",
+    f"summary:{quality.FCD_BEST_STEP}",
+    "summary:status",
+]
 MAX_RUNS = 100  # per panel; W&B's default of 10 would hide most of an ablation's runs
 NO_ENTITY = "<your default entity>"  # what a dry run without --entity shows
 
@@ -62,7 +67,7 @@ def sections(workspaces: Any, reports: Any) -> list[Any]:
         _line(
             reports,
             f"{network} {statistic} per layer",
-            metric_regex=f"^diag/{network}/.+/{statistic}$",
+            metric_regex=f"^{DIAG_PREFIX}{network}/.+/{statistic}$",
             log_y=True if statistic in LOG_SCALE else None,
         )
         for network in NETWORKS

@@ -16,6 +16,8 @@ from torch import nn
 
 from gan.init import WEIGHTED_LAYERS, SigmoidInLoss, trace_feeds, trainable_weight
 
+DIAG_PREFIX = "diag/"  # each statistic is logged as diag/{G|D}/<layer>/<statistic>
+HIST_PREFIX = "hist/"  # each layer's activation samples: a W&B histogram, hist/{G|D}/<layer>/act
 HISTOGRAM_SAMPLES = 10_000  # activations kept per layer for a histogram
 
 # How each statistic's recorded value becomes the reported one. A statistic missing here is an
@@ -50,6 +52,11 @@ class _Target:
     activation: nn.Module
     kind: str  # relu | leaky_relu | tanh | sigmoid
     logits: bool  # a SigmoidInLoss marker: its output is a logit, the sigmoid is applied here
+
+
+def histogram_key(prefix: str) -> str:
+    """The W&B histogram of a layer's activation samples: ``diag/G/fc1`` → ``hist/G/fc1/act``."""
+    return f"{HIST_PREFIX}{prefix.removeprefix(DIAG_PREFIX)}/act"
 
 
 def activation_stats(y: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
@@ -88,7 +95,7 @@ class LayerDiagnostics:
                     act = modules[feeds.via]
                     self.targets.append(
                         _Target(
-                            f"diag/{short}/{path}",
+                            f"{DIAG_PREFIX}{short}/{path}",
                             layer,
                             act,
                             feeds.kind,

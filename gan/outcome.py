@@ -33,7 +33,10 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-OUTCOMES = ("trained", "collapsed", "stuck", "diverged")
+from gan.record import Ending, Outcome
+from gan.trainer import ACC_D_FAKE, ACC_D_REAL, ACC_G, D_G_Z, D_X, LOSS_D, LOSS_G, TRAIN_PREFIX
+
+OUTCOMES = tuple(Outcome)  # read by gan.atlas until it imports gan.record.Outcome
 
 FINAL_FRACTION = 0.2  # the final stretch: this share of the windows, at least one
 STUCK_ALIKE = 0.05  # D answers all but this share of the reals, and of the fakes, alike
@@ -41,15 +44,7 @@ COLLAPSED_ACC_G = 0.05  # at most this share of the fakes fool the updated D…
 COLLAPSED_ACC_D_FAKE = 0.5  # …which had called at least this share of them fake
 
 # The window metrics the rule reads (gan.trainer.METRICS, logged as train/NAME).
-KEYS = (
-    "train/loss_D",
-    "train/loss_G",
-    "train/acc_D_real",
-    "train/acc_D_fake",
-    "train/acc_G",
-    "train/D_x",
-    "train/D_G_z",
-)
+KEYS = (LOSS_D, LOSS_G, ACC_D_REAL, ACC_D_FAKE, ACC_G, D_X, D_G_Z)
 
 
 def final_windows(windows: Sequence[Mapping[str, float]]) -> Sequence[Mapping[str, float]]:
@@ -57,24 +52,24 @@ def final_windows(windows: Sequence[Mapping[str, float]]) -> Sequence[Mapping[st
     return windows[-max(1, math.ceil(FINAL_FRACTION * len(windows))) :]
 
 
-def outcome(windows: Sequence[Mapping[str, float]], status: str = "finished") -> str:
-    """The run's outcome (one of OUTCOMES) from its logging windows in step order, each a mapping
-    with at least the KEYS; ``status`` is the loop's (``diverged`` decides at once)."""
-    if status == "diverged":
-        return "diverged"
+def outcome(windows: Sequence[Mapping[str, float]], status: str = Ending.finished) -> Outcome:
+    """The run's outcome from its logging windows in step order, each a mapping with at least
+    the KEYS; ``status`` is the loop's ending (``diverged`` decides at once)."""
+    if status == Ending.diverged:
+        return Outcome.diverged
     if not windows:
         raise ValueError("a run that did not diverge has at least one logging window")
     final = final_windows(windows)
     if not all(math.isfinite(w[k]) for w in final for k in KEYS):
-        return "diverged"
+        return Outcome.diverged
     mean = {k: sum(w[k] for w in final) / len(final) for k in KEYS}
-    real, fake = mean["train/acc_D_real"], mean["train/acc_D_fake"]
+    real, fake = mean[ACC_D_REAL], mean[ACC_D_FAKE]
     # One answer for every sample: all called real (1, 0), all fake (0, 1), or all tied (0, 0).
     if all(min(x, 1 - x) <= STUCK_ALIKE for x in (real, fake)) and min(real, fake) <= STUCK_ALIKE:
-        return "stuck"
-    if mean["train/acc_G"] <= COLLAPSED_ACC_G and mean["train/acc_D_fake"] >= COLLAPSED_ACC_D_FAKE:
-        return "collapsed"
-    return "trained"
+        return Outcome.stuck
+    if mean[ACC_G] <= COLLAPSED_ACC_G and mean[ACC_D_FAKE] >= COLLAPSED_ACC_D_FAKE:
+        return Outcome.collapsed
+    return Outcome.trained
 
 
 def read_windows(metrics_file: Path) -> list[dict[str, float]]:
@@ -83,7 +78,7 @@ def read_windows(metrics_file: Path) -> list[dict[str, float]]:
     lines = Path(metrics_file).read_text().splitlines()
     records = (json.loads(line) for line in lines if line.strip())
     return [
-        {k: float(v) for k, v in r.items() if k == "step" or k.startswith("train/")}
+        {k: float(v) for k, v in r.items() if k == "step" or k.startswith(TRAIN_PREFIX)}
         for r in records
         if KEYS[0] in r
     ]

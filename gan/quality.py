@@ -35,6 +35,22 @@ CLASSIFIER_VERSION = 1  # bump when the architecture or training recipe changes:
 # Training recipe per dataset: epochs, and the test accuracy the classifier must reach.
 RECIPES = {"digits": (60, 0.95), "mnist": (3, 0.985), "fashion_mnist": (5, 0.89)}
 
+# The evaluation metrics (``Evaluator.score``), logged under eval/.
+EVAL_PREFIX = "eval/"
+FCD = "eval/fcd"
+KCD = "eval/kcd"
+KCD_STD = "eval/kcd_std"
+CLASS_KL = "eval/class_kl"
+CLASSES_COVERED = "eval/classes_covered"
+CONFIDENCE = "eval/confidence"
+# What the scores were computed with: the classifier's identity (a string: W&B keeps it in the
+# run's summary, not its charts) and its test accuracy.
+CLASSIFIER = "eval/classifier"
+CLASSIFIER_TEST_ACCURACY = "eval/classifier_test_accuracy"
+# The run's best FCD so far and its step (``gan.run`` keeps them: GANs can worsen).
+FCD_BEST = "eval/fcd_best"
+FCD_BEST_STEP = "eval/fcd_best_step"
+
 
 class FeatureClassifier(nn.Module):
     """Classifier whose penultimate activations are the feature space of the Fréchet distance."""
@@ -316,14 +332,14 @@ class Evaluator:
         nonzero = histogram[histogram > 0]
         kcd, kcd_std = kernel_distance(features.cpu().numpy(), self.real_features)
         return {
-            "eval/fcd": frechet_distance(*_moments(features), *self.real_moments),
+            FCD: frechet_distance(*_moments(features), *self.real_moments),
             # Unbiased, unlike FCD, whose bias is large at a few hundred images (digits' test
             # split): comparable across sample sizes; kcd_std is its spread over subsets.
-            "eval/kcd": kcd,
-            "eval/kcd_std": kcd_std,
+            KCD: kcd,
+            KCD_STD: kcd_std,
             # KL(predicted-class histogram ‖ uniform) = Σ p log(p·K): 0 for perfect balance,
             # log K = 2.30 when one class takes everything (mode dropping).
-            "eval/class_kl": float((nonzero * (nonzero * self.classes).log()).sum()),
-            "eval/classes_covered": int((histogram >= 0.5 / self.classes).sum()),
-            "eval/confidence": float(probs.max(1).values.mean()),
+            CLASS_KL: float((nonzero * (nonzero * self.classes).log()).sum()),
+            CLASSES_COVERED: int((histogram >= 0.5 / self.classes).sum()),
+            CONFIDENCE: float(probs.max(1).values.mean()),
         }

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from gan import checkpoint, tracking
+from gan import record
 from gan.config import RunConfig
 from gan.errors import UserError
 
@@ -45,7 +45,7 @@ def check_resumable(
     missing = [k for k in RESUMED_KEYS if k not in resumed]
     if missing or not isinstance(resumed["trainer"], dict):
         raise UserError(
-            f"resume={cfg.out_dir}: its {checkpoint.CHECKPOINT_FILE} lacks "
+            f"resume={cfg.out_dir}: its {record.CHECKPOINT_FILE} lacks "
             f"{', '.join(missing) or 'the trainer state'}; it is not a checkpoint of a run of "
             "train.py, and was left untouched. Resume another run, or start a new one"
         )
@@ -76,12 +76,12 @@ def check_resumable(
             f"resume={cfg.out_dir}: the checkpoint is at step {step}, trainer.steps="
             f"{cfg.trainer.steps}; raise trainer.steps to train further"
         )
-    metrics = cfg.out_dir / tracking.METRICS_FILE
+    metrics = cfg.out_dir / record.METRICS_FILE
     size = metrics.stat().st_size if metrics.is_file() else None
     if size is None or size < resumed["metrics_offset"]:
         what = "is missing" if size is None else f"has {size:,} bytes"
         raise UserError(
-            f"resume={cfg.out_dir}: {tracking.METRICS_FILE} {what}, but the checkpoint was taken "
+            f"resume={cfg.out_dir}: {record.METRICS_FILE} {what}, but the checkpoint was taken "
             f"after {resumed['metrics_offset']:,}; the run's record was lost or cut, and resuming "
             "would leave a hole in it. Restore the file, or start a new run"
         )
@@ -110,12 +110,12 @@ def check_metrics_lines(cfg: RunConfig, metrics, offset: int) -> None:
         head = f.read(offset)
     for number, line in enumerate(head.splitlines(), 1):
         try:
-            record = json.loads(line)
+            entry = json.loads(line)
         except ValueError:
-            record = None
-        if not isinstance(record, dict):
+            entry = None
+        if not isinstance(entry, dict):
             raise UserError(
-                f"resume={cfg.out_dir}: {tracking.METRICS_FILE} line {number} is not a JSON "
+                f"resume={cfg.out_dir}: {record.METRICS_FILE} line {number} is not a JSON "
                 "object; the run's record before its checkpoint is damaged, and its outcome is "
                 "read from it. Restore the file, or start a new run"
             )
@@ -124,11 +124,7 @@ def check_metrics_lines(cfg: RunConfig, metrics, offset: int) -> None:
 def _final_status(run_dir) -> str | None:
     """The status summary.json ends with, if it does: a run killed after its last checkpoint but
     before its summary is not final, and resuming it writes the summary."""
-    try:
-        status = json.loads((run_dir / tracking.SUMMARY_FILE).read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-    return status if status in ("finished", "diverged") else None
+    return record.Summary(run_dir).final_status()
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -15,16 +15,21 @@ from typing import Any
 
 import torch
 
-from gan import checkpoint, data, faults, files, nets, quality, tracking
+from gan import checkpoint, data, faults, files, nets, quality, record, tracking
 from gan import outcome as outcomes
 from gan.config import RunConfig
 from gan.errors import UserError
 from gan.init import InitRecord
 from gan.init_call import init_table, initialize
 from gan.population import enrollment
+from gan.record import Ending, Status
 from gan.resume import check_resumable, check_threads
 from gan.signals import Interrupted, Preempted, stop_on_signals
 from gan.trainer import (
+    ACC_D,
+    ACC_G,
+    LOSS_D,
+    LOSS_G,
     GANTrainer,
     Schedule,
     TrainResult,
@@ -63,7 +68,7 @@ def run(
             on_accepted()
         announce(cfg, env, trainer, records, len(images))
         summary, result = train(cfg, env, trainer, records, evaluation, asked, progress)
-    if result.status == "stopped":
+    if result.status == Ending.stopped:
         raise Preempted(asked["signal"], result.step, str(cfg.out_dir))
     log_result(cfg, summary, result)
     return summary
@@ -130,8 +135,8 @@ def check_model_memory(cfg: RunConfig) -> None:
 def check_run_dir(out_dir) -> None:
     """Refuses a run directory where one of the run's own entries is of the wrong kind (a file
     named samples), before anything is written."""
-    entries = {"samples": True, tracking.METRICS_FILE: False, tracking.SUMMARY_FILE: False}
-    for name, is_dir in {**entries, checkpoint.CHECKPOINT_FILE: False}.items():
+    entries = {record.SAMPLES_DIR: True, record.METRICS_FILE: False, record.SUMMARY_FILE: False}
+    for name, is_dir in {**entries, record.CHECKPOINT_FILE: False}.items():
         path = out_dir / name
         if path.exists() and path.is_dir() != is_dir:
             raise UserError(
@@ -270,7 +275,7 @@ def announce(
     )
     log.info("%s", init_table(records))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    tracking.write_json(cfg.out_dir / tracking.INIT_REPORT_FILE, [r.to_dict() for r in records])
+    record.write_json(cfg.out_dir / record.INIT_REPORT_FILE, [r.to_dict() for r in records])
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,9 +320,9 @@ class RunEvents:
         """Logs ``eval/*`` scores of step ``step`` and keeps the best FCD."""
         faults.point("evaluation")
         identity = self.evaluation.evaluator.classifier.identity
-        self.logger.log(step, {**scores, "eval/classifier": identity})
-        if not self.best or scores["eval/fcd"] < self.best["eval/fcd_best"]:  # GANs can worsen
-            self.best.update({"eval/fcd_best": scores["eval/fcd"], "eval/fcd_best_step": step})
+        self.logger.log(step, {**scores, quality.CLASSIFIER: identity})
+        if not self.best or scores[quality.FCD] < self.best[quality.FCD_BEST]:  # GANs can worsen
+            self.best.update({quality.FCD_BEST: scores[quality.FCD], quality.FCD_BEST_STEP: step})
             self.logger.summarize(self.best)
 
     def checkpoint(self, step: int) -> None:
@@ -405,7 +410,8 @@ def train(
 ) -> tuple[dict[str, Any], TrainResult]:
     """Trains to ``trainer.steps``; summary.json says ``running`` meanwhile and the truth after."""
     summary = start_summary(cfg, env)
-    tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+    summary_file = record.Summary(cfg.out_dir)
+    summary_file.write(summary)
     best: dict[str, Any] = dict(env.resumed["best"]) if env.resumed else {}
     saved = {"step": trainer.step if env.resumed else None}  # the last checkpoint on disk
     try:
@@ -419,25 +425,25 @@ def train(
             record_artifacts(cfg, logger, evaluation, result)
     except BaseException as err:  # the status must say what happened, whatever it was
         if isinstance(err, (Interrupted, KeyboardInterrupt)):  # stopped at once: what lasts
-            summary.update(status="preempted", steps=saved["step"] or 0)  # is the checkpoint
+            summary.update(status=Status.preempted, steps=saved["step"] or 0)  # is the checkpoint
             if isinstance(err, Interrupted):
                 err.explain(trainer.step, saved["step"], cfg.out_dir)
         else:
-            summary.update(status="failed", steps=trainer.step)
+            summary.update(status=Status.failed, steps=trainer.step)
         try:
-            tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+            summary_file.write(summary)
         except OSError as write_error:  # a full disk: the error being raised says more
-            log.error("error: summary.json not updated (%s)", write_error)
+            log.error("error: %s not updated (%s)", record.SUMMARY_FILE, write_error)
         raise
     faults.point("summary")
     # Still inside the signal guard: a signal now cannot leave summary.json saying "running".
-    tracking.write_json(cfg.out_dir / tracking.SUMMARY_FILE, summary)
+    summary_file.write(summary)
     return summary, result
 
 
 def start_summary(cfg: RunConfig, env: Environment) -> dict[str, Any]:
     return {
-        "status": "running",
+        "status": Status.running,
         "run_name": cfg.run_name,
         "arm": cfg.init.arm,
         "seed": cfg.seed,
@@ -478,8 +484,8 @@ def record_start(
         classifier = evaluation.evaluator.classifier
         logger.summarize(
             {
-                "eval/classifier": classifier.identity,
-                "eval/classifier_test_accuracy": classifier.test_accuracy,
+                quality.CLASSIFIER: classifier.identity,
+                quality.CLASSIFIER_TEST_ACCURACY: classifier.test_accuracy,
             }
         )
 
@@ -502,16 +508,16 @@ def record_result(
     env: Environment,
     logger: tracking.RunLogger,
 ) -> None:
-    status = {"finished": "finished", "diverged": "diverged", "stopped": "preempted"}
-    summary.update(status=status[result.status], steps=result.step, **run_time(result, env))
+    status = record.status_of(result.status)
+    summary.update(status=status, steps=result.step, **run_time(result, env))
     summary.update(final=result.last, **best)
-    if result.status == "diverged":
+    if result.status == Ending.diverged:
         summary.update(diverged=True, diverged_step=result.diverged_step)
-    if result.status in ("finished", "diverged"):  # a stopped run has come to nothing yet
-        windows = outcomes.read_windows(logger.out_dir / tracking.METRICS_FILE)
+    if status in record.FINAL:  # a stopped run has come to nothing yet
+        windows = outcomes.read_windows(logger.out_dir / record.METRICS_FILE)
         summary["outcome"] = outcomes.outcome(windows, result.status)
     logger.summarize({k: v for k, v in summary.items() if k in SUMMARY_KEYS_IN_WANDB})
-    if result.status == "stopped":
+    if result.status == Ending.stopped:
         logger.mark_preempted()
 
 
@@ -553,9 +559,9 @@ def record_artifacts(
     its scores were computed with, aliased by its id (FCDs compare only under one classifier)."""
     if not (cfg.logger.log_artifacts and logger.wandb_run):
         return
-    if result.status == "finished":  # a stopped run resumes, a diverged one has no final state
+    if result.status == Ending.finished:  # a stopped run resumes, a diverged one has no final state
         logger.log_artifact(
-            cfg.out_dir / checkpoint.CHECKPOINT_FILE,
+            cfg.out_dir / record.CHECKPOINT_FILE,
             name=f"checkpoint-{logger.wandb_run.id}",
             kind="model",
             aliases=("final",),
@@ -579,7 +585,7 @@ def record_artifacts(
 
 def log_result(cfg: RunConfig, summary: dict[str, Any], result: TrainResult) -> None:
     """One line: what happened, how fast, the last window's metrics, the best FCD, where."""
-    if result.status == "diverged":
+    if result.status == Ending.diverged:
         outcome = f"diverged at step {result.diverged_step} (a loss or weight went non-finite)"
     else:
         outcome = f"{result.step} steps"
@@ -599,11 +605,10 @@ def log_result(cfg: RunConfig, summary: dict[str, Any], result: TrainResult) -> 
     last = result.last
     if last:
         parts.append(
-            f"loss_D {last['train/loss_D']:.3f} loss_G {last['train/loss_G']:.3f} "
-            f"acc_D {last['train/acc_D']:.2f} acc_G {last['train/acc_G']:.2f}"
+            f"loss_D {last[LOSS_D]:.3f} loss_G {last[LOSS_G]:.3f} "
+            f"acc_D {last[ACC_D]:.2f} acc_G {last[ACC_G]:.2f}"
         )
-    if "eval/fcd_best" in summary:
-        parts.append(
-            f"best FCD {summary['eval/fcd_best']:.2f} at step {summary['eval/fcd_best_step']}"
-        )
+    if quality.FCD_BEST in summary:
+        best, at = summary[quality.FCD_BEST], summary[quality.FCD_BEST_STEP]
+        parts.append(f"best FCD {best:.2f} at step {at}")
     log.info("%s", " | ".join([*parts, str(cfg.out_dir)]))

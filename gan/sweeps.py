@@ -32,12 +32,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan import files
+from gan import files, record
 from gan.errors import EXIT_USER_ERROR, UserError
+from gan.record import Status
 
-# Outcomes that do not fail a sweep: divergence is a result (some arms are meant to diverge).
-ACCEPTED = ("finished", "diverged")
-NOT_STARTED = "not started"
 STOP_FILE = ".stop"
 SWEEP_PID = "GAN_SWEEP_PID"  # the sweep's own process, for its workers' watchdogs
 POLL_SECONDS = 0.5
@@ -106,7 +104,8 @@ def discard_unstarted(job_dir: Path) -> None:
     """Removes the directory Hydra made for a job that did not start, if it holds nothing else
     (a job of an earlier launch keeps its results)."""
     job_dir = Path(job_dir)
-    if job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= {".hydra", "train.log"}:
+    hydra_made = {record.HYDRA_DIR, record.LOG_FILE}
+    if job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= hydra_made:
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
@@ -151,33 +150,31 @@ def settle_killed_jobs(outcomes: list[JobOutcome], why: str) -> None:
     """Jobs whose process was killed (no live claim, summary ``running`` or none): their summary
     says ``failed`` with ``why``, their stale claim goes, and one killed before it wrote anything
     but Hydra's files is discarded (listed as not started)."""
-    from gan import tracking
-
     for o in outcomes:
-        if o.status != "failed" or not o.job_dir.is_dir():
+        if o.status != Status.failed or not o.job_dir.is_dir():
             continue
         if (o.job_dir / files.CLAIM_FILE).exists() and not files.claim_is_stale(o.job_dir):
             continue  # a live process (another launch) holds it
         (o.job_dir / files.CLAIM_FILE).unlink(missing_ok=True)
-        summary_file = o.job_dir / tracking.SUMMARY_FILE
-        if not summary_file.is_file():
+        summary_file = record.Summary(o.job_dir)
+        if not summary_file.exists():
             discard_unstarted(o.job_dir)
             if o.job_dir.is_dir():
-                tracking.write_json(summary_file, {"status": "failed", "error": why})
+                summary_file.write({"status": Status.failed, "error": why})
             continue
         try:
-            summary = json.loads(summary_file.read_text())
+            summary = summary_file.load()
         except (OSError, ValueError):
             continue
-        if isinstance(summary, dict) and summary.get("status") == "running":
-            tracking.write_json(summary_file, {**summary, "status": "failed", "error": why})
+        if summary.get("status") == Status.running:
+            summary_file.write({**summary, "status": Status.failed, "error": why})
 
 
 @dataclass(frozen=True)
 class JobOutcome:
     job_dir: Path
     overrides: str  # the job's own overrides, comma-separated
-    status: str  # finished | diverged | invalid | failed | preempted | running
+    status: str  # a record.Status, or record.NOT_STARTED
     detail: str  # the error, the divergence step, or why the status is unknown
 
 
@@ -186,18 +183,21 @@ def job_outcomes(sweep_dir: Path, planned: list[str] | None = None) -> list[JobO
     ``planned`` (every job's overrides, by job number), the jobs that left no directory too, as
     not started."""
     outcomes = []
-    for overrides_file in sorted(Path(sweep_dir).glob("*/.hydra/overrides.yaml")):
+    for overrides_file in sorted(Path(sweep_dir).glob(f"*/{record.OVERRIDES_FILE}")):
         job_dir = overrides_file.parent.parent
         try:
             overrides = ",".join(OmegaConf.load(overrides_file))
         except Exception as err:  # noqa: BLE001 - a damaged file is one job's problem
-            outcomes.append(JobOutcome(job_dir, "?", "failed", f"overrides.yaml: {err}"))
+            outcomes.append(JobOutcome(job_dir, "?", Status.failed, f"overrides.yaml: {err}"))
             continue
-        outcomes.append(JobOutcome(job_dir, overrides, *_status(job_dir / "summary.json")))
+        outcomes.append(JobOutcome(job_dir, overrides, *_status(job_dir)))
     seen = {_job_number(o.job_dir)[0] for o in outcomes}
     for number, overrides in enumerate(planned or []):
         if number not in seen:
-            outcomes.append(JobOutcome(Path(sweep_dir) / f"{number}_", overrides, NOT_STARTED, ""))
+            not_started = JobOutcome(
+                Path(sweep_dir) / f"{number}_", overrides, record.NOT_STARTED, ""
+            )
+            outcomes.append(not_started)
     return sorted(outcomes, key=lambda o: _job_number(o.job_dir))
 
 
@@ -289,21 +289,22 @@ def planned_jobs(config: DictConfig) -> list[str] | None:
     return [",".join(job) for job in jobs]
 
 
-def _status(summary_file: Path) -> tuple[str, str]:
-    if not summary_file.is_file():
-        return "failed", "it ended before writing summary.json (killed, or crashed at start-up)"
+def _status(job_dir: Path) -> tuple[str, str]:
+    summary_file, name = record.Summary(job_dir), record.SUMMARY_FILE
+    if not summary_file.exists():
+        return Status.failed, f"it ended before writing {name} (killed, or crashed at start-up)"
     try:
-        summary: dict[str, Any] = json.loads(summary_file.read_text())
+        summary = summary_file.load()
+    except record.NotASummary:
+        return Status.failed, f"{name} holds no summary"
     except (OSError, ValueError) as err:
-        return "failed", f"summary.json is unreadable ({err})"
-    if not isinstance(summary, dict):
-        return "failed", "summary.json holds no summary"
-    status = summary.get("status", "failed")
-    claim = summary_file.parent / files.CLAIM_FILE
-    if status == "running" and claim.exists() and not files.claim_is_stale(claim.parent):
-        return "running", "still running in another process (it holds the directory's claim)"
-    if status == "running":  # a job that stopped without updating its status was killed
-        return "failed", "it was killed while running (summary.json still says running)"
+        return Status.failed, f"{name} is unreadable ({err})"
+    status = summary.get("status", Status.failed)
+    claim = job_dir / files.CLAIM_FILE
+    if status == Status.running and claim.exists() and not files.claim_is_stale(job_dir):
+        return Status.running, "still running in another process (it holds the directory's claim)"
+    if status == Status.running:  # a job that stopped without updating its status was killed
+        return Status.failed, f"it was killed while running ({name} still says running)"
     detail = summary.get("error") or (
         f"at step {summary['diverged_step']}" if summary.get("diverged_step") else ""
     )
@@ -319,10 +320,10 @@ def summarize(outcomes: list[JobOutcome]) -> tuple[list[str], bool]:
     """The lines to print (one per job that did not finish) and whether the sweep failed."""
     lines = []
     for o in outcomes:
-        if o.status != "finished":
+        if o.status != Status.finished:
             detail = f": {o.detail}" if o.detail else ""
             lines.append(f"  {o.status:<9} {o.job_dir.name} ({o.overrides}){detail}")
-    failed = any(o.status not in ACCEPTED for o in outcomes)
+    failed = any(o.status not in record.FINAL for o in outcomes)
     counts = {
         s: sum(o.status == s for o in outcomes) for s in dict.fromkeys(o.status for o in outcomes)
     }

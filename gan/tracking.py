@@ -24,26 +24,28 @@ from urllib.parse import urlparse
 
 import torch
 
+from gan import diagnostics, quality, trainer
 from gan.errors import UserError
-from gan.files import atomic_file
+from gan.record import (  # noqa: F401 - SUMMARY_FILE: read by gan.report until it imports gan.record
+    METRICS_FILE,
+    SUMMARY_FILE,
+    sample_file,
+    strict_json,
+)
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.jsonl"
-INIT_REPORT_FILE = "init_report.json"
-SUMMARY_FILE = "summary.json"
 
 STEP_METRIC = "trainer/step"  # in every W&B row: the x-axis of the metrics below
 # (name or glob, summary) as W&B's define_metric takes them; None keeps W&B's default summary,
 # the last value under the plain name. An exact name takes precedence over a glob.
 METRIC_DEFINITIONS = (
-    ("train/*", None),
-    ("eval/*", None),
-    ("eval/fcd", "min,last"),  # GANs can worsen: the best score and the final one
-    ("eval/kcd", "min,last"),
+    (f"{trainer.TRAIN_PREFIX}*", None),
+    (f"{quality.EVAL_PREFIX}*", None),
+    (quality.FCD, "min,last"),  # GANs can worsen: the best score and the final one
+    (quality.KCD, "min,last"),
     # Per-layer statistics at init (the step-0 record: what the init did) and at the end.
-    ("diag/*", "first,last"),
-    ("hist/*", None),
+    (f"{diagnostics.DIAG_PREFIX}*", "first,last"),
+    (f"{diagnostics.HIST_PREFIX}*", None),
 )
 
 
@@ -77,27 +79,6 @@ def resolve_mode(mode: str) -> tuple[str, str]:
             "`wandb login`). Log in, or use logger.mode=offline and upload later with `wandb sync`."
         )
     return mode, f"logger.mode={mode}"
-
-
-NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-
-
-def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float as the string ``"NaN"``, ``"Infinity"`` or
-    ``"-Infinity"``: strict JSON readers accept the files, and ``float()`` reads them back."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return NON_FINITE[str(value)]
-    if isinstance(value, Mapping):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Writes strict JSON atomically: a reader never sees a half-written file."""
-    with atomic_file(path) as f:
-        f.write((json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n").encode())
 
 
 def wandb_config(
@@ -267,7 +248,7 @@ class RunLogger:
         # Blow small grids (64 digits of 8×8 are 73 px wide) up to ≥ 256 px, pixels kept sharp.
         scale = max(1, 256 // grid.shape[-1])
         grid = grid.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
-        path = self.out_dir / "samples" / f"step_{step:07d}.png"
+        path = sample_file(self.out_dir, step)
         path.parent.mkdir(exist_ok=True)
         save_image(grid, path)
         if self.wandb_run:
@@ -285,7 +266,7 @@ class RunLogger:
             for prefix, sample in samples.items():
                 finite = sample[torch.isfinite(sample)]  # a diverging run's activations: NaN/inf
                 if len(finite):
-                    key = f"{prefix.replace('diag/', 'hist/', 1)}/act"
+                    key = diagnostics.histogram_key(prefix)
                     histograms[key] = self._wandb.Histogram(finite.double().numpy())
             if histograms:
                 self._wandb_log(step, histograms)

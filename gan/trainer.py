@@ -21,6 +21,7 @@ from gan.console import progress_bar
 from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
 from gan.nets import Discriminator, Generator, generate
+from gan.record import Ending
 
 __all__ = ["CHANNELS_LAST_SETTINGS", "PRECISIONS", "GANTrainer", "Schedule", "TrainResult"]
 
@@ -36,7 +37,10 @@ METRICS = (
     "D_x",  # mean D(x) (probability) on reals
     "D_G_z",  # mean D(G(z)) on fakes
 )
-METRIC_KEYS = tuple(f"train/{m}" for m in METRICS)
+TRAIN_PREFIX = "train/"
+METRIC_KEYS = tuple(f"{TRAIN_PREFIX}{m}" for m in METRICS)
+# Each key by name, for the modules that read one (the outcome rule, the result line, the report).
+LOSS_D, LOSS_G, ACC_D, ACC_D_REAL, ACC_D_FAKE, ACC_G, D_X, D_G_Z = METRIC_KEYS
 LOSSES = [METRICS.index("loss_D"), METRICS.index("loss_G")]  # a non-finite one means divergence
 
 
@@ -141,7 +145,7 @@ class Schedule:
 
 @dataclass(frozen=True)
 class TrainResult:
-    status: str  # finished | diverged | stopped (asked to stop, e.g. by a signal)
+    status: Ending
     step: int  # the last completed step
     seconds: float
     last: dict[str, float]  # the last logging window's metrics
@@ -470,7 +474,9 @@ class GANTrainer:
                 result = self._after_step(step, schedule, sink, events, start)
             bar.update(1)
         bar.close()
-        return result or TrainResult("finished", self.step, time.perf_counter() - start, self.last)
+        return result or TrainResult(
+            Ending.finished, self.step, time.perf_counter() - start, self.last
+        )
 
     def _train_step(
         self, step: int, schedule: Schedule, sink: Sink, diagnostics: LayerDiagnostics | None
@@ -503,14 +509,14 @@ class GANTrainer:
         if diverged_at is not None:
             sink.log(step, {"diverged": True, "diverged_step": diverged_at})
             seconds = time.perf_counter() - start
-            return TrainResult("diverged", step, seconds, self.last, diverged_at)
+            return TrainResult(Ending.diverged, step, seconds, self.last, diverged_at)
         self.last = dict(zip(METRIC_KEYS, values))
         sink.log(step, self.last)
         self.window_steps = 0
         bar.set_postfix(
-            loss_D=f"{self.last['train/loss_D']:.3f}",
-            loss_G=f"{self.last['train/loss_G']:.3f}",
-            acc_D=f"{self.last['train/acc_D']:.2f}",
+            loss_D=f"{self.last[LOSS_D]:.3f}",
+            loss_G=f"{self.last[LOSS_G]:.3f}",
+            acc_D=f"{self.last[ACC_D]:.2f}",
             refresh=False,
         )
         return None
@@ -527,5 +533,5 @@ class GANTrainer:
         if stop or schedule.checkpoint_due(step):
             events.checkpoint(step)
         if stop and step < schedule.steps:
-            return TrainResult("stopped", step, time.perf_counter() - start, self.last)
+            return TrainResult(Ending.stopped, step, time.perf_counter() - start, self.last)
         return None

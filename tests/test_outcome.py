@@ -12,12 +12,12 @@ from gan import tracking
 from gan.outcome import (
     COLLAPSED_ACC_D_FAKE,
     COLLAPSED_ACC_G,
-    OUTCOMES,
     STUCK_ALIKE,
     final_windows,
     outcome,
     read_windows,
 )
+from gan.record import Outcome
 from gan.run import run
 
 
@@ -181,4 +181,4 @@ def test_without_batchnorm_in_g_the_default_init_collapses_and_he_xavier_trains(
 
 
 def test_the_outcomes_are_the_documented_four():
-    assert OUTCOMES == ("trained", "collapsed", "stuck", "diverged")
+    assert tuple(Outcome) == ("trained", "collapsed", "stuck", "diverged")

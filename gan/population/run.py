@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from gan import files, signals, tracking
+from gan import files, record, signals
 from gan import run as solo
 from gan.console import progress_bar
 from gan.population.enrollment import Enrolled
 from gan.population.trainer import PopulationTrainer
+from gan.record import Ending, Status
 from gan.trainer import GANTrainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> li
             ", ".join(m.cfg.run_name for m in members),
         )
         results = train_members(members, asked, progress)
-    if any(r.status == "stopped" for r in results):
+    if any(r.status == Ending.stopped for r in results):
         raise PopulationPreempted(asked["signal"], results[0].step, [m.summary for m in members])
     for m, result in zip(members, results):
         with member_log(m.cfg.out_dir, console=True):
@@ -124,7 +125,7 @@ def load_members(members: list[Member], progress: bool) -> torch.Tensor:
 @contextmanager
 def member_log(out_dir, *, console: bool) -> Iterator[None]:
     """Lines logged meanwhile go to the member's own train.log (and the console if ``console``)."""
-    handler = logging.FileHandler(out_dir / "train.log")
+    handler = logging.FileHandler(out_dir / record.LOG_FILE)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
     run_log = logging.getLogger(solo.__name__)
     run_log.addHandler(handler)
@@ -173,7 +174,7 @@ def train_members(
     truth after, whatever happens."""
     for m in members:
         m.summary = {**solo.start_summary(m.cfg, m.env), "population": len(members)}
-        tracking.write_json(m.cfg.out_dir / tracking.SUMMARY_FILE, m.summary)
+        record.Summary(m.cfg.out_dir).write(m.summary)
         m.best = dict(m.env.resumed["best"]) if m.env.resumed else {}
         m.saved = {"step": m.trainer.step if m.env.resumed else None}
     trainer = None
@@ -195,7 +196,7 @@ def train_members(
         _record_failure(members, trainer, err)
         raise
     for m in members:
-        tracking.write_json(m.cfg.out_dir / tracking.SUMMARY_FILE, m.summary)
+        record.Summary(m.cfg.out_dir).write(m.summary)
     return results
 
 
@@ -213,8 +214,8 @@ def _record_failure(members: list[Member], trainer, err: BaseException) -> None:
     stopped at once, else failed at the step reached."""
     for m in members:
         if isinstance(err, (signals.Interrupted, KeyboardInterrupt)):
-            m.summary.update(status="preempted", steps=m.saved["step"] or 0)
+            m.summary.update(status=Status.preempted, steps=m.saved["step"] or 0)
         else:
             step = trainer.step if trainer else m.trainer.step
-            m.summary.update(status="failed", steps=step, error=f"{type(err).__name__}: {err}")
-        tracking.write_json(m.cfg.out_dir / tracking.SUMMARY_FILE, m.summary)
+            m.summary.update(status=Status.failed, steps=step, error=f"{type(err).__name__}: {err}")
+        record.Summary(m.cfg.out_dir).write(m.summary)

@@ -20,6 +20,7 @@ from torch import nn
 
 from gan.diagnostics import LayerDiagnostics
 from gan.population.stacked import StackedNet
+from gan.record import Ending
 from gan.trainer import (
     LOSSES,
     METRIC_KEYS,
@@ -277,12 +278,12 @@ class PopulationTrainer:
             if self._after_step(step, schedule, sinks, events):
                 elapsed = time.perf_counter() - start
                 for k in self._active_members():
-                    results[k] = TrainResult("stopped", step, elapsed, self.solos[k].last)
+                    results[k] = TrainResult(Ending.stopped, step, elapsed, self.solos[k].last)
                 break
             progress_bar.update(1)
         elapsed = time.perf_counter() - start
         return [
-            r or TrainResult("finished", self.step, elapsed, self.solos[k].last)
+            r or TrainResult(Ending.finished, self.step, elapsed, self.solos[k].last)
             for k, r in enumerate(results)
         ]
 
@@ -317,7 +318,9 @@ class PopulationTrainer:
                 continue
             sinks[k].log(step, {"diverged": True, "diverged_step": diverged_at})
             elapsed = time.perf_counter() - start
-            results[k] = TrainResult("diverged", step, elapsed, self.solos[k].last, diverged_at)
+            results[k] = TrainResult(
+                Ending.diverged, step, elapsed, self.solos[k].last, diverged_at
+            )
             self._freeze(k)
         self.window_steps = 0
 
