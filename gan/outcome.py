@@ -36,8 +36,6 @@ from pathlib import Path
 from gan.record import Ending, Outcome
 from gan.trainer import ACC_D_FAKE, ACC_D_REAL, ACC_G, D_G_Z, D_X, LOSS_D, LOSS_G, TRAIN_PREFIX
 
-OUTCOMES = tuple(Outcome)  # read by gan.atlas until it imports gan.record.Outcome
-
 FINAL_FRACTION = 0.2  # the final stretch: this share of the windows, at least one
 STUCK_ALIKE = 0.05  # D answers all but this share of the reals, and of the fakes, alike
 COLLAPSED_ACC_G = 0.05  # at most this share of the fakes fool the updated D…

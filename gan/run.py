@@ -250,7 +250,7 @@ def build_trainer(
             checkpoint.restore_rng_states(env.resumed["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise UserError(
-                f"resume={cfg.out_dir}: its {checkpoint.CHECKPOINT_FILE} does not hold the state "
+                f"resume={cfg.out_dir}: its {record.CHECKPOINT_FILE} does not hold the state "
                 f"this version writes ({type(err).__name__}: {str(err)[:200]}); it was left "
                 "untouched. Resume it with the version that wrote it, or start a new run"
             ) from None

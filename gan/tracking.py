@@ -26,12 +26,7 @@ import torch
 
 from gan import diagnostics, quality, trainer
 from gan.errors import UserError
-from gan.record import (  # noqa: F401 - SUMMARY_FILE: read by gan.report until it imports gan.record
-    METRICS_FILE,
-    SUMMARY_FILE,
-    sample_file,
-    strict_json,
-)
+from gan.record import METRICS_FILE, sample_file, strict_json
 
 log = logging.getLogger(__name__)
 

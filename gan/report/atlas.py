@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gan.outcome import OUTCOMES
+from gan.record import Outcome, Status
 from gan.report import figures
 from gan.report.columns import ALPHA, PRIMARY
 from gan.report.effects import AtlasRow, Effect, effect
@@ -33,7 +33,7 @@ CONTROL = "default"  # PyTorch's own init: what every other arm is measured agai
 
 
 def _finished(runs: Sequence[Run]) -> list[Run]:
-    return [r for r in runs if r.status == "finished"]
+    return [r for r in runs if r.status == Status.finished]
 
 
 def final_fcds(runs: Sequence[Run]) -> list[float]:
@@ -60,7 +60,9 @@ def fcds_at(runs: Sequence[Run], step: int) -> list[float]:
 
 def outcome_counts(runs: Sequence[Run]) -> Counter:
     """Runs by outcome; a diverged run whose summary predates outcomes counts as diverged."""
-    return Counter(r.outcome or ("diverged" if r.status == "diverged" else "unknown") for r in runs)
+    return Counter(
+        r.outcome or (Outcome.diverged if r.status == Status.diverged else "unknown") for r in runs
+    )
 
 
 def atlas_rows(settings: dict[str, dict[str, list[Run]]]) -> list[AtlasRow]:
@@ -108,7 +110,7 @@ def _effect_cells(e: Effect | None) -> list[str]:
 
 
 def _outcome_cell(counts: Counter) -> str:
-    order = [*OUTCOMES, *sorted(set(counts) - set(OUTCOMES))]
+    order = [*Outcome, *sorted(set(counts) - set(Outcome))]
     return ", ".join(f"{name} {counts[name]}" for name in order if counts[name])
 
 

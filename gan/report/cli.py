@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gan import console
 from gan.errors import UserError, exits_on_user_error
+from gan.report.columns import PRIMARY
 from gan.report.page import write_reports
 from gan.report.runs import load_runs
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fcd-threshold",
         type=float,
         default=None,
-        help="report the steps each run needs to reach eval/fcd ≤ this value",
+        help=f"report the steps each run needs to reach {PRIMARY} ≤ this value",
     )
     args = parser.parse_args(argv)
     console.setup()

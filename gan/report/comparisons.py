@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gan.report.columns import ALPHA
+from gan.report.columns import ALPHA, PRIMARY
 from gan.report.runs import Run
 from gan.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, clip_difference, compare, holm
 
@@ -126,8 +126,8 @@ def verdict(c: Comparison, lower_is_better: bool) -> str:
         word = "differ significantly" if significant else "do not differ significantly"
         return (
             f"{c.a} and {c.b} {word} in final {c.key} ({ma:.3f} vs {mb:.3f}; {strength}). "
-            "Losses and accuracies do not rank GANs: add a quality metric (eval/fcd) to say which "
-            "is better."
+            f"Losses and accuracies do not rank GANs: add a quality metric ({PRIMARY}) to say "
+            "which is better."
         )
     better, worse = (c.a, c.b) if ma < mb else (c.b, c.a)
     lo, hi = min(ma, mb), max(ma, mb)

@@ -16,8 +16,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gan.diagnostics import DIAG_PREFIX
 from gan.figures import pyplot
+from gan.quality import CLASS_KL, CLASSES_COVERED, FCD, KCD
+from gan.record import Status
+from gan.report.columns import PROBABILITIES
 from gan.report.stats import t_half_width, value_range
+from gan.trainer import ACC_D, ACC_G, D_G_Z, D_X, LOSS_D, LOSS_G
 
 if TYPE_CHECKING:
     from gan.report.effects import AtlasRow
@@ -28,16 +33,16 @@ MARKERS_UP_TO = 20  # curves with at most this many points get markers (one eval
 DPI = 110
 # The y axis of each curve: what its numbers are.
 Y_LABELS = {
-    "train/loss_D": "BCE loss",
-    "train/loss_G": "BCE loss",
-    "train/acc_D": "accuracy",
-    "train/acc_G": "fraction of fakes called real",
-    "train/D_x": "mean D(x), probability",
-    "train/D_G_z": "mean D(G(z)), probability",
-    "eval/fcd": "FCD (lower: closer to the data)",
-    "eval/kcd": "KCD (lower: closer to the data)",
-    "eval/class_kl": "KL to uniform classes (nats)",
-    "eval/classes_covered": "classes (of 10)",
+    LOSS_D: "BCE loss",
+    LOSS_G: "BCE loss",
+    ACC_D: "accuracy",
+    ACC_G: "fraction of fakes called real",
+    D_X: "mean D(x), probability",
+    D_G_Z: "mean D(G(z)), probability",
+    FCD: "FCD (lower: closer to the data)",
+    KCD: "KCD (lower: closer to the data)",
+    CLASS_KL: "KL to uniform classes (nats)",
+    CLASSES_COVERED: "classes (of 10)",
 }
 
 
@@ -85,7 +90,7 @@ def _arm_handles(arms: dict[str, list[Run]]) -> list:
 
 
 def _n_finished(runs: Sequence[Run]) -> int:
-    return sum(r.status == "finished" for r in runs)
+    return sum(r.status == Status.finished for r in runs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +132,7 @@ def _plot_bands(ax, arms: dict[str, list[Run]], key: str) -> None:
     """One panel: each arm's mean curve of ``key`` and its band, over finished runs."""
     single = set()  # steps of arms evaluated once
     for i, runs in enumerate(arms.values()):
-        ok = [r for r in runs if r.status == "finished" and key in r.curves]
+        ok = [r for r in runs if r.status == Status.finished and key in r.curves]
         b = band(ok, key)
         if b is None:
             continue
@@ -153,7 +158,7 @@ def _plot_bands(ax, arms: dict[str, list[Run]], key: str) -> None:
         margin = 0.08 * max(max(single), 1)  # room for the arms side by side
         ax.set(xticks=sorted(single), xlim=(min(single) - margin, max(single) + margin))
     ax.set(title=key, xlabel="step", ylabel=Y_LABELS.get(key, key.split("/")[-1]))
-    if "acc" in key or key in ("train/D_x", "train/D_G_z"):
+    if "acc" in key or key in PROBABILITIES:
         ax.axhline(0.5, color="grey", lw=0.6, ls="--")
 
 
@@ -208,7 +213,7 @@ NETWORKS = {"G": "generator", "D": "discriminator"}
 
 def diag_layers(runs: Sequence[Run], net: str) -> list[str]:
     """Layers of ``net`` (G or D) with diagnostics, in the order they were logged."""
-    prefix = f"diag/{net}/"
+    prefix = f"{DIAG_PREFIX}{net}/"
     keys = (k for r in runs for k in r.curves if k.startswith(prefix))
     return list(dict.fromkeys(k[len(prefix) :].rsplit("/", 1)[0] for k in keys))
 
@@ -217,7 +222,7 @@ def diag_value(run: Run, net: str, layer: str, stats: Sequence[str], last: bool)
     """The first of ``stats`` the run logged for the layer, at step 0 or at its last diagnostic
     step; nan when it has none."""
     for stat in stats:
-        series = run.curves.get(f"diag/{net}/{layer}/{stat}")
+        series = run.curves.get(f"{DIAG_PREFIX}{net}/{layer}/{stat}")
         if series is not None:
             steps, values = series
             if last:
@@ -232,9 +237,9 @@ def last_diag_step(arms: dict[str, list[Run]]) -> int | None:
         int(series[0][-1])
         for runs in arms.values()
         for r in runs
-        if r.status == "finished"
+        if r.status == Status.finished
         for key, series in r.curves.items()
-        if key.startswith("diag/")
+        if key.startswith(DIAG_PREFIX)
     ]
     return max(steps) if steps else None
 
@@ -288,7 +293,7 @@ def _diag_panel(ax, arms, net, layers, stats, log: bool, last: int | None) -> No
     for i, runs in enumerate(arms.values()):
         lines = [(runs, False, "--", "none")]
         if last:
-            lines.append(([r for r in runs if r.status == "finished"], True, "-", f"C{i}"))
+            lines.append(([r for r in runs if r.status == Status.finished], True, "-", f"C{i}"))
         for chosen, at_last, style, face in lines:
             y = diag_profile(chosen, net, layers, stats, at_last)
             if log:  # exactly 0 (all-zero weights, no gradient) has no place on a log axis:

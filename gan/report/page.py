@@ -7,8 +7,10 @@ import math
 import re
 from pathlib import Path
 
+from gan.quality import CLASS_KL, KCD
+from gan.record import Status, sample_step
 from gan.report import atlas, figures, html_page
-from gan.report.columns import COVERAGE, CURVES, KCD, PRIMARY, TRAIN_FINALS
+from gan.report.columns import COVERAGE, CURVES, PRIMARY, TRAIN_FINALS
 from gan.report.comparisons import pairwise, pairwise_tables, verdict_section
 from gan.report.figures import SamplePick
 from gan.report.grouping import arms_of, by_setting, varying_values
@@ -77,12 +79,12 @@ def write_report(
     setting (named in the title when given); returns report.md's text. ``console``: whether a
     small-n warning also goes to the console."""
     arms = arms_of(runs)
-    finished = {arm: [r for r in rs if r.status == "finished"] for arm, rs in arms.items()}
+    finished = {arm: [r for r in rs if r.status == Status.finished] for arm, rs in arms.items()}
     write_csv([run_row(r, threshold) for rs in arms.values() for r in rs], out / "summary.csv")
     figures.plot_curves(arms, CURVES, out / "curves.png")
     logged = {key for r in runs for key in r.curves}
     quality = [k for k in (PRIMARY, KCD) if k in logged]
-    metrics = quality + (["eval/class_kl"] if "eval/class_kl" in logged else [])
+    metrics = quality + ([CLASS_KL] if CLASS_KL in logged else [])
     metrics += list(TRAIN_FINALS)
     pairs = list(itertools.combinations(finished, 2))
     comparisons = pairwise(finished, pairs, metrics)
@@ -145,7 +147,7 @@ def sample_picks(arms: dict[str, list[Run]]) -> list[SamplePick]:
     two middle ones for an even count), or of its first finished seed when it has no FCD."""
     picks = []
     for arm, runs in arms.items():
-        ok = [r for r in runs if r.status == "finished" and r.last_sample()]
+        ok = [r for r in runs if r.status == Status.finished and r.last_sample()]
         scored = sorted(
             (r for r in ok if math.isfinite(r.final(PRIMARY) or math.nan)),
             key=lambda r: r.final(PRIMARY),
@@ -159,6 +161,6 @@ def sample_picks(arms: dict[str, list[Run]]) -> list[SamplePick]:
             picks.append(SamplePick(arm, f"{arm}\nno finished run with samples", None))
             continue
         grid = run.last_sample()
-        step = int(grid.stem.removeprefix("step_"))
+        step = sample_step(grid)
         picks.append(SamplePick(arm, f"{arm}\n{why}, step {step}", grid))
     return picks

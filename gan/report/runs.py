@@ -12,17 +12,28 @@ from pathlib import Path
 import numpy as np
 
 from gan.config import setting_name
+from gan.diagnostics import DIAG_PREFIX
 from gan.errors import UserError
+from gan.quality import EVAL_PREFIX
+from gan.record import (
+    CONFIG_FILE,
+    FINAL,
+    METRICS_FILE,
+    NON_FINITE,
+    SUMMARY_FILE,
+    NotASummary,
+    Summary,
+    sample_files,
+)
 from gan.report.columns import CURVES, FINALS, MORE_FINALS
-from gan.tracking import METRICS_FILE, SUMMARY_FILE
+from gan.trainer import TRAIN_PREFIX
 
 log = logging.getLogger(__name__)
 
 # Series read from metrics.jsonl: these prefixes, as numbers. Keys the report relies on must be
 # numbers (a string there makes the line invalid); other strings (eval/classifier) are labels.
-SERIES_PREFIXES = ("train/", "eval/", "diag/")
+SERIES_PREFIXES = (TRAIN_PREFIX, EVAL_PREFIX, DIAG_PREFIX)
 NUMERIC = frozenset(CURVES + FINALS + MORE_FINALS)
-NON_FINITE = ("NaN", "Infinity", "-Infinity")  # how the runs write non-finite numbers
 
 
 @dataclass
@@ -42,7 +53,7 @@ class Run:
 
     def last_sample(self) -> Path | None:
         """The run's last sample grid (``samples/step_NNNNNNN.png``), if any."""
-        grids = sorted((self.path / "samples").glob("step_*.png"))
+        grids = sample_files(self.path)
         return grids[-1] if grids else None
 
     def final(self, key: str) -> float | None:
@@ -102,16 +113,17 @@ class Skipped:
 
 def read_run(run_dir: Path) -> Run | None:
     """The run in ``run_dir``; None while it has no finished (or diverged) summary."""
-    summary_path = run_dir / SUMMARY_FILE
-    if not summary_path.is_file():
+    record = Summary(run_dir)
+    summary_path = record.path
+    if not record.exists():
         return None
     try:
-        summary = json.loads(summary_path.read_text())
+        summary = record.load()
+    except NotASummary:
+        raise UnreadableRun(f"{summary_path} holds no summary (a JSON object)") from None
     except ValueError as err:
         raise UnreadableRun(f"{summary_path} is not valid JSON ({err})") from None
-    if not isinstance(summary, dict):
-        raise UnreadableRun(f"{summary_path} holds no summary (a JSON object)")
-    if summary.get("status") not in ("finished", "diverged"):
+    if summary.get("status") not in FINAL:
         return None
     try:
         run = Run(
@@ -157,7 +169,7 @@ def _by_step(pairs: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
 
 def _is_number(value: object) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
-        value in NON_FINITE
+        value in NON_FINITE.values()
     )
 
 
@@ -195,7 +207,7 @@ def read_setting(run_dir: Path, summary: dict) -> dict[str, str]:
         "dataset.name": summary["dataset"],
         "precision (resolved)": summary.get("precision", "fp32"),
     }
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if path.is_file():
         setting.update(_flat(_resolved_config(path)))
     return {

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gan.quality import CLASS_KL, CLASSES_COVERED, CONFIDENCE, FCD, KCD_STD
+from gan.trainer import ACC_D, ACC_D_FAKE, ACC_D_REAL, ACC_G, D_G_Z, D_X, LOSS_D, LOSS_G
+
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same runs give the same report
 # Below this many finished seeds in an arm, the report warns: a t interval from 2-4 values is wide,
@@ -20,19 +23,10 @@ N_CLASSES = 10  # every dataset here has ten classes (eval/classes_covered, eval
 # claim values no run could have (11.5 of 10 classes, an accuracy below 0): clipped to these.
 _UNIT = (0.0, 1.0)
 RANGES = {
-    "train/acc_D": _UNIT,
-    "train/acc_G": _UNIT,
-    "train/acc_D_real": _UNIT,
-    "train/acc_D_fake": _UNIT,
-    "train/D_x": _UNIT,
-    "train/D_G_z": _UNIT,
-    "eval/confidence": _UNIT,
-    "train/loss_D": (0.0, math.inf),
-    "train/loss_G": (0.0, math.inf),
-    "eval/fcd": (0.0, math.inf),
-    "eval/kcd_std": (0.0, math.inf),
-    "eval/classes_covered": (0.0, float(N_CLASSES)),
-    "eval/class_kl": (0.0, math.log(N_CLASSES)),
+    **dict.fromkeys((ACC_D, ACC_G, ACC_D_REAL, ACC_D_FAKE, D_X, D_G_Z, CONFIDENCE), _UNIT),
+    **dict.fromkeys((LOSS_D, LOSS_G, FCD, KCD_STD), (0.0, math.inf)),
+    CLASSES_COVERED: (0.0, float(N_CLASSES)),
+    CLASS_KL: (0.0, math.log(N_CLASSES)),
 }  # eval/kcd is unbiased, so a single estimate may be negative: it has no bound here
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gan.report.columns import FINALS, KCD, LABELS, MORE_FINALS, PRIMARY, TRAIN_FINALS
+from gan.quality import EVAL_PREFIX, KCD
+from gan.record import Status
+from gan.report.columns import FINALS, LABELS, MORE_FINALS, PRIMARY, TRAIN_FINALS
 from gan.report.runs import Run, Skipped
 from gan.report.stats import FEW_SEEDS, clip_interval, mean_ci
 
@@ -24,7 +26,7 @@ def _fmt(mean: float, half: float, digits: int = 3) -> str:
 
 
 def _digits(key: str) -> int:
-    return 2 if key.startswith("eval/") else 3
+    return 2 if key.startswith(EVAL_PREFIX) else 3
 
 
 def _cell(values: Sequence[float | None], key: str, digits: int | None = None) -> str:
@@ -43,7 +45,7 @@ def _cell(values: Sequence[float | None], key: str, digits: int | None = None) -
 def few_seeds_warning(arms: dict[str, list[Run]], console: bool = True) -> list[str]:
     """A warning block when an arm has fewer than FEW_SEEDS finished runs; also on the console
     unless ``console`` is False (a setting's page under an atlas, whose page warns once)."""
-    counts = {arm: sum(r.status == "finished" for r in rs) for arm, rs in arms.items()}
+    counts = {arm: sum(r.status == Status.finished for r in rs) for arm, rs in arms.items()}
     few = {arm: n for arm, n in counts.items() if n < FEW_SEEDS}
     if not few:
         return []
@@ -129,7 +131,7 @@ def arm_table(
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, rs in arms.items():
         ok = finished[arm]
-        cells = [arm, str(len(ok)), str(sum(r.status == "diverged" for r in rs))]
+        cells = [arm, str(len(ok)), str(sum(r.status == Status.diverged for r in rs))]
         if has_fcd:
             cells += _fcd_cells(ok, threshold)
         if has_kcd:
