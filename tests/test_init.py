@@ -16,11 +16,10 @@ from gan.init import (
     Scheme,
     SigmoidInLoss,
     fans,
-    init_table,
     trace_feeds,
     trainable_weight,
 )
-from gan.init_call import initialize
+from gan.init_call import init_table, initialize
 from gan.run import build_networks
 
 # What each weighted layer feeds, written out by hand from the architectures' definitions (not
