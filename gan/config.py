@@ -245,6 +245,67 @@ def setting_name(overrides: Sequence[str]) -> str | None:
     return names[-1] if names else None
 
 
+# --------------------------------------------------------------------------------------------
+# What a key is besides its value: whether a resume may change it, whether it makes the setting
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    resumable: bool  # a resumed run may change it and still continue the same run
+    setting: bool  # it changes what a run measures: runs that differ in it are other settings
+
+
+# The keys of the resolved config that a resumed run may change or that make no setting, each
+# declared once (a section's name covers its every key); every other key is part of the
+# experiment, fixed on resume, and of its setting. resume_may_change() and not_setting() list
+# them in this order.
+KEY_USES = {
+    # The run's length and periods. The evaluation period decides which FCDs a run has.
+    "trainer.steps": KeyUse(resumable=True, setting=True),
+    "trainer.sample_every": KeyUse(resumable=True, setting=False),
+    "trainer.diag_every": KeyUse(resumable=True, setting=False),
+    "trainer.eval_every": KeyUse(resumable=True, setting=True),
+    "trainer.ckpt_every": KeyUse(resumable=True, setting=False),
+    # Where and how it computes. threads and precision may change on resume as settings only:
+    # what they resolve to (torch's CPU threads, the precision) must stay, as both change the
+    # numbers (gan.run checks); the report reads the resolved precision from summary.json.
+    "trainer.threads": KeyUse(resumable=True, setting=False),
+    "trainer.device": KeyUse(resumable=True, setting=False),
+    "trainer.precision": KeyUse(resumable=True, setting=False),
+    "eval.batch_size": KeyUse(resumable=True, setting=False),
+    # Paths and logging.
+    "data_dir": KeyUse(resumable=True, setting=False),
+    "logger": KeyUse(resumable=True, setting=False),
+    # Fixed on resume, yet no setting: the init arm is compared within a setting and the seed
+    # repeats it; default_lr gives way to the resolved trainer.lr; the rest are speed knobs,
+    # download details and the logging window (a checkpoint carries its open window).
+    "init": KeyUse(resumable=False, setting=False),
+    "seed": KeyUse(resumable=False, setting=False),
+    "resume": KeyUse(resumable=False, setting=False),
+    "dataset.download_timeout": KeyUse(resumable=False, setting=False),
+    "dataset.offline_dir": KeyUse(resumable=False, setting=False),
+    "trainer.default_lr": KeyUse(resumable=False, setting=False),
+    "trainer.channels_last": KeyUse(resumable=False, setting=False),
+    "trainer.compile": KeyUse(resumable=False, setting=False),
+    "trainer.log_every": KeyUse(resumable=False, setting=False),
+}
+SECTIONS = ("dataset", "model", "init", "trainer", "logger", "eval")  # the config's mappings
+
+
+def resume_may_change() -> tuple[str, ...]:
+    """Dotted prefixes of the keys a resumed run may change; a section's ends with a dot, so
+    that it matches its own keys only."""
+    return tuple(
+        f"{key}." if key in SECTIONS else key for key, use in KEY_USES.items() if use.resumable
+    )
+
+
+def not_setting() -> tuple[str, ...]:
+    """The keys (a section: its every key) that do not change what a run measures."""
+    return tuple(key for key, use in KEY_USES.items() if not use.setting)
+
+
 def _one_of(obj: Any, key: str, valid: Sequence[str], group: str) -> None:
     value = getattr(obj, key)
     if value not in valid:
@@ -417,7 +478,7 @@ def run_config(
     scheme_dir: Path,
 ) -> RunConfig:
     """The typed run configuration from Hydra's resolved config (a plain mapping)."""
-    known = {"seed", "data_dir", "dataset", "model", "init", "trainer", "logger", "eval", "resume"}
+    known = {"seed", "data_dir", "resume", *SECTIONS}
     unknown = set(cfg) - known
     if unknown:
         raise UserError(f"unknown top-level key(s) {sorted(unknown)}; valid: {sorted(known)}")

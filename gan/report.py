@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gan import atlas, console, report_figures, report_html
-from gan.config import setting_name
+from gan.config import not_setting, setting_name
 from gan.errors import UserError, exits_on_user_error
 from gan.report_figures import SamplePick, band  # noqa: F401 - band: part of this module's API
 from gan.stats import (  # noqa: F401 - re-exported: the report's statistics, by their old names
@@ -223,30 +223,11 @@ def _is_number(value: object) -> bool:
     )
 
 
-# Keys of the resolved config that do not change what a run measures: the init arm (compared
-# within a setting), the seed, logging, paths and speed knobs. trainer.precision gives way to the
+# Keys of the resolved config that do not change what a run measures (the init arm, the seed,
+# logging, paths, speed knobs), declared in gan.config.KEY_USES. trainer.precision gives way to the
 # precision it resolved to on the run's machine (summary.json); trainer.default_lr to the resolved
 # trainer.lr.
-NOT_SETTING = (
-    "init",
-    "seed",
-    "logger",
-    "data_dir",
-    "resume",
-    "eval.batch_size",
-    "dataset.download_timeout",
-    "dataset.offline_dir",
-    "trainer.default_lr",
-    "trainer.device",
-    "trainer.threads",
-    "trainer.channels_last",
-    "trainer.compile",
-    "trainer.precision",
-    "trainer.log_every",
-    "trainer.sample_every",
-    "trainer.diag_every",
-    "trainer.ckpt_every",
-)
+NOT_SETTING = not_setting()
 
 
 def read_setting(run_dir: Path, summary: dict) -> dict[str, str]:
