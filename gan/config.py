@@ -381,15 +381,31 @@ def build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
 
-def preset(cls: type, group: str, option: str, **extra: Any) -> Any:
-    """One option of a config group as its typed object, read from ``conf/<group>/<option>.yaml``
-    (``preset(ModelConfig, "model", "dcgan")`` is what ``model=dcgan`` builds), for library use
-    without Hydra. ``extra`` supplies keys that live outside the group (``root`` for a dataset)."""
+def preset(cls: type, group: str, option: str | None = None, **extra: Any) -> Any:
+    """The YAML's defaults as a typed object, for library use without Hydra: one option of a
+    config group, read from ``conf/<group>/<option>.yaml`` (``preset(ModelConfig, "model",
+    "dcgan")`` is what ``model=dcgan`` builds), or without ``option`` a section of
+    ``conf/config.yaml`` (``preset(TrainerConfig, "trainer")``). ``extra`` sets keys: ones that
+    live outside the group (``root`` for a dataset), or changes (``batch_size=16``), which the
+    section's interpolations follow (``optimizer="sgd"`` gets SGD's ``lr``)."""
+    if option is None:
+        return build(cls, _section(group, extra), group)
     path = CONF_DIR / group / f"{option}.yaml"
     if not path.is_file():
         valid = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         raise UserError(f"unknown {group} {option!r}; valid: {valid}")
     return build(cls, {**OmegaConf.to_container(OmegaConf.load(path)), **extra}, group)
+
+
+def _section(key: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Section ``key`` of conf/config.yaml with ``changes``, its interpolations resolved."""
+    entry = OmegaConf.load(CONF_DIR / "config.yaml")
+    if not isinstance(entry.get(key), Mapping):
+        valid = ", ".join(k for k in SECTIONS if k in entry)
+        raise UserError(f"conf/config.yaml has no section {key!r}; valid: {valid}")
+    section = OmegaConf.to_container(entry[key])  # interpolations kept, as written
+    changed = OmegaConf.create({key: {**section, **changes}})
+    return OmegaConf.to_container(changed[key], resolve=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -180,3 +180,26 @@ def test_every_declared_key_is_a_key_of_the_config(tmp_path):
     stale = [k for k in config.KEY_USES if k not in flat and k not in config.SECTIONS]
     assert stale == []
     assert set(config.SECTIONS) == {k for k, v in resolved.items() if isinstance(v, dict)}
+
+
+@pytest.mark.parametrize(
+    ("cls", "section"),
+    [
+        (config.TrainerConfig, "trainer"),
+        (config.EvalConfig, "eval"),
+        (config.LoggerConfig, "logger"),
+    ],
+)
+def test_a_preset_section_is_what_a_run_without_overrides_gets(cls, section, tmp_path):
+    cfg = run_config([], tmp_path)
+    assert config.preset(cls, section) == getattr(cfg, section)
+
+
+def test_a_preset_section_takes_changes_and_refuses_what_is_no_section():
+    trainer = config.preset(config.TrainerConfig, "trainer", optimizer="sgd", steps=7)
+    assert (trainer.optimizer, trainer.lr, trainer.steps) == ("sgd", 0.05, 7)
+    assert config.preset(config.TrainerConfig, "trainer", optimizer="sgd", lr=0.1).lr == 0.1
+    with pytest.raises(UserError, match="no section 'model'; valid: trainer, logger, eval"):
+        config.preset(config.ModelConfig, "model")
+    with pytest.raises(UserError, match="trainer.batch_size must be >= 2"):
+        config.preset(config.TrainerConfig, "trainer", batch_size=1)
