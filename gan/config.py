@@ -61,13 +61,6 @@ D_NORMS = ("none", "batch", "spectral")  # the discriminator's (model.d_norm)
 OPTIMIZERS = ("adam", "sgd")  # trainer.optimizer, for both networks
 
 
-def check_precision_name(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise UserError(
-            f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-        )
-
-
 @dataclass(frozen=True)
 class DataConfig:
     name: str  # digits | mnist | fashion_mnist
@@ -142,7 +135,7 @@ class TrainerConfig:
             raise UserError(
                 f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}"
             )
-        check_precision_name(self.precision)
+        _one_of(self, "precision", PRECISIONS, "trainer")  # the one check of its name
         _one_of(self, "optimizer", OPTIMIZERS, "trainer")
         if set(self.default_lr) != set(OPTIMIZERS) or not all(
             lr > 0 for lr in self.default_lr.values()

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gan.errors import UserError
+from gan.runtime import derive_seed
 from gan.schemes import (
     DISTRIBUTIONS,
     FAMILIES,
@@ -517,8 +518,6 @@ def _resolve(spec: str | Scheme, network: str | None) -> Scheme:
 
 
 def _seeded_stream(seed: int, network: str) -> torch.Generator:
-    from gan.trainer import derive_seed  # trainer imports config, which imports this module
-
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
         raise UserError(f"initialize: seed must be an integer in [0, 2**64), got {seed!r}")
     return torch.Generator().manual_seed(derive_seed(seed, f"init/{network}"))
