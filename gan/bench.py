@@ -40,6 +40,7 @@ from gan.config import (
     CHANNELS_LAST_SETTINGS,
     PRECISIONS,
     DataConfig,
+    LoggerConfig,
     ModelConfig,
     TrainerConfig,
     preset,
@@ -213,20 +214,12 @@ def _sink(tmp: Path, logging: bool):
     """W&B offline + metrics.jsonl in ``tmp``, as a run logs; with ``logging`` off, nothing."""
     if not logging:
         return nullcontext(_NoSink())
-    from gan.tracking import RunLogger
+    from gan.tracking import RunIdentity, RunLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    return RunLogger(
-        tmp,
-        mode="offline",
-        project="gan-init-bench",
-        entity=None,
-        name="bench",
-        group="bench",
-        job_type="bench",
-        tags=[],
-        config={},
-    )
+    section = preset(LoggerConfig, "logger", project="gan-init-bench", job_type="bench")
+    run = RunIdentity(out_dir=tmp, name="bench", group="bench", tags=(), config={})
+    return RunLogger(section, run, mode="offline")
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -487,17 +487,19 @@ class RunEvents:
 
 
 def open_logger(cfg: RunConfig, env: Environment) -> tracking.RunLogger:
+    return tracking.RunLogger(cfg.logger, run_identity(cfg, env), mode=env.wandb_mode)
+
+
+def run_identity(cfg: RunConfig, env: Environment) -> tracking.RunIdentity:
+    """The run as its logger knows it: its directory, W&B name, group, tags and config, and
+    where a resumed run continues."""
     sweep_tags = [f"sweep:{cfg.logger.sweep_id}"] if cfg.logger.sweep_id else []
     setting_tag = [f"setting:{cfg.setting}"] if cfg.setting else []
-    return tracking.RunLogger(
-        cfg.out_dir,
-        mode=env.wandb_mode,
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
+    return tracking.RunIdentity(
+        out_dir=cfg.out_dir,
         name=cfg.run_name,
         group=cfg.wandb_group,
-        job_type=cfg.logger.job_type,
-        tags=[cfg.model.name, cfg.data.name, *setting_tag, *cfg.logger.tags, *sweep_tags],
+        tags=(cfg.model.name, cfg.data.name, *setting_tag, *cfg.logger.tags, *sweep_tags),
         config={
             **wandb_config(cfg),
             "setting": cfg.setting,
