@@ -1,7 +1,7 @@
 """`python -m gan.bench`: this project's training loop against the conventional one.
 
 In one process, on the same data and the same model math (the same G and D, BCE on logits,
-non-saturating G loss, Adam(2e-4, (0.5, 0.999))):
+non-saturating G loss, Adam at the lr and betas of conf/config.yaml's trainer section):
 
 - reference: the usual script: a torchvision dataset with per-sample ToTensor + Normalize in a
   shuffling DataLoader, PyTorch's default Adam, an ``.item()`` per step for printing;
@@ -29,26 +29,25 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from gan import data, nets
-from gan.config import DataConfig, ModelConfig, preset
-from gan.errors import UserError, exits_on_user_error
-from gan.trainer import (
+from gan.config import (
     CHANNELS_LAST_SETTINGS,
     PRECISIONS,
-    GANTrainer,
-    Schedule,
-    check_precision,
-    cpu_has_native_bf16,
-    resolve_device,
-    resolve_precision,
-    to_channels_last,
-    wants_channels_last,
+    DataConfig,
+    LoggerConfig,
+    ModelConfig,
+    TrainerConfig,
+    preset,
 )
+from gan.errors import UserError, exits_on_user_error
+from gan.runtime import check_precision, cpu_has_native_bf16, resolve_device, resolve_precision
+from gan.trainer import GANTrainer, Schedule, to_channels_last, wants_channels_last
 
 WARMUP = 10
 NEVER = 10**9  # a period no run reaches: the task runs at the last step only
@@ -60,19 +59,59 @@ class _NoSink:
     def log_diagnostics(self, *args) -> None: ...
 
 
-def _models(model: str, dataset: str, seed: int, device: torch.device):
-    """G and D as ``model=<model>`` builds them (conf/model/<model>.yaml), PyTorch's default init.
+@dataclass(frozen=True)
+class Bench:
+    """What the loops of one benchmark share: the model, the data, the trainer section (the
+    YAML's, with the command's options) and where they run."""
+
+    model: ModelConfig  # conf/model/<--model>.yaml
+    data: DataConfig  # conf/dataset/<--dataset>.yaml, under --data-dir
+    trainer: TrainerConfig  # conf/config.yaml's, with --batch-size, --compile and the like
+    device: torch.device
+    precision: str  # trainer.precision resolved for the device
+    channels_last: bool
+    steps: int  # timed steps per loop, after WARMUP
+    seed: int
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """The benchmark the command asks for, its defaults from the YAML."""
+    trainer = preset(
+        TrainerConfig,
+        "trainer",
+        optimizer="adam",  # the conventional script's, which the reference loop is
+        batch_size=args.batch_size,
+        device=args.device,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        precision=args.precision,
+    )
+    device = resolve_device(trainer.device)
+    return Bench(
+        model=preset(ModelConfig, "model", args.model),
+        data=preset(DataConfig, "dataset", args.dataset, root=args.data_dir),
+        trainer=trainer,
+        device=device,
+        precision=resolve_precision(trainer.precision, device),
+        channels_last=wants_channels_last(args.model, trainer.channels_last),
+        steps=args.steps,
+        seed=args.seed,
+    )
+
+
+def _models(bench: Bench, seed: int, device: torch.device):
+    """G and D as ``model=<model>`` builds them, PyTorch's default init.
 
     The one place that knows how a model is configured and built.
     """
     torch.manual_seed(seed)
-    g, d = nets.build(preset(ModelConfig, "model", model), data.image_shape(dataset))
+    g, d = nets.build(bench.model, data.image_shape(bench.data.name))
     return g.to(device), d.to(device)
 
 
-def _training_split(dataset: str, root: Path) -> data.Split:
-    """The training split as ``dataset=<dataset>`` loads it (conf/dataset/<dataset>.yaml)."""
-    return data.load(preset(DataConfig, "dataset", dataset, root=root), train=True)
+def _training_split(bench: Bench) -> data.Split:
+    """The training split as ``dataset=<dataset>`` loads it."""
+    return data.load(bench.data, train=True)
 
 
 class _PerSampleDataset(torch.utils.data.Dataset):
@@ -90,42 +129,33 @@ class _PerSampleDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i, 0].numpy(), mode="L")), 0
 
 
-def _reference_dataset(dataset: str, root: Path):
+def _reference_dataset(bench: Bench):
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    dataset, root = bench.data.name, bench.data.root
     if dataset in ("mnist", "fashion_mnist"):
-        _training_split(
-            dataset, root
-        )  # unpacks Debian's files / downloads once, like the project does
+        _training_split(bench)  # unpacks Debian's files / downloads once, like the project does
         cls = datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
         return cls(str(root), train=True, transform=transform, download=False)
-    images = _training_split(
-        dataset, root
-    ).images  # digits: back to 0..255 bytes, served per sample
+    images = _training_split(bench).images  # digits: back to 0..255 bytes, served per sample
     return _PerSampleDataset(((images + 1) * 127.5).round().to(torch.uint8), transform)
 
 
-def reference_loop(
-    model: str,
-    dataset: str,
-    root: Path,
-    batch_size: int,
-    steps: int,
-    device: torch.device,
-    seed: int,
-) -> float:
-    """Seconds for ``steps`` steps of the conventional loop (after warm-up)."""
-    g, d = _models(model, dataset, seed, device)
-    g_opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    d_opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+def reference_loop(bench: Bench) -> float:
+    """Seconds for ``bench.steps`` steps of the conventional loop (after warm-up)."""
+    device, steps, batch_size = bench.device, bench.steps, bench.trainer.batch_size
+    g, d = _models(bench, bench.seed, device)
+    lr, betas = bench.trainer.lr, bench.trainer.betas
+    g_opt = torch.optim.Adam(g.parameters(), lr=lr, betas=betas)
+    d_opt = torch.optim.Adam(d.parameters(), lr=lr, betas=betas)
     loader = torch.utils.data.DataLoader(
-        _reference_dataset(dataset, root), batch_size=batch_size, shuffle=True, drop_last=True
+        _reference_dataset(bench), batch_size=batch_size, shuffle=True, drop_last=True
     )
     if len(loader) == 0:  # drop_last: no whole batch, and the loop below would never end
         raise UserError(
             f"--batch-size {batch_size} exceeds the {len(loader.dataset)} training images of "
-            f"{dataset}; use a smaller --batch-size"
+            f"{bench.data.name}; use a smaller --batch-size"
         )
     ones = torch.ones(batch_size, 1, device=device)
     zeros = torch.zeros(batch_size, 1, device=device)
@@ -154,42 +184,23 @@ def reference_loop(
     return time.perf_counter() - start
 
 
-def project_loop(
-    model: str,
-    dataset: str,
-    root: Path,
-    batch_size: int,
-    steps: int,
-    device: torch.device,
-    seed: int,
-    logging: bool,
-    channels_last: bool,
-    torch_compile: bool = False,
-    precision: str = "fp32",
-) -> float:
-    """Seconds for ``steps`` steps of GANTrainer (after warm-up), logging as a run does or not."""
-    g, d = _models(model, dataset, seed, device)
-    images = _training_split(dataset, root).images.to(device)
-    if channels_last:
+def project_loop(bench: Bench, logging: bool) -> float:
+    """Seconds for ``bench.steps`` steps of GANTrainer (after warm-up), logging as a run does or
+    not."""
+    device = bench.device
+    g, d = _models(bench, bench.seed, device)
+    images = _training_split(bench).images.to(device)
+    if bench.channels_last:
         g, d, images = to_channels_last(g, d, images)
-    trainer = GANTrainer(
-        g,
-        d,
-        images,
-        batch_size=batch_size,
-        lr=2e-4,
-        betas=(0.5, 0.999),
-        seed=seed,
-        torch_compile=torch_compile,
-        precision=precision,
-    )
+    trainer = GANTrainer(g, d, images, bench.trainer, seed=bench.seed, precision=bench.precision)
     trainer.run(Schedule(WARMUP, log_every=WARMUP, sample_every=NEVER), _NoSink(), progress=False)
-    # As a real run: a logging window of 50, diagnostics and a sample grid every 500 steps.
+    # As a real run: its logging window, diagnostics and sample grids (the YAML's periods).
+    periods = bench.trainer
     timed = Schedule(
-        WARMUP + steps,
-        log_every=50 if logging else NEVER,
-        sample_every=500 if logging else NEVER,
-        diag_every=500 if logging else 0,
+        WARMUP + bench.steps,
+        log_every=periods.log_every if logging else NEVER,
+        sample_every=periods.sample_every if logging else NEVER,
+        diag_every=periods.diag_every if logging else 0,
     )
     with tempfile.TemporaryDirectory() as tmp, _sink(Path(tmp), logging) as sink:
         start = time.perf_counter()
@@ -203,20 +214,12 @@ def _sink(tmp: Path, logging: bool):
     """W&B offline + metrics.jsonl in ``tmp``, as a run logs; with ``logging`` off, nothing."""
     if not logging:
         return nullcontext(_NoSink())
-    from gan.tracking import RunLogger
+    from gan.tracking import RunIdentity, RunLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    return RunLogger(
-        tmp,
-        mode="offline",
-        project="gan-init-bench",
-        entity=None,
-        name="bench",
-        group="bench",
-        job_type="bench",
-        tags=[],
-        config={},
-    )
+    section = preset(LoggerConfig, "logger", project="gan-init-bench", job_type="bench")
+    run = RunIdentity(out_dir=tmp, name="bench", group="bench", tags=(), config={})
+    return RunLogger(section, run, mode="offline")
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -226,24 +229,25 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
+    run = preset(TrainerConfig, "trainer")  # a run's defaults are the bench's
     parser = argparse.ArgumentParser(
         prog="python -m gan.bench", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model", choices=nets.MODELS, default="mlp")
     parser.add_argument("--dataset", choices=data.DATASETS, default="fashion_mnist")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=run.batch_size)
     parser.add_argument(
         "--steps", type=int, default=500, help="timed steps per loop (after 10 warm-up)"
     )
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each loop, interleaved; the best counts"
     )
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=run.device)
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument(
         "--channels-last",
         choices=CHANNELS_LAST_SETTINGS,
-        default="auto",
+        default=run.channels_last,
         help="channels_last memory format for the project's loop (auto: on for dcgan)",
     )
     parser.add_argument(
@@ -252,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="auto",
+        default=run.precision,
         help="the project's loop in fp32 or under bf16 autocast; auto as trainer.precision=auto",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -266,29 +270,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loops(args: argparse.Namespace, device: torch.device, channels_last: bool):
+def _loops(bench: Bench):
     """key → (label, a function timing one run of that loop)."""
-    options = {
-        "channels_last": channels_last,
-        "torch_compile": args.compile,
-        "precision": args.precision,
-    }
-    common = (
-        args.model,
-        args.dataset,
-        args.data_dir,
-        args.batch_size,
-        args.steps,
-        device,
-        args.seed,
-    )
     return {
-        "reference": ("reference", lambda: reference_loop(*common)),
-        "project": ("project (logging on)", lambda: project_loop(*common, logging=True, **options)),
-        "project_nolog": (
-            "project (logging off)",
-            lambda: project_loop(*common, logging=False, **options),
-        ),
+        "reference": ("reference", lambda: reference_loop(bench)),
+        "project": ("project (logging on)", lambda: project_loop(bench, logging=True)),
+        "project_nolog": ("project (logging off)", lambda: project_loop(bench, logging=False)),
     }
 
 
@@ -387,10 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 2:  # BatchNorm (in G) cannot train on one sample
         parser.error("--batch-size must be at least 2")
     data.ensure_dir(args.data_dir)  # a file, or a parent that does not exist: one paragraph
-    device = resolve_device(args.device)
-    channels_last = wants_channels_last(args.model, args.channels_last)
-    args.precision_resolved = resolve_precision(args.precision, device)
-    warning = check_precision(args.precision_resolved, device)
+    bench = setup(args)
+    args.precision_resolved = bench.precision
+    warning = check_precision(bench.precision, bench.device)
     if warning:
         print(warning, file=sys.stderr)
     if args.population is not None:
@@ -398,10 +384,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--population must be >= 1")
         from gan.population import bench as population_bench
 
-        return population_bench.main(args, device)
-    loops = _loops(args, device, channels_last)
-    rows = _measure(loops, args, device)
-    _print_results(args, device, channels_last, {k: label for k, (label, _) in loops.items()}, rows)
+        return population_bench.main(args, bench)
+    loops = _loops(bench)
+    rows = _measure(loops, args, bench.device)
+    labels = {k: label for k, (label, _) in loops.items()}
+    _print_results(args, bench.device, bench.channels_last, labels, rows)
     return 0
 
 

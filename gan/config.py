@@ -61,13 +61,6 @@ D_NORMS = ("none", "batch", "spectral")  # the discriminator's (model.d_norm)
 OPTIMIZERS = ("adam", "sgd")  # trainer.optimizer, for both networks
 
 
-def check_precision_name(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise UserError(
-            f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-        )
-
-
 @dataclass(frozen=True)
 class DataConfig:
     name: str  # digits | mnist | fashion_mnist
@@ -142,7 +135,7 @@ class TrainerConfig:
             raise UserError(
                 f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}"
             )
-        check_precision_name(self.precision)
+        _one_of(self, "precision", PRECISIONS, "trainer")  # the one check of its name
         _one_of(self, "optimizer", OPTIMIZERS, "trainer")
         if set(self.default_lr) != set(OPTIMIZERS) or not all(
             lr > 0 for lr in self.default_lr.values()
@@ -245,6 +238,67 @@ def setting_name(overrides: Sequence[str]) -> str | None:
     return names[-1] if names else None
 
 
+# --------------------------------------------------------------------------------------------
+# What a key is besides its value: whether a resume may change it, whether it makes the setting
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    resumable: bool  # a resumed run may change it and still continue the same run
+    setting: bool  # it changes what a run measures: runs that differ in it are other settings
+
+
+# The keys of the resolved config that a resumed run may change or that make no setting, each
+# declared once (a section's name covers its every key); every other key is part of the
+# experiment, fixed on resume, and of its setting. resume_may_change() and not_setting() list
+# them in this order.
+KEY_USES = {
+    # The run's length and periods. The evaluation period decides which FCDs a run has.
+    "trainer.steps": KeyUse(resumable=True, setting=True),
+    "trainer.sample_every": KeyUse(resumable=True, setting=False),
+    "trainer.diag_every": KeyUse(resumable=True, setting=False),
+    "trainer.eval_every": KeyUse(resumable=True, setting=True),
+    "trainer.ckpt_every": KeyUse(resumable=True, setting=False),
+    # Where and how it computes. threads and precision may change on resume as settings only:
+    # what they resolve to (torch's CPU threads, the precision) must stay, as both change the
+    # numbers (gan.run checks); the report reads the resolved precision from summary.json.
+    "trainer.threads": KeyUse(resumable=True, setting=False),
+    "trainer.device": KeyUse(resumable=True, setting=False),
+    "trainer.precision": KeyUse(resumable=True, setting=False),
+    "eval.batch_size": KeyUse(resumable=True, setting=False),
+    # Paths and logging.
+    "data_dir": KeyUse(resumable=True, setting=False),
+    "logger": KeyUse(resumable=True, setting=False),
+    # Fixed on resume, yet no setting: the init arm is compared within a setting and the seed
+    # repeats it; default_lr gives way to the resolved trainer.lr; the rest are speed knobs,
+    # download details and the logging window (a checkpoint carries its open window).
+    "init": KeyUse(resumable=False, setting=False),
+    "seed": KeyUse(resumable=False, setting=False),
+    "resume": KeyUse(resumable=False, setting=False),
+    "dataset.download_timeout": KeyUse(resumable=False, setting=False),
+    "dataset.offline_dir": KeyUse(resumable=False, setting=False),
+    "trainer.default_lr": KeyUse(resumable=False, setting=False),
+    "trainer.channels_last": KeyUse(resumable=False, setting=False),
+    "trainer.compile": KeyUse(resumable=False, setting=False),
+    "trainer.log_every": KeyUse(resumable=False, setting=False),
+}
+SECTIONS = ("dataset", "model", "init", "trainer", "logger", "eval")  # the config's mappings
+
+
+def resume_may_change() -> tuple[str, ...]:
+    """Dotted prefixes of the keys a resumed run may change; a section's ends with a dot, so
+    that it matches its own keys only."""
+    return tuple(
+        f"{key}." if key in SECTIONS else key for key, use in KEY_USES.items() if use.resumable
+    )
+
+
+def not_setting() -> tuple[str, ...]:
+    """The keys (a section: its every key) that do not change what a run measures."""
+    return tuple(key for key, use in KEY_USES.items() if not use.setting)
+
+
 def _one_of(obj: Any, key: str, valid: Sequence[str], group: str) -> None:
     value = getattr(obj, key)
     if value not in valid:
@@ -320,15 +374,31 @@ def build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
 
-def preset(cls: type, group: str, option: str, **extra: Any) -> Any:
-    """One option of a config group as its typed object, read from ``conf/<group>/<option>.yaml``
-    (``preset(ModelConfig, "model", "dcgan")`` is what ``model=dcgan`` builds), for library use
-    without Hydra. ``extra`` supplies keys that live outside the group (``root`` for a dataset)."""
+def preset(cls: type, group: str, option: str | None = None, **extra: Any) -> Any:
+    """The YAML's defaults as a typed object, for library use without Hydra: one option of a
+    config group, read from ``conf/<group>/<option>.yaml`` (``preset(ModelConfig, "model",
+    "dcgan")`` is what ``model=dcgan`` builds), or without ``option`` a section of
+    ``conf/config.yaml`` (``preset(TrainerConfig, "trainer")``). ``extra`` sets keys: ones that
+    live outside the group (``root`` for a dataset), or changes (``batch_size=16``), which the
+    section's interpolations follow (``optimizer="sgd"`` gets SGD's ``lr``)."""
+    if option is None:
+        return build(cls, _section(group, extra), group)
     path = CONF_DIR / group / f"{option}.yaml"
     if not path.is_file():
         valid = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         raise UserError(f"unknown {group} {option!r}; valid: {valid}")
     return build(cls, {**OmegaConf.to_container(OmegaConf.load(path)), **extra}, group)
+
+
+def _section(key: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Section ``key`` of conf/config.yaml with ``changes``, its interpolations resolved."""
+    entry = OmegaConf.load(CONF_DIR / "config.yaml")
+    if not isinstance(entry.get(key), Mapping):
+        valid = ", ".join(k for k in SECTIONS if k in entry)
+        raise UserError(f"conf/config.yaml has no section {key!r}; valid: {valid}")
+    section = OmegaConf.to_container(entry[key])  # interpolations kept, as written
+    changed = OmegaConf.create({key: {**section, **changes}})
+    return OmegaConf.to_container(changed[key], resolve=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +487,7 @@ def run_config(
     scheme_dir: Path,
 ) -> RunConfig:
     """The typed run configuration from Hydra's resolved config (a plain mapping)."""
-    known = {"seed", "data_dir", "dataset", "model", "init", "trainer", "logger", "eval", "resume"}
+    known = {"seed", "data_dir", "resume", *SECTIONS}
     unknown = set(cfg) - known
     if unknown:
         raise UserError(f"unknown top-level key(s) {sorted(unknown)}; valid: {sorted(known)}")

@@ -15,7 +15,7 @@ from torch import nn
 from gan import config
 from gan.errors import UserError
 from gan.init import InitRecord, Scheme, initialize_network
-from gan.trainer import derive_seed
+from gan.runtime import derive_seed
 
 
 def initialize(

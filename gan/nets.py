@@ -56,8 +56,8 @@ def mlp(
     d_widths: Sequence[int],
     slope: float,
     *,
-    g_norm: str = "batch",
-    d_norm: str = "none",
+    g_norm: str,
+    d_norm: str,
 ) -> tuple[Generator, Discriminator]:
     """The classic fully connected GAN.
 
@@ -65,7 +65,7 @@ def mlp(
     BatchNorm (default eps 1e-5, momentum 0.1) after every hidden Linear except the first, as
     customary. D: C·H·W → widths … → 1, Leaky ReLU between, sigmoid in the loss; ``d_norm``:
     ``none``, ``batch`` (after every hidden Linear but the first, as in G) or ``spectral`` (every
-    Linear). The keyword defaults are the architecture as it always was (conf/model/mlp.yaml).
+    Linear). conf/model/mlp.yaml holds every argument's default (``build`` with ``preset``).
     """
     pixels = math.prod(image_shape)
     g: OrderedDict[str, nn.Module] = OrderedDict()
@@ -100,8 +100,8 @@ def dcgan(
     d_widths: Sequence[int],
     slope: float,
     *,
-    g_norm: str = "batch",
-    d_norm: str = "batch",
+    g_norm: str,
+    d_norm: str,
 ) -> tuple[Generator, Discriminator]:
     """A DCGAN for small square images; each stage halves (D) or doubles (G) the side.
 
@@ -111,7 +111,7 @@ def dcgan(
     input) keeps every ConvTranspose's fan-in equal to in·k²/stride², the fan the init rule uses.
     D: Conv(k4, s2, p1) stages with Leaky ReLU, then Flatten and a Linear to one logit;
     ``d_norm``: ``batch`` (BatchNorm on all stages but the first), ``none`` or ``spectral`` (every
-    Conv and the Linear). The keyword defaults are the architecture as it always was.
+    Conv and the Linear). conf/model/dcgan.yaml holds every argument's default.
     """
     check_dcgan_side(image_shape, g_widths, d_widths)
     channels, height, _ = image_shape
@@ -183,7 +183,8 @@ def check(model: ModelConfig, image_shape: Sequence[int]) -> None:
 
 
 def build(model: ModelConfig, image_shape: Sequence[int]) -> tuple[Generator, Discriminator]:
-    """Builds (G, D) on the CPU with PyTorch's default init, drawing from the global RNG."""
+    """Builds (G, D) on the CPU with PyTorch's default init, drawing from the global RNG. A
+    model=NAME as the YAML sets it: ``build(preset(ModelConfig, "model", NAME), image_shape)``."""
     check(model, image_shape)
     builders = {"mlp": mlp, "dcgan": dcgan, "mlp_deep": mlp}
     return builders[model.name](

@@ -296,9 +296,10 @@ def _moments(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Evaluator:
-    """Scores generated images against a dataset's real test split (on its device)."""
+    """Scores generated images against a dataset's real test split (on its device), ``batch``
+    images at a time (eval.batch_size)."""
 
-    def __init__(self, classifier: Classifier, real_test: torch.Tensor, batch: int = 1000):
+    def __init__(self, classifier: Classifier, real_test: torch.Tensor, batch: int):
         self.classifier, self.batch = classifier, batch
         classifier.model.to(real_test.device)
         real_features = _features(classifier.model, real_test, batch)[0]

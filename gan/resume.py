@@ -12,26 +12,12 @@ from typing import Any
 import torch
 
 from gan import record
-from gan.config import RunConfig
+from gan.config import RunConfig, resume_may_change
 from gan.errors import UserError
 
-# What a resumed run may change: its length, periods, threads, logging, paths. Anything else
-# (seed, model, init, dataset, lr, batch size, precision…) would not continue the same run.
-# trainer.threads and trainer.precision may change as settings only: what they resolve to
-# (torch's thread count on the CPU, the precision) must stay, as both change the numbers.
-RESUME_MAY_CHANGE = (
-    "trainer.steps",
-    "trainer.sample_every",
-    "trainer.diag_every",
-    "trainer.eval_every",
-    "trainer.ckpt_every",
-    "trainer.threads",
-    "trainer.device",
-    "trainer.precision",  # as a setting (auto may stay auto); the resolved one must not change
-    "eval.batch_size",
-    "data_dir",
-    "logger.",
-)
+# What a resumed run may change (its length, periods, threads, logging, paths), declared in
+# gan.config.KEY_USES: anything else would not continue the same run.
+RESUME_MAY_CHANGE = resume_may_change()
 
 
 RESUMED_KEYS = ("trainer", "rng", "config", "metrics_offset", "wandb_id", "best")

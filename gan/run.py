@@ -24,6 +24,7 @@ from gan.init_call import init_table, initialize
 from gan.population import enrollment
 from gan.record import Ending, Status
 from gan.resume import check_resumable, check_threads
+from gan.runtime import check_precision, derive_seed, resolve_device, resolve_precision
 from gan.signals import Interrupted, Preempted, stop_on_signals
 from gan.trainer import (
     ACC_D,
@@ -33,10 +34,6 @@ from gan.trainer import (
     GANTrainer,
     Schedule,
     TrainResult,
-    check_precision,
-    derive_seed,
-    resolve_device,
-    resolve_precision,
     to_channels_last,
     wants_channels_last,
 )
@@ -230,20 +227,7 @@ def build_trainer(
     g, d = g.to(env.device), d.to(env.device)
     if allow_channels_last and wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
         g, d, images = to_channels_last(g, d, images)
-    t = cfg.trainer
-    trainer = GANTrainer(
-        g,
-        d,
-        images,
-        batch_size=t.batch_size,
-        lr=t.lr,
-        betas=t.betas,
-        seed=cfg.seed,
-        torch_compile=t.compile,
-        precision=env.precision,
-        optimizer=t.optimizer,
-        momentum=t.momentum,
-    )
+    trainer = GANTrainer(g, d, images, cfg.trainer, seed=cfg.seed, precision=env.precision)
     if env.resumed:
         try:
             trainer.load_state_dict(env.resumed["trainer"])
@@ -352,30 +336,20 @@ class RunEvents:
         return self.asked["signal"] is not None
 
 
-def schedule_of(cfg: RunConfig) -> Schedule:
-    t = cfg.trainer
-    return Schedule(
-        steps=t.steps,
-        log_every=t.log_every,
-        sample_every=t.sample_every,
-        diag_every=t.diag_every,
-        eval_every=t.eval_every,
-        ckpt_every=t.ckpt_every,
-    )
-
-
 def open_logger(cfg: RunConfig, env: Environment) -> tracking.RunLogger:
+    return tracking.RunLogger(cfg.logger, run_identity(cfg, env), mode=env.wandb_mode)
+
+
+def run_identity(cfg: RunConfig, env: Environment) -> tracking.RunIdentity:
+    """The run as its logger knows it: its directory, W&B name, group, tags and config, and
+    where a resumed run continues."""
     sweep_tags = [f"sweep:{cfg.logger.sweep_id}"] if cfg.logger.sweep_id else []
     setting_tag = [f"setting:{cfg.setting}"] if cfg.setting else []
-    return tracking.RunLogger(
-        cfg.out_dir,
-        mode=env.wandb_mode,
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
+    return tracking.RunIdentity(
+        out_dir=cfg.out_dir,
         name=cfg.run_name,
         group=cfg.wandb_group,
-        job_type=cfg.logger.job_type,
-        tags=[cfg.model.name, cfg.data.name, *setting_tag, *cfg.logger.tags, *sweep_tags],
+        tags=(cfg.model.name, cfg.data.name, *setting_tag, *cfg.logger.tags, *sweep_tags),
         config={
             **wandb_config(cfg),
             "setting": cfg.setting,
@@ -420,7 +394,7 @@ def train(
             record_start(env, logger, records, evaluation, summary)
             before = env.resumed.get("seconds") if env.resumed else 0.0
             events = RunEvents(cfg, trainer, logger, evaluation, best, asked, saved, before)
-            result = trainer.run(schedule_of(cfg), logger, events, progress)
+            result = trainer.run(Schedule.of(cfg.trainer), logger, events, progress)
             record_result(summary, result, best, env, logger)
             record_artifacts(cfg, logger, evaluation, result)
     except BaseException as err:  # the status must say what happened, whatever it was

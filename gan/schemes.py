@@ -139,14 +139,17 @@ class Family:
     describe: Callable[[Rule], str] = _by_name  # the rule string in init_report.json
 
     def __post_init__(self) -> None:
+        # Raised, not asserted: a new entry must be refused under python -O too.
         rule_options = {f.name for f in fields(Rule)} - {"family", "dist"}
-        assert self.options <= rule_options, (
-            f"family {self.name!r}: options {sorted(self.options - rule_options)} are not "
-            f"fields of Rule ({sorted(rule_options)}); add them there first"
-        )
-        assert ("gain" in self.options) == (self.default_gain is not None), (
-            f"family {self.name!r}: a family takes the option 'gain' iff it has a default_gain"
-        )
+        if not self.options <= rule_options:
+            raise ValueError(
+                f"family {self.name!r}: options {sorted(self.options - rule_options)} are not "
+                f"fields of Rule ({sorted(rule_options)}); add them there first"
+            )
+        if ("gain" in self.options) != (self.default_gain is not None):
+            raise ValueError(
+                f"family {self.name!r}: a family takes the option 'gain' iff it has a default_gain"
+            )
 
     def rule_name(self, dist: str | None) -> str:
         return next(name for name, d in self.names.items() if d == dist)

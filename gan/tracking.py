@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -25,6 +26,7 @@ from urllib.parse import urlparse
 import torch
 
 from gan import diagnostics, quality, trainer
+from gan.config import LoggerConfig
 from gan.errors import UserError
 from gan.record import METRICS_FILE, sample_file, strict_json
 
@@ -111,52 +113,52 @@ def _program_args(args: Sequence[str] | None) -> Iterator[None]:
         sys.argv[1:] = saved
 
 
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run a ``RunLogger`` logs: where its files go, and how W&B names, groups and tags it,
+    what config it records, and whether it continues a run from a checkpoint."""
+
+    out_dir: Path
+    name: str
+    group: str
+    tags: tuple[str, ...]
+    config: Mapping[str, Any]
+    # A continued run: metrics.jsonl is cut back to what it held at the checkpoint (lines written
+    # after it are re-made by the resumed steps), and the W&B run with that id continues.
+    metrics_offset: int | None = None  # None: a new run, a new metrics.jsonl
+    wandb_id: str | None = None  # None: a new W&B run
+    args: Sequence[str] | None = None  # the arguments W&B records (None: this process's)
+
+
 class RunLogger:
     """Logs one run to metrics.jsonl, PNGs and (unless disabled) one W&B run; use as a context.
 
-    Leaving the context finishes the W&B run (exit code 1 on an exception), so each job of a
-    multirun is its own finished run.
+    ``section``: the run's logger section (W&B's project, entity and job type); ``mode``: its
+    W&B mode as resolved (``resolve_mode``): online, offline or disabled. Leaving the context
+    finishes the W&B run (exit code 1 on an exception), so each job of a multirun is its own
+    finished run.
     """
 
-    def __init__(
-        self,
-        out_dir: Path,
-        *,
-        mode: str,
-        project: str,
-        entity: str | None,
-        name: str,
-        group: str,
-        job_type: str,
-        tags: Sequence[str],
-        config: Mapping[str, Any],
-        metrics_offset: int | None = None,
-        wandb_id: str | None = None,
-        args: Sequence[str] | None = None,
-    ):
-        """``metrics_offset``/``wandb_id``: continue a run from a checkpoint: metrics.jsonl is cut
-        back to what it held then (lines written after it are re-made by the resumed steps), and
-        the W&B run with that id continues. ``args``: the command-line arguments W&B records for
-        the run (default: this process's)."""
-        self.out_dir = Path(out_dir)
+    def __init__(self, section: LoggerConfig, run: RunIdentity, *, mode: str):
+        self.out_dir = Path(run.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = self._open_metrics(metrics_offset)
+        self._metrics = self._open_metrics(run.metrics_offset)
         self.wandb_run = None
         self.mode = mode
         self._exit_code = 0
         if mode != "disabled":
             self._start_wandb(
-                project=project,
-                entity=entity,
-                name=name,
-                group=group,
-                job_type=job_type,
-                tags=list(tags),
-                config=dict(config),
+                project=section.project,
+                entity=section.entity,
+                name=run.name,
+                group=run.group,
+                job_type=section.job_type,
+                tags=list(run.tags),
+                config=dict(run.config),
                 mode=mode,
-                id=wandb_id,
-                resume="allow" if wandb_id else None,
-                args=args,
+                id=run.wandb_id,
+                resume="allow" if run.wandb_id else None,
+                args=run.args,
             )
 
     def _open_metrics(self, offset: int | None):

@@ -7,7 +7,6 @@ once per logging window, so no step waits on the host.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,14 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.config import CHANNELS_LAST_SETTINGS, OPTIMIZERS, PRECISIONS, check_precision_name
+from gan.config import OPTIMIZERS, TrainerConfig
 from gan.console import progress_bar
 from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
 from gan.nets import Discriminator, Generator, generate
 from gan.record import Ending
+from gan.runtime import derive_seed
 
-__all__ = ["CHANNELS_LAST_SETTINGS", "PRECISIONS", "GANTrainer", "Schedule", "TrainResult"]
+__all__ = ["GANTrainer", "Schedule", "TrainResult"]
 
 # Logged under train/, each the mean over the logging window. D-side values come from the D step
 # (before its update); loss_G and acc_G from the G step, against the just-updated D.
@@ -125,6 +125,18 @@ class Schedule:
     eval_every: int = 0
     ckpt_every: int = 0
 
+    @classmethod
+    def of(cls, trainer: TrainerConfig) -> Schedule:
+        """A run's schedule: its trainer section's length and periods."""
+        return cls(
+            steps=trainer.steps,
+            log_every=trainer.log_every,
+            sample_every=trainer.sample_every,
+            diag_every=trainer.diag_every,
+            eval_every=trainer.eval_every,
+            ckpt_every=trainer.ckpt_every,
+        )
+
     def due(self, every: int, step: int) -> bool:
         """Every ``every`` steps and at the last one; never when ``every`` is 0."""
         return every > 0 and (step % every == 0 or step == self.steps)
@@ -152,43 +164,6 @@ class TrainResult:
     diverged_step: int | None = None  # the first step whose loss or weights were not finite
 
 
-def derive_seed(seed: int, stream: str) -> int:
-    """An independent seed per random stream (init of each network, batches, sample noise), so
-    that no two streams of one run, or of two seeds, replay the same numbers."""
-    digest = hashlib.sha256(f"{seed}/{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise UserError(
-            f"trainer.device: unknown device {device!r}; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if resolved.type not in ("cpu", "cuda"):  # mps, xpu, meta…: paths never exercised here
-        raise UserError(
-            f"trainer.device={device}: this toolkit trains on cpu or cuda only "
-            "(its loop, fused Adam and checkpoints are tested there); use auto, cpu, cuda or cuda:N"
-        )
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.device={device} but CUDA is not available here; "
-            "use trainer.device=auto or cpu"
-        )
-    if (
-        resolved.type == "cuda"
-        and resolved.index is not None
-        and resolved.index >= torch.cuda.device_count()
-    ):
-        raise UserError(
-            f"trainer.device={device} but only {torch.cuda.device_count()} CUDA device(s) exist"
-        )
-    return resolved
-
-
 def wants_channels_last(model: str, setting: str) -> bool:
     """channels_last memory format: ``auto`` turns it on for the convolutional model, whose
     convolutions run faster in it on CPU (README, Speed)."""
@@ -203,56 +178,18 @@ def to_channels_last(
     return g.to(memory_format=fmt), d.to(memory_format=fmt), images.contiguous(memory_format=fmt)
 
 
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on a CPU with native bf16 (AVX512-BF16 / AMX), where it measured
-    faster; fp32 elsewhere, CUDA included, where bf16 measured slower for these small models
-    (README, Speed). ``fp32`` and ``bf16`` are taken as they are."""
-    check_precision_name(setting)
-    if setting != "auto":
-        return setting
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-
-
-def check_precision(precision: str, device: torch.device) -> str | None:
-    """Refuses bf16 where the device cannot run it; returns a warning where it runs but slowly."""
-    check_precision_name(precision)
-    if precision != "bf16":
-        return None
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
-        raise UserError(
-            f"trainer.precision=bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
-            "(it needs compute capability 8.0, Ampere or newer); use trainer.precision=fp32"
-        )
-    if device.type == "cpu" and not cpu_has_native_bf16():
-        return (
-            "warning: trainer.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): "
-            "bf16 is emulated here and training is ~20× slower than fp32"
-        )
-    return None
-
-
-def cpu_has_native_bf16() -> bool:
-    # oneDNN's own check (AVX512-BF16 or AMX), as torch's tests use it; no oneDNN, no fast bf16.
-    return torch.backends.mkldnn.is_available() and bool(
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
-
-
 def make_optimizer(
-    net: nn.Module,
-    name: str,
-    lr: float,
-    betas: tuple[float, float],
-    momentum: float,
-    device: torch.device,
+    net: nn.Module, trainer: TrainerConfig, device: torch.device
 ) -> torch.optim.Optimizer:
-    """``adam`` (takes ``betas``) or ``sgd`` (heavy-ball ``momentum``, no weight decay)."""
+    """``trainer.optimizer``: ``adam`` (takes ``betas``) or ``sgd`` (heavy-ball ``momentum``, no
+    weight decay), at ``trainer.lr``."""
     # Fused kernels update all tensors at once; they exist for CPU and CUDA float tensors.
     fused = device.type in ("cpu", "cuda")
+    name, lr = trainer.optimizer, trainer.lr
     if name == "adam":
-        return torch.optim.Adam(net.parameters(), lr=lr, betas=betas, fused=fused)
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=trainer.betas, fused=fused)
     if name == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, fused=fused)
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=trainer.momentum, fused=fused)
     raise UserError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
@@ -288,12 +225,14 @@ class GANTrainer:
     replacement from a fresh permutation each epoch; every random draw comes from one generator
     seeded from ``seed``, so a run is reproducible on the same device, resumed or not.
 
-    ``torch_compile``: G and D forward passes through ``torch.compile`` (diagnostic steps run the
-    eager modules, which share the parameters, so their hooks fire). ``precision="bf16"``: forward
-    passes and losses under bf16 autocast (matmuls and convolutions in bf16, BatchNorm and losses
-    in fp32); weights, gradients and Adam stay fp32. ``check_precision`` says whether the device
-    runs bf16 natively. ``optimizer``: ``adam`` (with ``betas``) or ``sgd`` (with ``momentum``);
-    the keyword defaults are Adam as it always was, for callers that predate the choice.
+    ``trainer``: the run's trainer section, of which the trainer reads the batch size, the
+    optimizer (``adam`` with ``betas`` or ``sgd`` with ``momentum``) and its ``lr``, and
+    ``compile``: G and D forward passes through ``torch.compile`` (diagnostic steps run the eager
+    modules, which share the parameters, so their hooks fire). ``precision``: the section's
+    precision as resolved for the device (``gan.runtime.resolve_precision``): ``bf16`` runs the
+    forward passes and losses under bf16 autocast (matmuls and convolutions in bf16, BatchNorm and
+    losses in fp32); weights, gradients and Adam stay fp32. Library callers get the YAML's
+    section from ``gan.config.preset(TrainerConfig, "trainer")``.
     """
 
     def __init__(
@@ -301,25 +240,23 @@ class GANTrainer:
         generator: Generator,
         discriminator: Discriminator,
         images: torch.Tensor,
+        trainer: TrainerConfig,
         *,
-        batch_size: int,
-        lr: float,
-        betas: tuple[float, float],
         seed: int,
-        torch_compile: bool = False,
-        precision: str = "fp32",
-        optimizer: str = "adam",
-        momentum: float = 0.0,
+        precision: str,
     ):
-        self.g, self.d, self.images, self.batch_size = generator, discriminator, images, batch_size
+        self.g, self.d, self.images = generator, discriminator, images
+        self.batch_size = trainer.batch_size
         device = self.device = images.device
-        self.precision = resolve_precision(precision, device)
-        self.bf16 = self.precision == "bf16"
+        if precision not in ("fp32", "bf16"):  # "auto" would silently train in fp32
+            raise ValueError(f"precision: fp32 or bf16, resolved for the device; got {precision!r}")
+        self.precision = precision
+        self.bf16 = precision == "bf16"
         self.compiled = (
-            (torch.compile(generator), torch.compile(discriminator)) if torch_compile else None
+            (torch.compile(generator), torch.compile(discriminator)) if trainer.compile else None
         )
-        self.g_opt = make_optimizer(generator, optimizer, lr, betas, momentum, device)
-        self.d_opt = make_optimizer(discriminator, optimizer, lr, betas, momentum, device)
+        self.g_opt = make_optimizer(generator, trainer, device)
+        self.d_opt = make_optimizer(discriminator, trainer, device)
         self.rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "train"))
         # Fixed noise for sample grids, from its own stream so sampling never shifts training draws.
         sample_rng = torch.Generator().manual_seed(derive_seed(seed, "samples"))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 
 from conftest import CONF_DIR, run_config
 from gan import nets
-from gan.config import D_NORMS, G_NORMS, OPTIMIZERS, ModelConfig, preset
+from gan.config import D_NORMS, G_NORMS, OPTIMIZERS, ModelConfig, TrainerConfig, preset
 from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
 from gan.init import trainable_weight
@@ -37,15 +38,19 @@ def spectral_layers(net: nn.Module) -> list[str]:
 
 
 @pytest.mark.parametrize("model", ["mlp", "dcgan"])
-def test_the_builders_keyword_defaults_are_the_yaml_defaults(model):
-    # Library callers (tests, bench) build without the new keywords: they must get what
-    # conf/model/<model>.yaml builds, module for module and draw for draw.
+def test_the_builders_take_every_default_from_the_yaml(model):
+    # No keyword default restates conf/model/<model>.yaml: a library caller builds with preset.
+    builder = {"mlp": nets.mlp, "dcgan": nets.dcgan}[model]
+    parameters = inspect.signature(builder).parameters.values()
+    assert [p.name for p in parameters if p.default is not p.empty] == []
     cfg = preset(ModelConfig, "model", model)
     torch.manual_seed(0)
     via_config = nets.build(cfg, IMAGE)
     torch.manual_seed(0)
-    builder = {"mlp": nets.mlp, "dcgan": nets.dcgan}[model]
-    plain = builder(IMAGE, cfg.z_dim, cfg.generator_widths, cfg.discriminator_widths, cfg.slope)
+    norms = {"g_norm": cfg.g_norm, "d_norm": cfg.d_norm}
+    plain = builder(
+        IMAGE, cfg.z_dim, cfg.generator_widths, cfg.discriminator_widths, cfg.slope, **norms
+    )
     for a, b in zip(via_config, plain):
         assert [n for n, _ in a.named_modules()] == [n for n, _ in b.named_modules()]
         assert all(
@@ -127,23 +132,12 @@ def test_the_lists_of_valid_values_are_the_documented_ones():
 SMALL = ["model.generator_widths=[32,64]", "model.discriminator_widths=[64,32]"]
 
 
-def _trainer(overrides: list[str], tmp_path, **options) -> GANTrainer:
+def _trainer(overrides: list[str], tmp_path) -> GANTrainer:
     cfg = run_config(["init=he_xavier", *overrides], tmp_path)
     g, d, _ = build_networks(cfg)
     images = torch.rand(128, *IMAGE, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    t = cfg.trainer
-    return GANTrainer(
-        g,
-        d,
-        images,
-        batch_size=16,
-        lr=t.lr,
-        betas=t.betas,
-        seed=0,
-        optimizer=t.optimizer,
-        momentum=t.momentum,
-        **options,
-    )
+    section = dataclasses.replace(cfg.trainer, batch_size=16)
+    return GANTrainer(g, d, images, section, seed=0, precision="fp32")
 
 
 def test_the_optimizer_is_the_one_asked_for(tmp_path):
@@ -155,26 +149,17 @@ def test_the_optimizer_is_the_one_asked_for(tmp_path):
     assert sgd.g_opt.defaults["weight_decay"] == 0 and not sgd.g_opt.defaults["nesterov"]
 
 
-def test_the_trainer_defaults_are_todays_adam():
-    g, d = nets.mlp(IMAGE, 8, [16], [16], 0.2)
-    trainer = GANTrainer(
-        g, d, torch.zeros(32, *IMAGE), batch_size=8, lr=1e-3, betas=(0.5, 0.9), seed=0
-    )
-    assert isinstance(trainer.g_opt, torch.optim.Adam) and trainer.g_opt.defaults["betas"] == (
-        0.5,
-        0.9,
-    )
-    with pytest.raises(UserError, match="trainer.optimizer must be one of adam, sgd"):
-        GANTrainer(
-            g,
-            d,
-            torch.zeros(32, *IMAGE),
-            batch_size=8,
-            lr=1e-3,
-            betas=(0.5, 0.9),
-            seed=0,
-            optimizer="lbfgs",
-        )
+def test_the_trainer_reads_its_section_and_the_preset_is_the_yamls():
+    g, d = nets.build(preset(ModelConfig, "model", "mlp"), IMAGE)
+    section = preset(TrainerConfig, "trainer", batch_size=8, betas=[0.5, 0.9], momentum=0.5)
+    trainer = GANTrainer(g, d, torch.zeros(32, *IMAGE), section, seed=0, precision="fp32")
+    assert isinstance(trainer.g_opt, torch.optim.Adam) and trainer.batch_size == 8
+    assert trainer.g_opt.defaults["betas"] == (0.5, 0.9) and trainer.g_opt.defaults["lr"] == 2e-4
+    sgd = preset(TrainerConfig, "trainer", optimizer="sgd", momentum=0.5)
+    assert sgd.lr == sgd.default_lr["sgd"] == 0.05  # the lr follows the optimizer, as in a run
+    trainer = GANTrainer(g, d, torch.zeros(32, *IMAGE), sgd, seed=0, precision="fp32")
+    assert isinstance(trainer.d_opt, torch.optim.SGD) and trainer.d_opt.defaults["momentum"] == 0.5
+    assert trainer.d_opt.defaults["lr"] == 0.05
 
 
 @pytest.mark.parametrize("setting", settings())

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gan import bench
+from gan.config import ModelConfig, TrainerConfig, preset
 from gan.trainer import GANTrainer
 
 QUICK = ["--dataset", "digits", "--steps", "3", "--repeats", "1"]
@@ -28,14 +29,14 @@ def test_bench_quick_mode_prints_a_table_and_a_json_line(model, capsys, tmp_path
 def test_bench_applies_the_speed_options_to_the_project_loop(capsys, tmp_path, monkeypatch):
     built = []
 
-    def recording_trainer(*args, **kwargs):
-        built.append({k: kwargs[k] for k in ("torch_compile", "precision")})
-        return GANTrainer(*args, **kwargs)
+    def recording_trainer(g, d, images, section, **kwargs):
+        built.append({"compile": section.compile, "precision": kwargs["precision"]})
+        return GANTrainer(g, d, images, section, **kwargs)
 
     monkeypatch.setattr(bench, "GANTrainer", recording_trainer)
     options = ["--precision", "bf16", "--channels-last", "on", "--data-dir", str(tmp_path)]
     assert bench.main(["--model", "mlp", *QUICK, *options]) == 0
-    assert built == [{"torch_compile": False, "precision": "bf16"}] * 2  # logging on and off
+    assert built == [{"compile": False, "precision": "bf16"}] * 2  # logging on and off
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     settings = (result["precision"], result["channels_last"], result["compile"])
     assert settings == ("bf16", True, False) and result["precision_resolved"] == "bf16"
@@ -45,3 +46,17 @@ def test_bench_applies_the_speed_options_to_the_project_loop(capsys, tmp_path, m
 def test_bench_measures_auto_precision_by_default():
     args = bench._parser().parse_args([])
     assert args.precision == "auto"
+
+
+def test_the_bench_runs_what_a_run_of_the_yaml_would():
+    args = bench._parser().parse_args(["--model", "dcgan", "--dataset", "digits"])
+    run = preset(TrainerConfig, "trainer")
+    assert (args.batch_size, args.device, args.channels_last) == (
+        run.batch_size,
+        run.device,
+        run.channels_last,
+    )
+    setup = bench.setup(args)
+    assert setup.trainer == run  # lr, betas, periods: the YAML's
+    assert setup.model == preset(ModelConfig, "model", "dcgan") and setup.channels_last
+    assert setup.precision in ("fp32", "bf16")

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from conftest import CONF_DIR, run_config
-from gan import data, nets
+from gan import config, data, nets
 from gan.config import ModelConfig
 from gan.errors import UserError
 from gan.run import build_networks
@@ -123,3 +123,83 @@ def test_every_experiment_composes(experiment, tmp_path):
     for job in jobs:
         cfg = run_config([f"experiment={experiment}", *job], tmp_path)
         assert cfg.init.arm == dict(o.split("=", 1) for o in job).get("init", cfg.init.arm)
+
+
+# The two lists as they were written by hand, in run.py and report.py, before KEY_USES.
+RESUME_MAY_CHANGE_BEFORE = (
+    "trainer.steps",
+    "trainer.sample_every",
+    "trainer.diag_every",
+    "trainer.eval_every",
+    "trainer.ckpt_every",
+    "trainer.threads",
+    "trainer.device",
+    "trainer.precision",
+    "eval.batch_size",
+    "data_dir",
+    "logger.",
+)
+NOT_SETTING_BEFORE = (
+    "init",
+    "seed",
+    "logger",
+    "data_dir",
+    "resume",
+    "eval.batch_size",
+    "dataset.download_timeout",
+    "dataset.offline_dir",
+    "trainer.default_lr",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.channels_last",
+    "trainer.compile",
+    "trainer.precision",
+    "trainer.log_every",
+    "trainer.sample_every",
+    "trainer.diag_every",
+    "trainer.ckpt_every",
+)
+
+
+def test_the_lists_derived_from_the_key_uses_are_the_hand_kept_ones():
+    from gan import report, run
+
+    # In order: a refused resume names the keys that may change in this order.
+    assert config.resume_may_change() == run.RESUME_MAY_CHANGE == RESUME_MAY_CHANGE_BEFORE
+    # Matched with any(): the order does not matter, each key counts once.
+    assert report.NOT_SETTING == config.not_setting()
+    assert sorted(config.not_setting()) == sorted(NOT_SETTING_BEFORE)
+    assert len(set(config.not_setting())) == len(NOT_SETTING_BEFORE)
+
+
+def test_every_declared_key_is_a_key_of_the_config(tmp_path):
+    resolved = run_config([], tmp_path).resolved
+    flat = {"resume"}  # in .hydra/config.yaml, not in the resolved config a run keeps
+    for section, values in resolved.items():
+        flat |= {f"{section}.{k}" for k in values} if isinstance(values, dict) else {section}
+    stale = [k for k in config.KEY_USES if k not in flat and k not in config.SECTIONS]
+    assert stale == []
+    assert set(config.SECTIONS) == {k for k, v in resolved.items() if isinstance(v, dict)}
+
+
+@pytest.mark.parametrize(
+    ("cls", "section"),
+    [
+        (config.TrainerConfig, "trainer"),
+        (config.EvalConfig, "eval"),
+        (config.LoggerConfig, "logger"),
+    ],
+)
+def test_a_preset_section_is_what_a_run_without_overrides_gets(cls, section, tmp_path):
+    cfg = run_config([], tmp_path)
+    assert config.preset(cls, section) == getattr(cfg, section)
+
+
+def test_a_preset_section_takes_changes_and_refuses_what_is_no_section():
+    trainer = config.preset(config.TrainerConfig, "trainer", optimizer="sgd", steps=7)
+    assert (trainer.optimizer, trainer.lr, trainer.steps) == ("sgd", 0.05, 7)
+    assert config.preset(config.TrainerConfig, "trainer", optimizer="sgd", lr=0.1).lr == 0.1
+    with pytest.raises(UserError, match="no section 'model'; valid: trainer, logger, eval"):
+        config.preset(config.ModelConfig, "model")
+    with pytest.raises(UserError, match="trainer.batch_size must be >= 2"):
+        config.preset(config.TrainerConfig, "trainer", batch_size=1)

@@ -103,12 +103,14 @@ def test_diagnostics_cover_every_layer_and_leave_training_unchanged(tmp_path):
 
 def test_d_is_observed_in_its_own_step_only(tmp_path):
     from gan import data
+    from gan.config import TrainerConfig, preset
     from gan.run import build_networks
     from gan.trainer import GANTrainer
 
     g, d, _ = build_networks(run_config(["init=he_xavier"], tmp_path))
     images = data.load(data_source("digits", conftest.DATA_DIR), train=True).images
-    trainer = GANTrainer(g, d, images, batch_size=8, lr=2e-4, betas=(0.5, 0.999), seed=0)
+    section = preset(TrainerConfig, "trainer", batch_size=8)
+    trainer = GANTrainer(g, d, images, section, seed=0, precision="fp32")
     recorder = LayerDiagnostics({"G": g, "D": d})
     with recorder.recording():
         trainer.gan_step(trainer._next_batch())

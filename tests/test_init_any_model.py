@@ -29,8 +29,8 @@ from gan import init_call, nets
 from gan.config import CONF_DIR, D_NORMS, G_NORMS, ModelConfig, preset, resolve_scheme
 from gan.errors import UserError
 from gan.init import Scheme, SigmoidInLoss, SoftmaxInLoss, trainable_weight
+from gan.runtime import derive_seed
 from gan.trace import TracedLayer, trace_feeds
-from gan.trainer import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAKY_GAIN = math.sqrt(2 / (1 + 0.2**2))

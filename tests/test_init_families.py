@@ -159,7 +159,7 @@ def test_adding_a_family_takes_one_entry_in_the_table(monkeypatch):
 
 
 def test_an_inconsistent_entry_fails_at_definition():
-    with pytest.raises(AssertionError, match="'gain' iff it has a default_gain"):
+    with pytest.raises(ValueError, match="'gain' iff it has a default_gain"):
         Family(
             "g",
             {"g": None},
@@ -167,7 +167,7 @@ def test_an_inconsistent_entry_fails_at_definition():
             std=lambda r, t: 0.0,
             draw=lambda *a: None,
         )
-    with pytest.raises(AssertionError, match=r"options \['sparsity'\] are not fields of Rule"):
+    with pytest.raises(ValueError, match=r"options \['sparsity'\] are not fields of Rule"):
         Family(
             "s",
             {"s": None},

@@ -12,6 +12,7 @@ import torch
 
 import conftest
 from gan import data, quality
+from gan.config import EvalConfig, preset
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,8 @@ def digits():
     source = conftest.data_source("digits", conftest.DATA_DIR)
     classifier = quality.load_classifier(source, progress=False)
     test, train = data.load(source, train=False), data.load(source, train=True)
-    return classifier, quality.Evaluator(classifier, test.images), train
+    batch = preset(EvalConfig, "eval").batch_size
+    return classifier, quality.Evaluator(classifier, test.images, batch), train
 
 
 def test_the_digits_classifier_is_good_and_identified(digits):

@@ -732,11 +732,10 @@ class DiskFull:
 
 def test_a_full_disk_leaves_no_half_metrics_line_and_says_so(tmp_path):
     from gan import tracking
+    from gan.config import LoggerConfig, preset
 
-    logger = tracking.RunLogger(
-        tmp_path, mode="disabled", project="p", entity=None, name="n", group="g",
-        job_type="train", tags=[], config={},
-    )  # fmt: skip
+    run = tracking.RunIdentity(out_dir=tmp_path, name="n", group="g", tags=(), config={})
+    logger = tracking.RunLogger(preset(LoggerConfig, "logger"), run, mode="disabled")
     with logger:
         logger.log(1, {"train/loss_D": 0.5})
         first = (tmp_path / "metrics.jsonl").read_bytes()

@@ -273,23 +273,19 @@ def test_an_override_pattern_matching_no_layer_is_refused_by_the_cli(tmp_path):
 
 
 def test_resuming_cuts_metrics_back_and_reports_the_cut_length(tmp_path):
-    from gan.tracking import RunLogger
+    import dataclasses
 
-    kwargs = dict(
-        mode="disabled",
-        project="p",
-        entity=None,
-        name="n",
-        group="g",
-        job_type="t",
-        tags=[],
-        config={},
-    )
-    with RunLogger(tmp_path, **kwargs) as logger:
+    from gan.config import LoggerConfig, preset
+    from gan.tracking import RunIdentity, RunLogger
+
+    section = preset(LoggerConfig, "logger")
+    run = RunIdentity(out_dir=tmp_path, name="n", group="g", tags=(), config={})
+    with RunLogger(section, run, mode="disabled") as logger:
         logger.log(10, {"a": 1.0})
         offset = logger.metrics_offset()
         logger.log(20, {"a": 2.0})  # written after the checkpoint, before a crash
-    with RunLogger(tmp_path, metrics_offset=offset, **kwargs) as logger:
+    resumed = dataclasses.replace(run, metrics_offset=offset)
+    with RunLogger(section, resumed, mode="disabled") as logger:
         assert logger.metrics_offset() == offset  # a checkpoint taken now must store the cut length
         logger.log(20, {"a": 3.0})
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -21,7 +21,8 @@ from gan import files, report, sweeps
 from gan.config import arm_name
 from gan.errors import UserError
 from gan.run import prepare, run
-from gan.trainer import GANTrainer, resolve_device
+from gan.runtime import resolve_device
+from gan.trainer import GANTrainer
 
 QUICK = [
     "trainer.log_every=5",

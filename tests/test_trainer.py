@@ -8,19 +8,30 @@ import pytest
 import torch
 from torch import nn
 
-from gan import nets
-from gan import trainer as trainer_module
+from gan import nets, runtime
+from gan.config import TrainerConfig, preset
 from gan.errors import UserError
-from gan.trainer import METRICS, GANTrainer, Schedule, check_precision, resolve_precision
+from gan.runtime import check_precision, resolve_precision
+from gan.trainer import METRICS, GANTrainer, Schedule
 
 CPU = torch.device("cpu")
 
 
-def _trainer(**options) -> GANTrainer:
+def _trainer(precision: str = "fp32", **changes) -> GANTrainer:
+    """A small mlp's trainer: the YAML's trainer section, batches of 16, ``changes``."""
     torch.manual_seed(0)
-    g, d = nets.mlp((1, 8, 8), z_dim=8, g_widths=[32, 64], d_widths=[32], slope=0.2)
+    g, d = nets.mlp(
+        (1, 8, 8),
+        z_dim=8,
+        g_widths=[32, 64],
+        d_widths=[32],
+        slope=0.2,
+        g_norm="batch",
+        d_norm="none",
+    )
     images = torch.rand(256, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    return GANTrainer(g, d, images, batch_size=16, lr=2e-4, betas=(0.5, 0.999), seed=0, **options)
+    section = preset(TrainerConfig, "trainer", batch_size=16, **changes)
+    return GANTrainer(g, d, images, section, seed=0, precision=precision)
 
 
 def _output_dtypes(trainer: GANTrainer) -> dict[str, torch.dtype]:
@@ -54,15 +65,18 @@ def test_bf16_autocasts_the_forward_passes_and_keeps_fp32_weights():
 
 
 def test_bf16_on_a_cpu_without_native_support_warns(monkeypatch):
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert "~20× slower" in check_precision("bf16", CPU)
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert check_precision("bf16", CPU) is None
     assert check_precision("fp32", CPU) is None
+
+
+def test_the_precision_name_is_checked_with_the_trainer_section():
     with pytest.raises(
         UserError, match="trainer.precision must be one of auto, fp32, bf16, got 'fp16'"
     ):
-        check_precision("fp16", CPU)
+        preset(TrainerConfig, "trainer", precision="fp16")
 
 
 def test_bf16_on_a_gpu_older_than_ampere_is_refused(monkeypatch):
@@ -94,7 +108,7 @@ def test_compiled_steps_match_eager_ones_and_checkpoints_stay_plain():
 
     torch._dynamo.reset()  # no graphs cached by earlier tests
     graphs_before = counters["stats"]["unique_graphs"]
-    eager, compiled = _trainer(), _trainer(torch_compile=True)
+    eager, compiled = _trainer(), _trainer(compile=True)
     for step in range(4):
         a, b = eager.gan_step(eager._next_batch()), compiled.gan_step(compiled._next_batch())
         # Same math; fused kernels may round differently (float32 tolerance).
@@ -133,7 +147,7 @@ class _Recorder:
 def test_a_compiled_run_still_records_diagnostics():
     sink = _Recorder()
     schedule = Schedule(steps=6, log_every=3, sample_every=100, diag_every=3)
-    result = _trainer(torch_compile=True).run(schedule, sink, progress=False)
+    result = _trainer(compile=True).run(schedule, sink, progress=False)
     assert result.status == "finished" and sink.metrics == [3, 6]
     regular = [(step, values) for step, values in sink.diagnostics if values]
     assert [step for step, _ in regular] == [0, 3, 5]  # the eager, hooked modules; 5: the end
@@ -147,7 +161,7 @@ def test_a_failing_compiler_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=broken_backend))
     torch._dynamo.reset()
-    trainer = _trainer(torch_compile=True)
+    trainer = _trainer(compile=True)
     with pytest.raises(
         UserError,
         match=r"trainer.compile=true: torch.compile failed at step 1 "
@@ -158,18 +172,23 @@ def test_a_failing_compiler_is_a_clear_error(monkeypatch):
 
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", CPU) == "fp32"
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", CPU) == "bf16"
     # On CUDA bf16 measured slower for these small models (README, Speed): auto stays fp32.
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"
     assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp32", CPU) == "fp32"
-    assert _trainer(precision="auto").precision == "bf16"
+
+
+def test_the_trainer_takes_a_resolved_precision_only():
+    # The section's "auto" is the setting: resolved once, by the run, for its device.
+    with pytest.raises(ValueError, match="fp32 or bf16, resolved for the device; got 'auto'"):
+        _trainer(precision="auto")
 
 
 @pytest.mark.skipif(
-    not trainer_module.cpu_has_native_bf16(),
+    not runtime.cpu_has_native_bf16(),
     reason="this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 is emulated, not what auto runs",
 )
 def test_bf16_runs_on_a_native_cpu_are_reproducible():
@@ -225,3 +244,18 @@ def test_the_window_buffer_is_sized_by_the_run_not_by_a_never_period():
     trainer = _trainer()
     trainer.run(Schedule(steps=4, log_every=10**9, sample_every=10**9), _Recorder(), progress=False)
     assert trainer.rows.shape == (4, len(METRICS))
+
+
+def test_the_schedule_is_its_trainer_sections_length_and_periods():
+    section = preset(TrainerConfig, "trainer", steps=60, log_every=7, diag_every=0, eval_every=30)
+    schedule = Schedule.of(section)
+    assert (schedule.steps, schedule.log_every, schedule.diag_every, schedule.eval_every) == (
+        60,
+        7,
+        0,
+        30,
+    )
+    assert (schedule.sample_every, schedule.ckpt_every) == (
+        section.sample_every,
+        section.ckpt_every,
+    )

@@ -16,6 +16,7 @@ import yaml
 import conftest
 from conftest import ROOT, run_config, wandb_records
 from gan import dashboard, tracking
+from gan.config import LoggerConfig, preset
 from gan.run import run
 
 QUICK = [
@@ -301,10 +302,11 @@ def test_an_artifact_that_cannot_be_logged_is_a_warning_not_a_failed_run(
     wandb_dir.mkdir()
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
-    names = dict(project="p", entity=None, name="n", group="g", job_type="t", tags=[], config={})
+    section = preset(LoggerConfig, "logger", project="p", job_type="t")
+    identity = tracking.RunIdentity(tmp_path / "run", name="n", group="g", tags=(), config={})
     classifier = tmp_path / "digits-v1.pt"
     classifier.write_bytes(b"weights")
-    with tracking.RunLogger(tmp_path / "run", mode="offline", **names) as logger:
+    with tracking.RunLogger(section, identity, mode="offline") as logger:
         logger.log_artifact(tmp_path / "gone.pt", name="checkpoint-x", kind="model")
         logger.log_artifact(
             classifier, name="classifier-digits", kind="classifier", aliases=("digits-v1-abc",)

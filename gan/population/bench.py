@@ -1,7 +1,8 @@
 """`python -m gan.bench --population K`: K members trained as one population against the
 single-run loop, in one invocation, on the same data, model and device.
 
-Both loops close a logging window every 50 steps (the host sync a run makes) and write no files.
+Both loops close a logging window every trainer.log_every steps (the host sync a run makes) and
+write no files.
 Prints member-steps/s (steps × members per second) and the ratio, as a table and one JSON line.
 """
 
@@ -14,11 +15,9 @@ import time
 import torch
 
 from gan import nets
-from gan.bench import WARMUP, _models, _NoSink, _training_split, cpu_features
+from gan.bench import WARMUP, Bench, _models, _NoSink, _training_split, cpu_features
 from gan.population.trainer import PopulationTrainer
 from gan.trainer import GANTrainer, Schedule
-
-WINDOW = 50
 
 
 class _NoEvents:
@@ -32,48 +31,38 @@ class _NoBar:
     def update(self, n: int) -> None: ...
 
 
-def _trainers(args: argparse.Namespace, device: torch.device, members: int) -> list[GANTrainer]:
-    images = _training_split(args.dataset, args.data_dir).images.to(device)
+def _trainers(bench: Bench, members: int) -> list[GANTrainer]:
+    images = _training_split(bench).images.to(bench.device)
     trainers = []
-    for seed in range(args.seed, args.seed + members):
-        g, d = _models(args.model, args.dataset, seed, device)
-        trainers.append(
-            GANTrainer(
-                g,
-                d,
-                images,
-                batch_size=args.batch_size,
-                lr=2e-4,
-                betas=(0.5, 0.999),
-                seed=seed,
-                precision=args.precision_resolved,
-            )
-        )
+    for seed in range(bench.seed, bench.seed + members):
+        g, d = _models(bench, seed, bench.device)
+        trainer = GANTrainer(g, d, images, bench.trainer, seed=seed, precision=bench.precision)
+        trainers.append(trainer)
     return trainers
 
 
-def _schedule(steps: int) -> Schedule:
-    return Schedule(steps, log_every=WINDOW, sample_every=10**9)
+def _schedule(bench: Bench, steps: int) -> Schedule:
+    return Schedule(steps, log_every=bench.trainer.log_every, sample_every=10**9)
 
 
-def time_single(args: argparse.Namespace, device: torch.device) -> float:
-    """Seconds for ``args.steps`` steps of one run's loop (after warm-up)."""
-    (trainer,) = _trainers(args, device, 1)
-    trainer.run(_schedule(WARMUP), _NoSink(), progress=False)
+def time_single(bench: Bench) -> float:
+    """Seconds for ``bench.steps`` steps of one run's loop (after warm-up)."""
+    (trainer,) = _trainers(bench, 1)
+    trainer.run(_schedule(bench, WARMUP), _NoSink(), progress=False)
     start = time.perf_counter()
-    trainer.run(_schedule(WARMUP + args.steps), _NoSink(), progress=False)
-    _sync(device)
+    trainer.run(_schedule(bench, WARMUP + bench.steps), _NoSink(), progress=False)
+    _sync(bench.device)
     return time.perf_counter() - start
 
 
-def time_population(args: argparse.Namespace, device: torch.device) -> float:
-    """Seconds for ``args.steps`` lockstep steps of a population of ``args.population``."""
-    population = PopulationTrainer(_trainers(args, device, args.population))
-    sinks = [_NoSink()] * args.population
-    population.run(_schedule(WARMUP), sinks, _NoEvents(), _NoBar())
+def time_population(bench: Bench, members: int) -> float:
+    """Seconds for ``bench.steps`` lockstep steps of a population of ``members``."""
+    population = PopulationTrainer(_trainers(bench, members))
+    sinks = [_NoSink()] * members
+    population.run(_schedule(bench, WARMUP), sinks, _NoEvents(), _NoBar())
     start = time.perf_counter()
-    population.run(_schedule(WARMUP + args.steps), sinks, _NoEvents(), _NoBar())
-    _sync(device)
+    population.run(_schedule(bench, WARMUP + bench.steps), sinks, _NoEvents(), _NoBar())
+    _sync(bench.device)
     return time.perf_counter() - start
 
 
@@ -82,11 +71,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main(args: argparse.Namespace, device: torch.device) -> int:
+def main(args: argparse.Namespace, bench: Bench) -> int:
+    device = bench.device
     single = population = float("inf")
     for _ in range(args.repeats):  # interleaved; the best of each counts
-        single = min(single, time_single(args, device))
-        population = min(population, time_population(args, device))
+        single = min(single, time_single(bench))
+        population = min(population, time_population(bench, args.population))
     k = args.population
     rows = {
         "single": args.steps / single,
@@ -95,13 +85,13 @@ def main(args: argparse.Namespace, device: torch.device) -> int:
     print(
         f"{args.model} GAN on {args.dataset}, batch {args.batch_size}, best of {args.repeats} × "
         f"{args.steps} timed steps, {device}, {torch.get_num_threads()} threads, "
-        f"precision {args.precision_resolved}, windows of {WINDOW} steps, no files"
+        f"precision {bench.precision}, windows of {bench.trainer.log_every} steps, no files"
     )
     print(f"{'loop':<26}{'member-steps/s':>16}{'× single':>10}")
     print(f"{'single run':<26}{rows['single']:>16.1f}{1:>10.2f}")
     label = f"population of {k}"
     print(f"{label:<26}{rows['population']:>16.1f}{rows['population'] / rows['single']:>10.2f}")
-    g, d = _models(args.model, args.dataset, args.seed, torch.device("cpu"))
+    g, d = _models(bench, bench.seed, torch.device("cpu"))
     result = {
         "model": args.model,
         "dataset": args.dataset,
@@ -110,7 +100,7 @@ def main(args: argparse.Namespace, device: torch.device) -> int:
         "members": k,
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "precision": args.precision_resolved,
+        "precision": bench.precision,
         "parameters": nets.count_parameters(g) + nets.count_parameters(d),
         "cpu": cpu_features(),
         "member_steps_per_s": rows,

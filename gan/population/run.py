@@ -24,7 +24,7 @@ from gan.console import progress_bar
 from gan.population.enrollment import Enrolled
 from gan.population.trainer import PopulationTrainer
 from gan.record import Ending, Status
-from gan.trainer import GANTrainer, TrainResult
+from gan.trainer import GANTrainer, Schedule, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def train_members(
 
 
 def _loop(trainer, members, loggers, events, progress) -> list[TrainResult]:
-    schedule = solo.schedule_of(members[0].cfg)
+    schedule = Schedule.of(members[0].cfg.trainer)
     bar = progress_bar(schedule.steps, trainer.step, desc="population", enabled=progress)
     try:
         return trainer.run(schedule, loggers, events, bar)

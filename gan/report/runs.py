@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gan.config import setting_name
+from gan.config import not_setting, setting_name
 from gan.diagnostics import DIAG_PREFIX
 from gan.errors import UserError
 from gan.quality import EVAL_PREFIX
@@ -173,30 +173,11 @@ def _is_number(value: object) -> bool:
     )
 
 
-# Keys of the resolved config that do not change what a run measures: the init arm (compared
-# within a setting), the seed, logging, paths and speed knobs. trainer.precision gives way to the
+# Keys of the resolved config that do not change what a run measures (the init arm, the seed,
+# logging, paths, speed knobs), declared in gan.config.KEY_USES. trainer.precision gives way to the
 # precision it resolved to on the run's machine (summary.json); trainer.default_lr to the resolved
 # trainer.lr.
-NOT_SETTING = (
-    "init",
-    "seed",
-    "logger",
-    "data_dir",
-    "resume",
-    "eval.batch_size",
-    "dataset.download_timeout",
-    "dataset.offline_dir",
-    "trainer.default_lr",
-    "trainer.device",
-    "trainer.threads",
-    "trainer.channels_last",
-    "trainer.compile",
-    "trainer.precision",
-    "trainer.log_every",
-    "trainer.sample_every",
-    "trainer.diag_every",
-    "trainer.ckpt_every",
-)
+NOT_SETTING = not_setting()
 
 
 def read_setting(run_dir: Path, summary: dict) -> dict[str, str]:
