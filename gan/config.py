@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from gan.errors import UserError
 from gan.init import Scheme
+from gan.init_options import load_init_file, resolve_scheme
+from gan.typed import build, coerce
 
 
 def _conf_dir() -> Path:
@@ -312,66 +311,8 @@ def _positive(obj: Any, key: str, group: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Plain mapping → typed objects
+# The YAML's defaults as typed objects (gan.typed builds them)
 # --------------------------------------------------------------------------------------------
-
-
-# Scalar field type → (accepted YAML values, how the error names it); bools are handled apart,
-# since isinstance(True, int) holds.
-_SCALARS = {
-    int: (int, "an integer"),
-    float: ((int, float), "a number"),
-    str: (str, "a string"),
-    Path: ((str, Path), "a path"),
-}
-
-
-def _coerce(value: Any, kind: Any, where: str) -> Any:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is Mapping:
-        if not isinstance(value, Mapping):
-            raise UserError(f"{where} must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (kind,) = [a for a in args if a is not type(None)]
-        return _coerce(value, kind, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} must be a list, got {value!r}")
-        if args[-1] is Ellipsis:
-            item_kinds = (args[0],) * len(value)
-        elif len(value) == len(args):
-            item_kinds = args
-        else:
-            raise UserError(f"{where} must have {len(args)} items, got {list(value)}")
-        return tuple(
-            _coerce(v, k, f"{where}[{i}]") for i, (v, k) in enumerate(zip(value, item_kinds))
-        )
-    if kind is bool or isinstance(value, bool):
-        if kind is not bool or not isinstance(value, bool):
-            raise UserError(f"{where} must be {kind.__name__}, got {value!r}")
-        return value
-    accepted, noun = _SCALARS[kind]
-    if not isinstance(value, accepted):
-        raise UserError(f"{where} must be {noun}, got {value!r}")
-    return kind(value)
-
-
-def build(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    """Constructs dataclass ``cls`` from ``data``, checking unknown keys and every type."""
-    if not isinstance(data, Mapping):
-        raise UserError(f"{where} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise UserError(f"unknown key(s) in {where}: {sorted(unknown)}; valid: {sorted(names)}")
-    missing = names - set(data)
-    if missing:  # the YAML holds every default: a key it lacks was deleted or misspelt there
-        raise UserError(f"missing key(s) in {where}: {sorted(missing)}; set them in conf/")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
 
 def preset(cls: type, group: str, option: str | None = None, **extra: Any) -> Any:
@@ -402,46 +343,8 @@ def _section(key: str, changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# Init schemes by name
+# The init arm (schemes by name: gan.init_options)
 # --------------------------------------------------------------------------------------------
-
-
-def scheme_names(scheme_dir: Path) -> list[str]:
-    return sorted(p.stem for p in Path(scheme_dir).glob("*.yaml"))
-
-
-def load_init_file(name: str, scheme_dir: Path) -> dict[str, Any]:
-    """The mapping in ``<scheme_dir>/<name>.yaml`` (one ``init=`` option), its own parameters
-    (such as ``dist``, used as ``${init.dist}``) resolved."""
-    path = Path(scheme_dir) / f"{name}.yaml"
-    if not isinstance(name, str) or not path.is_file():
-        raise UserError(
-            f"unknown init scheme {name!r}; valid: {', '.join(scheme_names(scheme_dir))} "
-            f"(files in {scheme_dir})"
-        )
-    try:
-        scheme = OmegaConf.create({"init": OmegaConf.load(path)})
-        return OmegaConf.to_container(scheme, resolve=True)["init"]
-    except OmegaConfBaseException as err:
-        raise UserError(f"cannot read init option {name!r} ({path}): {err}") from None
-
-
-def resolve_scheme(spec: Any, network: str, scheme_dir: Path, name: str) -> Scheme:
-    """A network's scheme from its config entry: inline rules, or the name of another init option.
-
-    ``init.discriminator=default`` names the option ``default``; its ``discriminator`` section is
-    used. Names may chain; a cycle is an error.
-    """
-    seen = []
-    while isinstance(spec, str):
-        if spec in seen:
-            raise UserError(f"init.{network}: names form a cycle: {' -> '.join(seen + [spec])}")
-        seen.append(spec)
-        name = spec
-        spec = load_init_file(spec, scheme_dir).get(network)
-        if spec is None:
-            raise UserError(f"init option {name!r} has no '{network}' section")
-    return Scheme.parse(name, spec, f"init.{network}")
 
 
 def arm_name(init_choice: str, init_overrides: list[str]) -> str:
@@ -491,7 +394,7 @@ def run_config(
     unknown = set(cfg) - known
     if unknown:
         raise UserError(f"unknown top-level key(s) {sorted(unknown)}; valid: {sorted(known)}")
-    seed = _coerce(cfg.get("seed"), int, "seed")
+    seed = coerce(cfg.get("seed"), int, "seed")
     if not 0 <= seed < 2**64:  # torch.manual_seed's range
         raise UserError(f"seed must be in [0, 2**64), got {seed}")
     if not str(cfg.get("data_dir") or "").strip():

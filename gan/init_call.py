@@ -15,6 +15,7 @@ from torch import nn
 from gan import config
 from gan.errors import UserError
 from gan.init import InitRecord, Scheme, initialize_network
+from gan.init_options import resolve_scheme
 from gan.runtime import derive_seed
 
 
@@ -111,8 +112,8 @@ def _resolve(spec: str | Scheme, network: str | None) -> Scheme:
         raise UserError(f"initialize: a scheme is a name or a Scheme, got {spec!r}")
     scheme_dir = config.CONF_DIR / "init"
     if network in config.NETWORKS:
-        return config.resolve_scheme(spec, network, scheme_dir, spec)
-    sections = [config.resolve_scheme(spec, n, scheme_dir, spec) for n in config.NETWORKS]
+        return resolve_scheme(spec, network, scheme_dir, spec)
+    sections = [resolve_scheme(spec, n, scheme_dir, spec) for n in config.NETWORKS]
     if any(s != sections[0] for s in sections):
         raise UserError(
             f"init option '{spec}' differs between {' and '.join(config.NETWORKS)}; say which "

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,8 +18,6 @@ from torch import nn
 from gan.config import ModelConfig
 from gan.errors import UserError
 from gan.init import SigmoidInLoss
-
-MODELS = ("mlp", "dcgan", "mlp_deep")  # mlp_deep: the mlp builder, a preset (conf/model/)
 
 
 class Generator(nn.Sequential):
@@ -173,21 +172,51 @@ def _dcgan_discriminator(
     return d
 
 
+def _dcgan_fits(model: ModelConfig, image_shape: Sequence[int]) -> None:
+    check_dcgan_side(image_shape, model.generator_widths, model.discriminator_widths)
+
+
+def _any_shape(model: ModelConfig, image_shape: Sequence[int]) -> None:
+    """A flat MLP takes any image shape."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What ``model.name=NAME`` builds, and what the rest of the package asks of it."""
+
+    builder: Callable[..., tuple[Generator, Discriminator]]  # as mlp and dcgan: see build()
+    convolutional: bool  # trainer.channels_last=auto turns channels_last on for it
+    fits: Callable[[ModelConfig, Sequence[int]], None] = _any_shape  # UserError if it cannot be
+    # built for an image shape: called before any data is loaded
+
+
+# Every model=NAME (conf/model/NAME.yaml names it). mlp_deep is a preset: the mlp builder with
+# other widths and norms.
+ARCHITECTURES = {
+    "mlp": Architecture(mlp, convolutional=False),
+    "dcgan": Architecture(dcgan, convolutional=True, fits=_dcgan_fits),
+    "mlp_deep": Architecture(mlp, convolutional=False),
+}
+MODELS = tuple(ARCHITECTURES)
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise UserError(f"unknown model {name!r}; valid: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
 def check(model: ModelConfig, image_shape: Sequence[int]) -> None:
     """Raises a UserError for a model that cannot be built for ``image_shape``, building nothing
     (so a run refuses it before its data and feature classifier are prepared)."""
-    if model.name not in MODELS:
-        raise UserError(f"unknown model {model.name!r}; valid: {', '.join(MODELS)}")
-    if model.name == "dcgan":
-        check_dcgan_side(image_shape, model.generator_widths, model.discriminator_widths)
+    architecture(model.name).fits(model, image_shape)
 
 
 def build(model: ModelConfig, image_shape: Sequence[int]) -> tuple[Generator, Discriminator]:
     """Builds (G, D) on the CPU with PyTorch's default init, drawing from the global RNG. A
     model=NAME as the YAML sets it: ``build(preset(ModelConfig, "model", NAME), image_shape)``."""
     check(model, image_shape)
-    builders = {"mlp": mlp, "dcgan": dcgan, "mlp_deep": mlp}
-    return builders[model.name](
+    return ARCHITECTURES[model.name].builder(
         image_shape,
         model.z_dim,
         model.generator_widths,

@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.config import CONF_DIR, DataConfig, preset, resolve_scheme
+from gan.config import CONF_DIR, DataConfig, preset
 from gan.data import DATASETS
 from gan.diagnostics import activation_stats
 from gan.errors import UserError, exits_on_user_error
 from gan.figures import pyplot
 from gan.init import Scheme, SoftmaxInLoss
 from gan.init_call import initialize
+from gan.init_options import resolve_scheme
 
 SCHEME_DIR = CONF_DIR / "init"  # the init options, wherever the configs are installed
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from gan import nets
 from gan.config import OPTIMIZERS, TrainerConfig
 from gan.console import progress_bar
 from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
+from gan.losses import batch_mean, discriminator_loss, generator_loss
 from gan.nets import Discriminator, Generator, generate
 from gan.record import Ending
 from gan.runtime import derive_seed
@@ -63,32 +64,6 @@ def diverged_step(step: int, finite_losses: list[float], weights_ok: float) -> i
     return step - n + 1 + first_bad
 
 
-def _bce(logits: torch.Tensor, target: float, members: bool) -> torch.Tensor:
-    """BCE-with-logits against a constant target, the mean over a batch; ``members``: logits are
-    (K, B, 1) for K members of a population, and the result is each member's own mean, (K,)."""
-    targets = torch.full_like(logits, target)
-    if not members:
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return loss.flatten(1).mean(1)
-
-
-def _mean(x: torch.Tensor, members: bool) -> torch.Tensor:
-    return x.flatten(1).mean(1) if members else x.mean()
-
-
-def discriminator_loss(
-    real_logits: torch.Tensor, fake_logits: torch.Tensor, members: bool = False
-) -> torch.Tensor:
-    """BCE of D calling reals real (1) and fakes fake (0), the mean of the two halves."""
-    return 0.5 * (_bce(real_logits, 1.0, members) + _bce(fake_logits, 0.0, members))
-
-
-def generator_loss(fake_logits: torch.Tensor, members: bool = False) -> torch.Tensor:
-    """Non-saturating: G maximizes log D(G(z)), i.e. BCE of D calling its fakes real."""
-    return _bce(fake_logits, 1.0, members)
-
-
 @torch.no_grad()
 def step_metrics(
     loss_d: torch.Tensor,
@@ -100,17 +75,17 @@ def step_metrics(
 ) -> dict[str, torch.Tensor]:
     """One step's METRICS by name, as 0-dim device tensors ((K,) per member with ``members``).
     A logit > 0 means D(x) > 0.5: "real"."""
-    acc_real = _mean((d_real > 0).float(), members)
-    acc_fake = _mean((d_fake < 0).float(), members)
+    acc_real = batch_mean((d_real > 0).float(), members)
+    acc_fake = batch_mean((d_fake < 0).float(), members)
     return {
         "loss_D": loss_d.detach(),
         "loss_G": loss_g.detach(),
         "acc_D": 0.5 * (acc_real + acc_fake),
         "acc_D_real": acc_real,
         "acc_D_fake": acc_fake,
-        "acc_G": _mean((d_gen > 0).float(), members),
-        "D_x": _mean(torch.sigmoid(d_real), members),
-        "D_G_z": _mean(torch.sigmoid(d_fake), members),
+        "acc_G": batch_mean((d_gen > 0).float(), members),
+        "D_x": batch_mean(torch.sigmoid(d_real), members),
+        "D_G_z": batch_mean(torch.sigmoid(d_fake), members),
     }
 
 
@@ -165,9 +140,9 @@ class TrainResult:
 
 
 def wants_channels_last(model: str, setting: str) -> bool:
-    """channels_last memory format: ``auto`` turns it on for the convolutional model, whose
+    """channels_last memory format: ``auto`` turns it on for a convolutional model, whose
     convolutions run faster in it on CPU (README, Speed)."""
-    return setting == "on" or (setting == "auto" and model == "dcgan")
+    return setting == "on" or (setting == "auto" and nets.architecture(model).convolutional)
 
 
 def to_channels_last(

@@ -37,10 +37,10 @@ def spectral_layers(net: nn.Module) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+@pytest.mark.parametrize("model", nets.MODELS)  # every model, a new one included
 def test_the_builders_take_every_default_from_the_yaml(model):
     # No keyword default restates conf/model/<model>.yaml: a library caller builds with preset.
-    builder = {"mlp": nets.mlp, "dcgan": nets.dcgan}[model]
+    builder = nets.architecture(model).builder
     parameters = inspect.signature(builder).parameters.values()
     assert [p.name for p in parameters if p.default is not p.empty] == []
     cfg = preset(ModelConfig, "model", model)
@@ -58,7 +58,7 @@ def test_the_builders_take_every_default_from_the_yaml(model):
         )
 
 
-@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+@pytest.mark.parametrize("model", nets.MODELS)
 @pytest.mark.parametrize("d_norm", D_NORMS)
 def test_spectral_norm_sits_on_every_discriminator_weight_layer_and_nowhere_else(model, d_norm):
     cfg = dataclasses.replace(preset(ModelConfig, "model", model), d_norm=d_norm)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gan import bench
+from gan import nets, bench
 from gan.config import ModelConfig, TrainerConfig, preset
 from gan.trainer import GANTrainer
 
@@ -14,14 +14,14 @@ QUICK = ["--dataset", "digits", "--steps", "3", "--repeats", "1"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+@pytest.mark.parametrize("model", nets.MODELS)  # every model, a new one included
 def test_bench_quick_mode_prints_a_table_and_a_json_line(model, capsys, tmp_path):
     assert bench.main(["--model", model, *QUICK, "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "× reference" in out and "logging overhead" in out
     result = json.loads(out.strip().splitlines()[-1])
     assert set(result) >= {"ratio", "logging_overhead", "reference", "project", "project_nolog"}
-    assert result["channels_last"] is (model == "dcgan")
+    assert result["channels_last"] is nets.architecture(model).convolutional
     assert all(result[k]["steps_per_s"] > 0 for k in ("reference", "project", "project_nolog"))
 
 

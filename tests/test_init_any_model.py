@@ -26,9 +26,10 @@ from torch import nn
 import gan
 from gan import init as init_module
 from gan import init_call, nets
-from gan.config import CONF_DIR, D_NORMS, G_NORMS, ModelConfig, preset, resolve_scheme
+from gan.config import CONF_DIR, D_NORMS, G_NORMS, ModelConfig, preset
 from gan.errors import UserError
 from gan.init import Scheme, SigmoidInLoss, SoftmaxInLoss, trainable_weight
+from gan.init_options import resolve_scheme
 from gan.runtime import derive_seed
 from gan.trace import TracedLayer, trace_feeds
 

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from conftest import CONF_DIR
-from gan.config import resolve_scheme, scheme_names
 from gan.errors import UserError
 from gan.init import (
     FAMILIES,
@@ -23,6 +22,7 @@ from gan.init import (
     rule_names,
 )
 from gan.init_call import initialize
+from gan.init_options import resolve_scheme, scheme_names
 
 N_IN, N_OUT = 400, 300  # 120k weights: a sample std within 1.0 % at 5 standard errors
 # A value for every option a family may take; gain 1.7 and mode fan_out are not the defaults.

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from conftest import CONF_DIR, run_config
-from gan.config import resolve_scheme
 from gan.errors import UserError
 from gan.init import TRUNC_STD_FACTOR, SigmoidInLoss, fans, trainable_weight
 from gan.init_call import initialize
+from gan.init_options import resolve_scheme
 
 LAYERS = {  # ≥ 18k weights each: sample stds within ~3.7 % at 5 standard errors
     "linear": lambda: nn.Linear(400, 300),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from gan.diagnostics import LayerDiagnostics
+from gan.losses import discriminator_loss, generator_loss
 from gan.population.stacked import StackedNet
 from gan.record import Ending
 from gan.trainer import (
@@ -29,9 +30,7 @@ from gan.trainer import (
     Schedule,
     Sink,
     TrainResult,
-    discriminator_loss,
     diverged_step,
-    generator_loss,
     step_metrics,
     window_means,
 )
