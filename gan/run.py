@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +15,10 @@ from typing import Any
 import torch
 
 from gan import checkpoint, data, faults, files, nets, quality, record, tracking
-from gan import outcome as outcomes
 from gan.config import RunConfig
 from gan.errors import UserError
+from gan.events import Evaluation, RunEvents
+from gan.finish import log_result, record_artifacts, record_result
 from gan.init import InitRecord
 from gan.init_call import init_table, initialize
 from gan.population import enrollment
@@ -27,10 +27,6 @@ from gan.resume import check_resumable, check_threads
 from gan.runtime import check_precision, derive_seed, resolve_device, resolve_precision
 from gan.signals import Interrupted, Preempted, stop_on_signals
 from gan.trainer import (
-    ACC_D,
-    ACC_G,
-    LOSS_D,
-    LOSS_G,
     GANTrainer,
     Schedule,
     TrainResult,
@@ -148,17 +144,6 @@ def check_run_dir(out_dir) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Scores G's images of fixed noise (one seeded draw per run) against the test split."""
-
-    evaluator: quality.Evaluator
-    noise: torch.Tensor  # (N, z_dim) on the device
-
-    def score(self, generator: nets.Generator) -> dict[str, float]:
-        return self.evaluator.score_generator(generator, self.noise)
-
-
 def load_data(
     cfg: RunConfig, device: torch.device, progress: bool
 ) -> tuple[torch.Tensor, Evaluation | None]:
@@ -267,75 +252,6 @@ def announce(
 # --------------------------------------------------------------------------------------------
 
 
-class RunEvents:
-    """The run's side of the training loop (``gan.trainer.Events``): evaluation and the best FCD,
-    checkpoints, and stop requests from signals."""
-
-    def __init__(
-        self,
-        cfg: RunConfig,
-        trainer: GANTrainer,
-        logger: tracking.RunLogger,
-        evaluation: Evaluation | None,
-        best: dict[str, Any],
-        asked: dict[str, int | None],
-        saved: dict[str, int | None],
-        seconds_before: float | None = 0.0,
-    ):
-        self.cfg, self.trainer, self.logger = cfg, trainer, logger
-        self.evaluation, self.best, self.asked = evaluation, best, asked
-        self.saved = saved  # {"step": the last checkpoint written}, for a run stopped at once
-        # Training seconds of the parts before this one (None: not recorded by an older
-        # version), so a checkpoint carries the time of the whole run up to its step.
-        self.seconds_before = seconds_before
-        self.started = time.perf_counter()
-
-    def seconds(self) -> float | None:
-        """Training seconds of the whole run so far; None when an earlier part's are unknown."""
-        if self.seconds_before is None:
-            return None
-        return self.seconds_before + time.perf_counter() - self.started
-
-    def evaluate(self, step: int, generator: nets.Generator) -> None:
-        if self.evaluation is not None:
-            self.record_scores(step, self.evaluation.score(generator))
-
-    def record_scores(self, step: int, scores: dict[str, float]) -> None:
-        """Logs ``eval/*`` scores of step ``step`` and keeps the best FCD."""
-        faults.point("evaluation")
-        identity = self.evaluation.evaluator.classifier.identity
-        self.logger.log(step, {**scores, quality.CLASSIFIER: identity})
-        if not self.best or scores[quality.FCD] < self.best[quality.FCD_BEST]:  # GANs can worsen
-            self.best.update({quality.FCD_BEST: scores[quality.FCD], quality.FCD_BEST_STEP: step})
-            self.logger.summarize(self.best)
-
-    def checkpoint(self, step: int) -> None:
-        wandb_run = self.logger.wandb_run
-        blob = {
-            "trainer": self.trainer.state_dict(),
-            "rng": checkpoint.rng_states(),
-            "config": dict(self.cfg.resolved),
-            "wandb_id": wandb_run.id if wandb_run else None,
-            "metrics_offset": self.logger.metrics_offset(),
-            "best": dict(self.best),
-            "precision": self.trainer.precision,
-            "threads": torch.get_num_threads(),
-            "seconds": self.seconds(),
-        }
-        try:
-            checkpoint.save(self.cfg.out_dir, blob)
-            self.saved["step"] = step
-        except OSError as err:  # e.g. a full disk: the previous checkpoint is still intact
-            log.warning(
-                "warning: checkpoint at step %d not written (%s); the last good one is kept",
-                step,
-                err,
-            )
-
-    def should_stop(self) -> bool:
-        return self.asked["signal"] is not None
-
-
 def open_logger(cfg: RunConfig, env: Environment) -> tracking.RunLogger:
     return tracking.RunLogger(cfg.logger, run_identity(cfg, env), mode=env.wandb_mode)
 
@@ -395,7 +311,7 @@ def train(
             before = env.resumed.get("seconds") if env.resumed else 0.0
             events = RunEvents(cfg, trainer, logger, evaluation, best, asked, saved, before)
             result = trainer.run(Schedule.of(cfg.trainer), logger, events, progress)
-            record_result(summary, result, best, env, logger)
+            record_result(summary, result, best, env.resumed, logger)
             record_artifacts(cfg, logger, evaluation, result)
     except BaseException as err:  # the status must say what happened, whatever it was
         if isinstance(err, (Interrupted, KeyboardInterrupt)):  # stopped at once: what lasts
@@ -462,127 +378,3 @@ def record_start(
                 quality.CLASSIFIER_TEST_ACCURACY: classifier.test_accuracy,
             }
         )
-
-
-SUMMARY_KEYS_IN_WANDB = (
-    "status",
-    "steps",
-    "seconds",
-    "steps_per_second",
-    "diverged",
-    "diverged_step",
-    "outcome",
-)
-
-
-def record_result(
-    summary: dict[str, Any],
-    result: TrainResult,
-    best: dict[str, Any],
-    env: Environment,
-    logger: tracking.RunLogger,
-) -> None:
-    status = record.status_of(result.status)
-    summary.update(status=status, steps=result.step, **run_time(result, env))
-    summary.update(final=result.last, **best)
-    if result.status == Ending.diverged:
-        summary.update(diverged=True, diverged_step=result.diverged_step)
-    if status in record.FINAL:  # a stopped run has come to nothing yet
-        windows = outcomes.read_windows(logger.out_dir / record.METRICS_FILE)
-        summary["outcome"] = outcomes.outcome(windows, result.status)
-    logger.summarize({k: v for k, v in summary.items() if k in SUMMARY_KEYS_IN_WANDB})
-    if result.status == Ending.stopped:
-        logger.mark_preempted()
-
-
-def run_time(result: TrainResult, env: Environment) -> dict[str, Any]:
-    """``seconds`` and ``steps_per_second`` of the whole run's training; a resumed run also gets
-    ``resumed``: the step it continued from, and this part's steps and seconds. When an earlier
-    part's time is unknown (a checkpoint of an older version), ``seconds`` is this part's and
-    ``seconds_of`` says so."""
-    if not env.resumed:
-        rate = result.step / max(result.seconds, 1e-9)
-        return {"seconds": round(result.seconds, 3), "steps_per_second": round(rate, 2)}
-    first_step = env.resumed["trainer"]["step"]
-    part = {
-        "from_step": first_step,
-        "steps": result.step - first_step,
-        "seconds": round(result.seconds, 3),
-    }
-    before = env.resumed.get("seconds")
-    if before is None:
-        rate = part["steps"] / max(result.seconds, 1e-9)
-        return {
-            "seconds": part["seconds"],
-            "seconds_of": "the resumed part only (an older checkpoint kept no time)",
-            "steps_per_second": round(rate, 2),
-            "resumed": part,
-        }
-    total = before + result.seconds
-    rate = result.step / max(total, 1e-9)
-    return {"seconds": round(total, 3), "steps_per_second": round(rate, 2), "resumed": part}
-
-
-def record_artifacts(
-    cfg: RunConfig,
-    logger: tracking.RunLogger,
-    evaluation: Evaluation | None,
-    result: TrainResult,
-) -> None:
-    """With ``logger.log_artifacts``: a finished run's final checkpoint, and the feature classifier
-    its scores were computed with, aliased by its id (FCDs compare only under one classifier)."""
-    if not (cfg.logger.log_artifacts and logger.wandb_run):
-        return
-    if result.status == Ending.finished:  # a stopped run resumes, a diverged one has no final state
-        logger.log_artifact(
-            cfg.out_dir / record.CHECKPOINT_FILE,
-            name=f"checkpoint-{logger.wandb_run.id}",
-            kind="model",
-            aliases=("final",),
-            metadata={"run_name": cfg.run_name, "arm": cfg.init.arm, "step": result.step},
-        )
-    if evaluation:
-        classifier = evaluation.evaluator.classifier
-        logger.log_artifact(
-            quality.classifier_path(cfg.data),
-            name=f"classifier-{cfg.data.name}",
-            kind="classifier",
-            aliases=(classifier.identity,),
-            metadata={"identity": classifier.identity, "test_accuracy": classifier.test_accuracy},
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Finish: the result line
-# --------------------------------------------------------------------------------------------
-
-
-def log_result(cfg: RunConfig, summary: dict[str, Any], result: TrainResult) -> None:
-    """One line: what happened, how fast, the last window's metrics, the best FCD, where."""
-    if result.status == Ending.diverged:
-        outcome = f"diverged at step {result.diverged_step} (a loss or weight went non-finite)"
-    else:
-        outcome = f"{result.step} steps"
-    speed = f"{summary['steps_per_second']:.1f} steps/s"
-    resumed = summary.get("resumed")
-    if resumed and "seconds_of" in summary:
-        speed += f"; the time of the part resumed at step {resumed['from_step']} alone"
-    elif resumed:
-        speed += (
-            f"; resumed at step {resumed['from_step']}: {resumed['steps']} steps in "
-            f"{resumed['seconds']:.1f} s"
-        )
-    parts = [
-        f"done {cfg.run_name}: {outcome} in {summary['seconds']:.1f} s ({speed}), "
-        f"{summary['outcome']}"
-    ]
-    last = result.last
-    if last:
-        parts.append(
-            f"loss_D {last[LOSS_D]:.3f} loss_G {last[LOSS_G]:.3f} "
-            f"acc_D {last[ACC_D]:.2f} acc_G {last[ACC_G]:.2f}"
-        )
-    if quality.FCD_BEST in summary:
-        best, at = summary[quality.FCD_BEST], summary[quality.FCD_BEST_STEP]
-        parts.append(f"best FCD {best:.2f} at step {at}")
-    log.info("%s", " | ".join([*parts, str(cfg.out_dir)]))

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gan import files, record, signals
+from gan import events, files, finish, record, signals
 from gan import run as solo
 from gan.console import progress_bar
 from gan.population.enrollment import Enrolled
@@ -61,7 +61,7 @@ class Member:
     env: solo.Environment
     trainer: GANTrainer | None = None
     records: list = field(default_factory=list)
-    evaluation: solo.Evaluation | None = None
+    evaluation: events.Evaluation | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=dict)
     saved: dict[str, int | None] = field(default_factory=dict)
@@ -92,7 +92,7 @@ def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> li
         raise PopulationPreempted(asked["signal"], results[0].step, [m.summary for m in members])
     for m, result in zip(members, results):
         with member_log(m.cfg.out_dir, console=True):
-            solo.log_result(m.cfg, m.summary, result)
+            finish.log_result(m.cfg, m.summary, result)
     return [m.summary for m in members]
 
 
@@ -118,7 +118,7 @@ def load_members(members: list[Member], progress: bool) -> torch.Tensor:
         m.trainer, m.records = solo.build_trainer(m.cfg, m.env, images, allow_channels_last=False)
         if evaluator is not None:
             noise = solo.eval_noise(m.cfg, evaluator, m.env.device)
-            m.evaluation = solo.Evaluation(evaluator, noise)
+            m.evaluation = events.Evaluation(evaluator, noise)
     return images
 
 
@@ -142,7 +142,7 @@ class MemberEvents:
     """The population's side of its loop (``PopulationEvents``): each member's ``RunEvents``,
     with evaluation batched: every member's images made in one stacked pass per batch."""
 
-    def __init__(self, events: list[solo.RunEvents], asked: dict[str, int | None]):
+    def __init__(self, events: list[events.RunEvents], asked: dict[str, int | None]):
         self.events, self.asked = events, asked
 
     def evaluate(self, step: int, trainer: PopulationTrainer, members: list[int]) -> None:
@@ -185,13 +185,13 @@ def train_members(
             for m, logger in zip(members, loggers):
                 solo.record_start(m.env, logger, m.records, m.evaluation, m.summary)
                 events.append(
-                    solo.RunEvents(m.cfg, m.trainer, logger, m.evaluation, m.best, asked, m.saved)
+                    events.RunEvents(m.cfg, m.trainer, logger, m.evaluation, m.best, asked, m.saved)
                 )
             trainer = PopulationTrainer([m.trainer for m in members])
             results = _loop(trainer, members, loggers, MemberEvents(events, asked), progress)
             for m, logger, result in zip(members, loggers, results):
-                solo.record_result(m.summary, result, m.best, m.env, logger)
-                solo.record_artifacts(m.cfg, logger, m.evaluation, result)
+                finish.record_result(m.summary, result, m.best, m.env.resumed, logger)
+                finish.record_artifacts(m.cfg, logger, m.evaluation, result)
     except BaseException as err:
         _record_failure(members, trainer, err)
         raise
