@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 import conftest
 import train
 from conftest import CONF_DIR, ROOT
-from gan import nets
+from gan import nets, trainer
 from gan.errors import UserError
 from gan.population.stacked import StackedNet
 from gan.run import build_networks, run
@@ -96,3 +96,14 @@ def test_every_file_and_test_a_recipe_names_exists(name):
     assert (ROOT / path).exists(), name
     if test:
         assert re.search(rf"^def {test}\(", (ROOT / path).read_text(), re.M), name
+
+
+def test_what_the_dashboard_and_the_report_show_is_what_is_logged():
+    from gan import dashboard, diagnostics
+    from gan.report import columns, figures
+
+    declared = set(diagnostics.AGGREGATION)
+    assert set(dashboard.DIAGNOSTICS) <= declared
+    assert {stat for stats, _, _ in figures.DIAG_PANELS for stat in stats} <= declared
+    assert dashboard.TRAINING == columns.TRAINING_CURVES
+    assert set(columns.TRAINING_CURVES) <= set(trainer.METRIC_KEYS)
