@@ -22,96 +22,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from gan import data, nets
+from gan.bench_setup import (
+    NEVER,
+    WARMUP,
+    Bench,
+    NoSink,
+    cpu_features,
+    models,
+    setup,
+    training_split,
+)
 from gan.config import (
     CHANNELS_LAST_SETTINGS,
     PRECISIONS,
-    DataConfig,
     LoggerConfig,
-    ModelConfig,
     TrainerConfig,
     preset,
 )
 from gan.errors import UserError, exits_on_user_error
-from gan.runtime import check_precision, cpu_has_native_bf16, resolve_device, resolve_precision
-from gan.trainer import GANTrainer, Schedule, to_channels_last, wants_channels_last
-
-WARMUP = 10
-NEVER = 10**9  # a period no run reaches: the task runs at the last step only
-
-
-class _NoSink:
-    def log(self, *args) -> None: ...
-    def log_samples(self, *args) -> None: ...
-    def log_diagnostics(self, *args) -> None: ...
-
-
-@dataclass(frozen=True)
-class Bench:
-    """What the loops of one benchmark share: the model, the data, the trainer section (the
-    YAML's, with the command's options) and where they run."""
-
-    model: ModelConfig  # conf/model/<--model>.yaml
-    data: DataConfig  # conf/dataset/<--dataset>.yaml, under --data-dir
-    trainer: TrainerConfig  # conf/config.yaml's, with --batch-size, --compile and the like
-    device: torch.device
-    precision: str  # trainer.precision resolved for the device
-    channels_last: bool
-    steps: int  # timed steps per loop, after WARMUP
-    seed: int
-
-
-def setup(args: argparse.Namespace) -> Bench:
-    """The benchmark the command asks for, its defaults from the YAML."""
-    trainer = preset(
-        TrainerConfig,
-        "trainer",
-        optimizer="adam",  # the conventional script's, which the reference loop is
-        batch_size=args.batch_size,
-        device=args.device,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        precision=args.precision,
-    )
-    device = resolve_device(trainer.device)
-    return Bench(
-        model=preset(ModelConfig, "model", args.model),
-        data=preset(DataConfig, "dataset", args.dataset, root=args.data_dir),
-        trainer=trainer,
-        device=device,
-        precision=resolve_precision(trainer.precision, device),
-        channels_last=wants_channels_last(args.model, trainer.channels_last),
-        steps=args.steps,
-        seed=args.seed,
-    )
-
-
-def _models(bench: Bench, seed: int, device: torch.device):
-    """G and D as ``model=<model>`` builds them, PyTorch's default init.
-
-    The one place that knows how a model is configured and built.
-    """
-    torch.manual_seed(seed)
-    g, d = nets.build(bench.model, data.image_shape(bench.data.name))
-    return g.to(device), d.to(device)
-
-
-def _training_split(bench: Bench) -> data.Split:
-    """The training split as ``dataset=<dataset>`` loads it."""
-    return data.load(bench.data, train=True)
+from gan.runtime import check_precision
+from gan.trainer import GANTrainer, Schedule, to_channels_last
 
 
 class _PerSampleDataset(torch.utils.data.Dataset):
@@ -135,17 +77,17 @@ def _reference_dataset(bench: Bench):
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     dataset, root = bench.data.name, bench.data.root
     if dataset in ("mnist", "fashion_mnist"):
-        _training_split(bench)  # unpacks Debian's files / downloads once, like the project does
+        training_split(bench)  # unpacks Debian's files / downloads once, like the project does
         cls = datasets.MNIST if dataset == "mnist" else datasets.FashionMNIST
         return cls(str(root), train=True, transform=transform, download=False)
-    images = _training_split(bench).images  # digits: back to 0..255 bytes, served per sample
+    images = training_split(bench).images  # digits: back to 0..255 bytes, served per sample
     return _PerSampleDataset(((images + 1) * 127.5).round().to(torch.uint8), transform)
 
 
 def reference_loop(bench: Bench) -> float:
     """Seconds for ``bench.steps`` steps of the conventional loop (after warm-up)."""
     device, steps, batch_size = bench.device, bench.steps, bench.trainer.batch_size
-    g, d = _models(bench, bench.seed, device)
+    g, d = models(bench, bench.seed, device)
     lr, betas = bench.trainer.lr, bench.trainer.betas
     g_opt = torch.optim.Adam(g.parameters(), lr=lr, betas=betas)
     d_opt = torch.optim.Adam(d.parameters(), lr=lr, betas=betas)
@@ -188,12 +130,12 @@ def project_loop(bench: Bench, logging: bool) -> float:
     """Seconds for ``bench.steps`` steps of GANTrainer (after warm-up), logging as a run does or
     not."""
     device = bench.device
-    g, d = _models(bench, bench.seed, device)
-    images = _training_split(bench).images.to(device)
+    g, d = models(bench, bench.seed, device)
+    images = training_split(bench).images.to(device)
     if bench.channels_last:
         g, d, images = to_channels_last(g, d, images)
     trainer = GANTrainer(g, d, images, bench.trainer, seed=bench.seed, precision=bench.precision)
-    trainer.run(Schedule(WARMUP, log_every=WARMUP, sample_every=NEVER), _NoSink(), progress=False)
+    trainer.run(Schedule(WARMUP, log_every=WARMUP, sample_every=NEVER), NoSink(), progress=False)
     # As a real run: its logging window, diagnostics and sample grids (the YAML's periods).
     periods = bench.trainer
     timed = Schedule(
@@ -213,7 +155,7 @@ def project_loop(bench: Bench, logging: bool) -> float:
 def _sink(tmp: Path, logging: bool):
     """W&B offline + metrics.jsonl in ``tmp``, as a run logs; with ``logging`` off, nothing."""
     if not logging:
-        return nullcontext(_NoSink())
+        return nullcontext(NoSink())
     from gan.tracking import RunIdentity, RunLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -342,27 +284,6 @@ def _print_results(
         **rows,
     }
     print(json.dumps(result))
-
-
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_features() -> dict[str, object]:
-    """The CPU's model and the flags that decide bf16's speed (Linux /proc/cpuinfo), and
-    whether oneDNN runs bf16 natively here."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    fields: dict[str, str] = {}
-    for line in info.splitlines():
-        if not line.strip():
-            break  # the first processor's block is enough
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    flags = set(fields.get("flags", "").split())
-    return {
-        "model": fields.get("model name") or platform.processor(),
-        **{flag: flag in flags for flag in CPU_FLAGS},
-        "native_bf16": cpu_has_native_bf16(),
-    }
 
 
 @exits_on_user_error

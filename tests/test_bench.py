@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gan import nets, bench
+from gan import bench, nets
 from gan.config import ModelConfig, TrainerConfig, preset
 from gan.trainer import GANTrainer
 

@@ -15,7 +15,7 @@ import time
 import torch
 
 from gan import nets
-from gan.bench import WARMUP, Bench, _models, _NoSink, _training_split, cpu_features
+from gan.bench_setup import WARMUP, Bench, NoSink, cpu_features, models, training_split
 from gan.population.trainer import PopulationTrainer
 from gan.trainer import GANTrainer, Schedule
 
@@ -32,10 +32,10 @@ class _NoBar:
 
 
 def _trainers(bench: Bench, members: int) -> list[GANTrainer]:
-    images = _training_split(bench).images.to(bench.device)
+    images = training_split(bench).images.to(bench.device)
     trainers = []
     for seed in range(bench.seed, bench.seed + members):
-        g, d = _models(bench, seed, bench.device)
+        g, d = models(bench, seed, bench.device)
         trainer = GANTrainer(g, d, images, bench.trainer, seed=seed, precision=bench.precision)
         trainers.append(trainer)
     return trainers
@@ -48,9 +48,9 @@ def _schedule(bench: Bench, steps: int) -> Schedule:
 def time_single(bench: Bench) -> float:
     """Seconds for ``bench.steps`` steps of one run's loop (after warm-up)."""
     (trainer,) = _trainers(bench, 1)
-    trainer.run(_schedule(bench, WARMUP), _NoSink(), progress=False)
+    trainer.run(_schedule(bench, WARMUP), NoSink(), progress=False)
     start = time.perf_counter()
-    trainer.run(_schedule(bench, WARMUP + bench.steps), _NoSink(), progress=False)
+    trainer.run(_schedule(bench, WARMUP + bench.steps), NoSink(), progress=False)
     _sync(bench.device)
     return time.perf_counter() - start
 
@@ -58,7 +58,7 @@ def time_single(bench: Bench) -> float:
 def time_population(bench: Bench, members: int) -> float:
     """Seconds for ``bench.steps`` lockstep steps of a population of ``members``."""
     population = PopulationTrainer(_trainers(bench, members))
-    sinks = [_NoSink()] * members
+    sinks = [NoSink()] * members
     population.run(_schedule(bench, WARMUP), sinks, _NoEvents(), _NoBar())
     start = time.perf_counter()
     population.run(_schedule(bench, WARMUP + bench.steps), sinks, _NoEvents(), _NoBar())
@@ -91,7 +91,7 @@ def main(args: argparse.Namespace, bench: Bench) -> int:
     print(f"{'single run':<26}{rows['single']:>16.1f}{1:>10.2f}")
     label = f"population of {k}"
     print(f"{label:<26}{rows['population']:>16.1f}{rows['population'] / rows['single']:>10.2f}")
-    g, d = _models(bench, bench.seed, torch.device("cpu"))
+    g, d = models(bench, bench.seed, torch.device("cpu"))
     result = {
         "model": args.model,
         "dataset": args.dataset,
