@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from gan import events, files, finish, record, signals
+from gan import files, finish, record, signals
 from gan import run as solo
 from gan.console import progress_bar
+from gan.events import Evaluation, RunEvents
 from gan.population.enrollment import Enrolled
 from gan.population.trainer import PopulationTrainer
 from gan.record import Ending, Status
@@ -61,7 +62,7 @@ class Member:
     env: solo.Environment
     trainer: GANTrainer | None = None
     records: list = field(default_factory=list)
-    evaluation: events.Evaluation | None = None
+    evaluation: Evaluation | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=dict)
     saved: dict[str, int | None] = field(default_factory=dict)
@@ -118,7 +119,7 @@ def load_members(members: list[Member], progress: bool) -> torch.Tensor:
         m.trainer, m.records = solo.build_trainer(m.cfg, m.env, images, allow_channels_last=False)
         if evaluator is not None:
             noise = solo.eval_noise(m.cfg, evaluator, m.env.device)
-            m.evaluation = events.Evaluation(evaluator, noise)
+            m.evaluation = Evaluation(evaluator, noise)
     return images
 
 
@@ -142,7 +143,7 @@ class MemberEvents:
     """The population's side of its loop (``PopulationEvents``): each member's ``RunEvents``,
     with evaluation batched: every member's images made in one stacked pass per batch."""
 
-    def __init__(self, events: list[events.RunEvents], asked: dict[str, int | None]):
+    def __init__(self, events: list[RunEvents], asked: dict[str, int | None]):
         self.events, self.asked = events, asked
 
     def evaluate(self, step: int, trainer: PopulationTrainer, members: list[int]) -> None:
@@ -185,7 +186,7 @@ def train_members(
             for m, logger in zip(members, loggers):
                 solo.record_start(m.env, logger, m.records, m.evaluation, m.summary)
                 events.append(
-                    events.RunEvents(m.cfg, m.trainer, logger, m.evaluation, m.best, asked, m.saved)
+                    RunEvents(m.cfg, m.trainer, logger, m.evaluation, m.best, asked, m.saved)
                 )
             trainer = PopulationTrainer([m.trainer for m in members])
             results = _loop(trainer, members, loggers, MemberEvents(events, asked), progress)
