@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,8 +45,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sweep_seconds(args: argparse.Namespace, launcher: str, sweep_dir: Path) -> float:
-    """Wall seconds of one sweep; raises if it failed."""
+def sweep_seconds(args: argparse.Namespace, launcher: str, sweep_dir: Path) -> tuple[float, float]:
+    """Wall and CPU seconds (its processes' user + system) of one sweep; raises if it failed."""
     extra = args.population_args.split() if launcher == "population" else []
     command = [
         sys.executable,
@@ -60,12 +61,19 @@ def sweep_seconds(args: argparse.Namespace, launcher: str, sweep_dir: Path) -> f
         *extra,
     ]
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", **os.environ}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if proc.returncode != 0:
         raise SystemExit(f"{launcher} sweep failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return seconds
+    return seconds, cpu
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's ended children (and theirs): less sensitive than wall time
+    to other people's load on a shared machine, for a paired comparison."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def warm_up(args: argparse.Namespace) -> None:
@@ -87,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         order = list(LAUNCHERS) if repeat % 2 == 0 else list(reversed(LAUNCHERS))
         for name in order:
-            seconds = sweep_seconds(args, name, out / f"{name}-{repeat}")
+            seconds, cpu = sweep_seconds(args, name, out / f"{name}-{repeat}")
             best[name] = min(best[name], seconds)
-            print(f"{name:<12}{seconds:>9.1f} s  (repeat {repeat + 1}, load {os.getloadavg()})")
+            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"{name:<12}{seconds:>9.1f} s wall {cpu:>9.1f} s CPU  (load {load})")
     ratio = best["joblib"] / best["population"]
     print(f"population launcher {ratio:.2f}× faster than joblib (n_jobs=2, one thread each)")
     print(json.dumps({"seconds": best, "ratio": ratio, "cores": os.cpu_count(), **vars(args)}))
