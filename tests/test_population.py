@@ -281,3 +281,31 @@ def test_jobs_are_grouped_by_all_but_arm_and_seed_and_cut_to_size(tmp_path, monk
     monkeypatch.setattr(launcher, "free_bytes", lambda device: 2 * 3 * per_member)
     fitted = launcher.PopulationLauncher(max_members=64)._fit(enrolled[:3] * 2)
     assert [len(p) for p in fitted] == [3, 3]
+
+
+def test_populations_are_halved_until_every_worker_has_one(tmp_path, monkeypatch):
+    from gan.population import launcher
+
+    groups = [list(range(16)), list(range(3))]
+    assert [len(g) for g in launcher.spread(groups, 1)] == [16, 3]
+    assert [len(g) for g in launcher.spread(groups, 3)] == [8, 8, 3]
+    assert [len(g) for g in launcher.spread(groups, 4)] == [4, 4, 8, 3]
+    assert [len(g) for g in launcher.spread([[0, 1]], 4)] == [1, 1]  # a member is not split
+    assert sorted(sum(launcher.spread(groups, 5), [])) == sorted(sum(groups, []))
+
+    # n_jobs unset: one population per trainer.threads cores on a CPU.
+    (cfg, env, _), *_ = members(tmp_path, [["trainer.threads=1"]], [])
+    enrolled = [enrollment.Enrolled(cfg, env, None)]
+    monkeypatch.setattr(launcher, "cpu_cores", lambda: 8)
+    assert launcher.PopulationLauncher()._processes(enrolled) == 8
+    assert launcher.PopulationLauncher(n_jobs=3)._processes(enrolled) == 3
+    two = dataclasses.replace(env, threads=2)
+    assert launcher.PopulationLauncher()._processes([enrollment.Enrolled(cfg, two, None)]) == 4
+
+
+@pytest.mark.parametrize("option", [{"n_jobs": 0}, {"max_members": 0}, {"memory_fraction": 2}])
+def test_bad_launcher_options_are_refused_by_name(option):
+    from gan.population import launcher
+
+    with pytest.raises(UserError, match=f"hydra.launcher.{next(iter(option))}"):
+        launcher.PopulationLauncher(**option)

@@ -58,7 +58,7 @@ def metric_lines(run_dir: Path) -> list[dict]:
 
 def test_a_sweep_trains_as_one_population_of_runs_like_solo_runs(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = population(sweep, "init=default,he_xavier", "seed=0,1")
+    proc = population(sweep, "init=default,he_xavier", "seed=0,1", "hydra.launcher.n_jobs=1")
     assert proc.returncode == 0, proc.stderr
     assert "population of 4 (mlp on cpu)" in proc.stdout
     runs = summaries(sweep)
@@ -104,7 +104,7 @@ def test_an_invalid_job_is_recorded_invalid_and_never_joins(tmp_path):
 
 def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(tmp_path):
     sweep = tmp_path / "sweep"
-    jobs = ("init=default,he_xavier", "seed=0")
+    jobs = ("init=default,he_xavier", "seed=0", "hydra.launcher.n_jobs=1")
     stopped = population(sweep, *jobs, fault="evaluation:SIGTERM@2")
     assert stopped.returncode == 143, stopped.stderr
     runs = summaries(sweep)
@@ -123,3 +123,62 @@ def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(tmp
     assert population(straight, *jobs).returncode == 0
     for name in (first, second):
         assert_close_lines(metric_lines(sweep / name), metric_lines(straight / name))
+
+
+def test_populations_in_worker_processes_train_each_member_as_one_process_does(tmp_path):
+    jobs = ("init=default,he_xavier", "seed=0,1")
+    one = population(tmp_path / "one", *jobs, "hydra.launcher.n_jobs=1")
+    assert one.returncode == 0, one.stderr
+    two = population(tmp_path / "two", *jobs, "hydra.launcher.n_jobs=2")
+    assert two.returncode == 0, two.stderr
+    assert "4 enrolled in 2 population(s), 2 at a time" in two.stdout
+    assert two.stdout.count("population of 2 (mlp on cpu)") == 2
+    ones, twos = summaries(tmp_path / "one"), summaries(tmp_path / "two")
+    assert ones.keys() == twos.keys()
+    for name, summary in twos.items():
+        assert summary["population"] == 2
+        for key in ("status", "steps", "arm", "seed", "threads", "outcome"):
+            assert summary[key] == ones[name][key], (name, key)
+        for file in RUN_FILES:
+            assert (tmp_path / "two" / name / file).is_file(), (name, file)
+        got, want = tmp_path / "two" / name, tmp_path / "one" / name
+        assert (got / "init_report.json").read_text() == (want / "init_report.json").read_text()
+        assert_close_lines(metric_lines(got), metric_lines(want))
+        assert len(list((got / "samples").glob("*.png"))) == len(
+            list((want / "samples").glob("*.png"))
+        )
+
+
+def test_sigterm_in_worker_processes_stops_the_sweep_and_its_rerun_completes_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = ("init=default,he_xavier", "seed=0,1", "hydra.launcher.n_jobs=2")
+    stopped = population(sweep, *jobs, fault="evaluation:SIGTERM@1")  # each worker's first
+    assert stopped.returncode == 143, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    runs = summaries(sweep)
+    assert len(runs) == 4 and {s["status"] for s in runs.values()} == {"preempted"}
+    assert all(0 < s["steps"] <= 20 for s in runs.values())  # the other stops at the .stop file
+    again = population(sweep, *jobs)
+    assert again.returncode == 0, again.stderr
+    assert {(s["status"], s["steps"]) for s in summaries(sweep).values()} == {("finished", 40)}
+
+
+def test_a_killed_worker_stops_the_sweep_and_its_members_are_recorded_failed(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = ("init=default,he_xavier", "seed=0", "hydra.launcher.n_jobs=2")
+    proc = population(sweep, *jobs, fault="evaluation:KILL@1")
+    assert proc.returncode == 1, proc.stderr
+    assert "worker process was killed (its worker process ended by SIGKILL)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    statuses = [s["status"] for s in summaries(sweep).values()]
+    assert "failed" in statuses and set(statuses) <= {"failed", "preempted"}, statuses
+    again = population(sweep, *jobs)  # the same sweep resumes both from their checkpoints
+    assert again.returncode == 0, again.stderr
+    assert {(s["status"], s["steps"]) for s in summaries(sweep).values()} == {("finished", 40)}
+
+
+def test_a_bad_launcher_option_is_one_clear_error(tmp_path):
+    proc = population(tmp_path / "sweep", "seed=0", "hydra.launcher.n_jobs=0")
+    assert proc.returncode != 0
+    assert "hydra.launcher.n_jobs must be >= 1" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -1,14 +1,17 @@
-"""``hydra/launcher=population``: a multirun's jobs trained as populations in this process.
+"""``hydra/launcher=population``: a multirun's jobs trained as populations.
 
 Every job first runs as Hydra runs it (its directory, ``.hydra`` files, the task's checks):
 a job that passes them is enrolled rather than trained (``gan.population.enrollment``); an
 invalid one is recorded ``invalid`` and never joins. The enrolled jobs are then grouped into
-populations (equal but for init arm and seed), each sized to the device, and trained one after
-another. Each job's return value is its own summary, as with any launcher.
+populations (equal but for init arm and seed), each sized to the device, and trained
+``n_jobs`` at a time: in this process when one at a time, else each in a worker process of its
+own (``gan.population.workers``). Each job's return value is its own summary, as with any
+launcher.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,10 +25,10 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from gan import data, nets, sweeps
+from gan import data, nets, sweeps, tracking
 from gan.errors import UserError
-from gan.population import enrollment
-from gan.population.run import PopulationPreempted, populations, run_population
+from gan.population import enrollment, workers
+from gan.population.run import populations
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +37,26 @@ log = logging.getLogger(__name__)
 class PopulationLauncherConf:  # registered, with its _target_, in hydra_plugins/
     max_members: int = 64  # the most members one population trains at once
     memory_fraction: float = 0.5  # of the device's free memory a population's tensors may plan on
+    # Populations trained at once, each in a worker process; null: one per trainer.threads CPU
+    # cores on a CPU (a single group is split to keep them busy), one on a GPU.
+    n_jobs: int | None = None
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = 64, memory_fraction: float = 0.5) -> None:
+    def __init__(
+        self, max_members: int = 64, memory_fraction: float = 0.5, n_jobs: int | None = None
+    ) -> None:
         if max_members < 1 or not 0 < memory_fraction <= 1:
             raise UserError(
                 "hydra.launcher.max_members must be >= 1 and hydra.launcher.memory_fraction in "
                 f"(0, 1], got {max_members} and {memory_fraction}"
             )
-        self.max_members, self.memory_fraction = max_members, memory_fraction
+        if n_jobs is not None and n_jobs < 1:
+            raise UserError(
+                f"hydra.launcher.n_jobs must be >= 1 (populations trained at once), or null for "
+                f"one per trainer.threads CPU cores; got {n_jobs}"
+            )
+        self.max_members, self.memory_fraction, self.n_jobs = max_members, memory_fraction, n_jobs
         self.config: DictConfig | None = None
         self.context: HydraContext | None = None
         self.task: TaskFunction | None = None
@@ -58,7 +71,7 @@ class PopulationLauncher(Launcher):
     ) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        self._sweep_dir().mkdir(parents=True, exist_ok=True)
         with enrollment.gathering() as gathered:
             jobs = [
                 self._enroll(initial_job_idx + i, overrides, gathered)
@@ -68,14 +81,17 @@ class PopulationLauncher(Launcher):
         enrolled = [member for _, member in jobs if member is not None]
         groups = populations(enrolled, self.max_members)
         sized = [part for group in groups for part in self._fit(group)]
-        log.info("%d jobs: %d enrolled in %d population(s)", len(jobs), len(enrolled), len(sized))
+        processes = self._processes(enrolled)
+        sized = spread(sized, processes)
+        log.info(
+            "%d jobs: %d enrolled in %d population(s), %d at a time",
+            len(jobs),
+            len(enrolled),
+            len(sized),
+            min(processes, len(sized)),
+        )
         returns = {id(member): ret for ret, member in jobs if member is not None}
-        for i, group in enumerate(sized):
-            if not self._train(group, returns):
-                for rest in sized[i + 1 :]:
-                    for member in rest:
-                        sweeps.discard_unstarted(member.cfg.out_dir)
-                break
+        self._train_all(sized, processes, returns)
         return [ret for ret, _ in jobs]
 
     def _enroll(self, idx: int, overrides: Sequence[str], gathered: list):
@@ -95,12 +111,15 @@ class PopulationLauncher(Launcher):
         return ret, (gathered[-1] if len(gathered) > before else None)
 
     def _console_logging(self) -> None:
-        """The jobs' console handlers without a job's file (each member writes its own)."""
+        configure_log(self._console_config(), self.config.hydra.verbose)
+
+    def _console_config(self) -> DictConfig:
+        """The jobs' logging without a job's file (each member writes its own)."""
         job_logging = self.config.hydra.job_logging.copy()
         with open_dict(job_logging):
             job_logging.handlers.pop("file", None)
             job_logging.root.handlers = [h for h in job_logging.root.handlers if h != "file"]
-        configure_log(job_logging, self.config.hydra.verbose)
+        return job_logging
 
     def _fit(self, group: list) -> list[list]:
         """``group`` cut into populations whose tensors fit the device's free memory."""
@@ -109,27 +128,103 @@ class PopulationLauncher(Launcher):
         size = min(fits, self.max_members)
         return [group[i : i + size] for i in range(0, len(group), size)]
 
-    def _train(self, group: list, returns: dict) -> bool:
-        """Trains one population; False if it was stopped by a signal (nothing more starts)."""
-        try:
-            summaries = run_population(group)
-        except PopulationPreempted as stop:
-            log.error("preempted: %s", stop)
-            why = f"{signal.Signals(stop.signum).name} in a population"
-            sweeps.request_stop(Path(str(self.config.hydra.sweep.dir)), stop.signum, why)
-            for member, summary in zip(group, stop.summaries):
-                returns[id(member)].return_value = summary
-            return False
-        except Exception as err:  # noqa: BLE001 - each member's summary says it failed; go on
-            log.exception("population failed: %s", err)
-            for member in group:
-                returns[id(member)].return_value = err
-                returns[id(member)].status = JobStatus.FAILED
+    def _processes(self, enrolled: list) -> int:
+        """Populations at once: ``n_jobs``, else one per ``trainer.threads`` cores on a CPU."""
+        if self.n_jobs is not None or not enrolled:
+            return self.n_jobs or 1
+        env = enrolled[0].env
+        if env.device.type != "cpu":
+            return 1
+        return max(1, cpu_cores() // max(1, env.threads))
+
+    def _train_all(self, sized: list[list], processes: int, returns: dict) -> None:
+        def record(group, outcome: workers.Outcome) -> bool:
+            return self._record(group, outcome, returns)
+
+        if processes == 1 or len(sized) == 1:  # in this process, one after another
+            for i, group in enumerate(sized):
+                if not record(group, workers.train(group)):
+                    for rest in sized[i + 1 :]:
+                        record(rest, workers.Outcome(workers.NOT_STARTED))
+                    return
+            return
+        _cache_classifiers(sized)
+        setup = workers.Setup(self._console_config(), self.config.hydra.verbose, self._sweep_dir())
+        workers.run_parallel(sized, processes, setup, record)
+
+    def _sweep_dir(self) -> Path:
+        return Path(str(self.config.hydra.sweep.dir))
+
+    def _record(self, group: list, outcome: workers.Outcome, returns: dict) -> bool:
+        """Each member's JobReturn from its population's outcome; False: start no other."""
+        rets = [returns[id(member)] for member in group]
+        if outcome.status == workers.FINISHED:
+            for ret, summary in zip(rets, outcome.summaries):
+                ret.return_value, ret.status = summary, JobStatus.COMPLETED
             return True
-        for member, summary in zip(group, summaries):
-            returns[id(member)].return_value = summary
-            returns[id(member)].status = JobStatus.COMPLETED
+        if outcome.status == workers.NOT_STARTED:
+            for member in group:
+                sweeps.discard_unstarted(member.cfg.out_dir)
+            if outcome.signum is not None:
+                self._stop(outcome.signum, f"{signal.Signals(outcome.signum).name} to a worker")
+            return False
+        if outcome.status == workers.PREEMPTED:
+            self._stop(outcome.signum, f"{signal.Signals(outcome.signum).name} in a population")
+            for ret, summary in zip(rets, outcome.summaries):
+                ret.return_value = summary
+            return False
+        for ret, member in zip(rets, group):  # FAILED, KILLED: a result, as with any launcher
+            ret.return_value = failed_summary(member.cfg.out_dir, outcome.error)
+        if outcome.status == workers.KILLED:
+            names = ", ".join(m.cfg.run_name for m in group)
+            log.error("error: the population of %s stopped: %s", names, outcome.error)
+            self._stop(None, f"a population's worker process was killed ({outcome.error})")
+            return False
         return True
+
+    def _stop(self, signum: int | None, why: str) -> None:
+        sweeps.request_stop(self._sweep_dir(), signum, why)
+
+
+def failed_summary(out_dir: Path, error: BaseException | None) -> dict:
+    """A failed member's return value: its summary.json as written, said failed (a population
+    that raised wrote it; a killed worker's is settled by the sweep's end, ``gan.sweeps``)."""
+    try:
+        summary = json.loads((out_dir / tracking.SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+    return {**summary, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+
+
+def spread(sized: list[list], processes: int) -> list[list]:
+    """Populations halved, biggest first, until there are ``processes`` of them to run at once
+    (or every one is a single member)."""
+    sized = list(sized)
+    while len(sized) < processes:
+        biggest = max(range(len(sized)), key=lambda i: len(sized[i]), default=None)
+        if biggest is None or len(sized[biggest]) < 2:
+            break
+        group = sized[biggest]
+        half = (len(group) + 1) // 2
+        sized[biggest : biggest + 1] = [group[:half], group[half:]]
+    return sized
+
+
+def _cache_classifiers(sized: list[list]) -> None:
+    """The evaluation classifiers, trained now if not cached yet: once, here, rather than by
+    several workers at once (each with its own, differently seeded threads)."""
+    from gan import quality
+
+    for data_config in {g[0].cfg.data for g in sized if g[0].cfg.trainer.eval_every}:
+        quality.load_classifier(data_config)
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def member_bytes(cfg) -> int:

@@ -136,13 +136,33 @@ class Weighted(Stage):
         # One group per member: weight (K·out, in, kh, kw), or (K·in, out, kh, kw) transposed.
         conv = dict(stride=module.stride, padding=module.padding, dilation=module.dilation)
         if isinstance(module, nn.Conv2d):
-            out = F.conv2d(x.chan(), weight.flatten(0, 1), bias.flatten(), groups=k, **conv)
+            call = F.conv2d
         else:
-            conv["output_padding"] = module.output_padding
-            out = F.conv_transpose2d(
-                x.chan(), weight.flatten(0, 1), bias.flatten(), groups=k, **conv
+            call, conv["output_padding"] = F.conv_transpose2d, module.output_padding
+        chan, n = x.chan(), conv_chunk(k, x.tensor.device)
+        per_member = chan.shape[1] // k  # input channels of one member
+        outs = [
+            call(
+                chan[:, i * per_member : (i + n) * per_member],
+                weight[i : i + n].flatten(0, 1),
+                bias[i : i + n].flatten(),
+                groups=len(weight[i : i + n]),
+                **conv,
             )
-        return Layout(out, "chan", k)
+            for i in range(0, k, n)
+        ]
+        return Layout(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1), "chan", k)
+
+
+# On a CPU, oneDNN's grouped convolution (above all its backward pass) costs more per group the
+# more groups one call has: a population's convolutions run in calls of at most this many
+# members there (docs/speed.md). Elsewhere one call takes every member.
+CPU_CONV_MEMBERS = 8
+
+
+def conv_chunk(members: int, device: torch.device) -> int:
+    """Members per grouped convolution call."""
+    return min(members, CPU_CONV_MEMBERS) if device.type == "cpu" else members
 
 
 class Norm(Stage):

@@ -1,0 +1,179 @@
+"""Populations trained in worker processes, several at once (``hydra.launcher.n_jobs``).
+
+One spawned process per population: it is sent the population's enrolled jobs (pickled), trains
+them with ``run_population`` exactly as the launcher's own process would, sends back an
+``Outcome`` and exits. Spawned, not forked: a forked child would inherit torch's thread pools and
+the parent's locks; a fresh interpreter sets its own thread count. A worker stops as the jobs of
+any parallel launcher do: on its own SIGINT/SIGTERM (every member checkpoints), or when the sweep
+is stopping (``<sweep dir>/.stop``, read by ``gan.sweeps.watch_sweep``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import pickle
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.utils import configure_log
+from omegaconf import DictConfig
+
+from gan import sweeps
+from gan.population.enrollment import Enrolled
+from gan.population.run import PopulationPreempted, run_population
+from gan.run import Interrupted
+
+log = logging.getLogger(__name__)
+
+FINISHED, PREEMPTED, FAILED, NOT_STARTED, KILLED = (
+    "finished",
+    "preempted",
+    "failed",
+    "not started",
+    "killed",
+)
+
+
+@dataclass
+class Outcome:
+    """What became of one population: its members' summaries, in order, when it ran."""
+
+    status: str  # FINISHED | PREEMPTED | FAILED | NOT_STARTED | KILLED
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    signum: int | None = None  # the signal that stopped it (PREEMPTED, NOT_STARTED)
+    error: BaseException | None = None  # FAILED, KILLED
+
+
+def train(group: Sequence[Enrolled], *, progress: bool = True) -> Outcome:
+    """Trains one population in this process; whatever happens, an Outcome."""
+    try:
+        return Outcome(FINISHED, run_population(group, progress=progress))
+    except PopulationPreempted as stop:
+        log.error("preempted: %s", stop)
+        return Outcome(PREEMPTED, stop.summaries, stop.signum)
+    except Exception as err:  # noqa: BLE001 - each member's summary says it failed; go on
+        log.exception("population failed: %s", err)
+        return Outcome(FAILED, error=err)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a worker needs besides its population: the console logging and the sweep."""
+
+    job_logging: DictConfig  # the jobs' console handlers (each member writes its own train.log)
+    verbose: Any
+    sweep_dir: Path
+
+
+def _worker(conn, setup: Setup) -> None:
+    """A worker process: one population in, its Outcome out."""
+    early: dict[str, int | None] = {"signal": None}
+
+    def remember(signum, frame) -> None:  # before training starts: stop without starting
+        early["signal"] = signum
+
+    previous = {s: signal.signal(s, remember) for s in (signal.SIGINT, signal.SIGTERM)}
+    configure_log(setup.job_logging, setup.verbose)
+    group = pickle.loads(conn.recv_bytes())
+    sweeps.watch_sweep(setup.sweep_dir)
+    torch.set_num_threads(group[0].env.threads)  # members of one population share it
+    why_not = sweeps.why_not_start(setup.sweep_dir)
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    if why_not or early["signal"] is not None:
+        outcome = Outcome(NOT_STARTED, signum=early["signal"])
+    else:
+        with sweeps.job_in_progress():
+            outcome = _train_here(group)
+    conn.send_bytes(_pickled(outcome))
+
+
+def _train_here(group: Sequence[Enrolled]) -> Outcome:
+    """``train`` in a worker: a second signal (stop at once) also comes back as preempted."""
+    try:
+        return train(group, progress=False)  # several bars on one terminal would garble
+    except Interrupted as err:
+        return Outcome(PREEMPTED, signum=err.exit_code - 128)
+    except KeyboardInterrupt:
+        return Outcome(PREEMPTED, signum=signal.SIGINT)
+
+
+def _pickled(outcome: Outcome) -> bytes:
+    try:
+        return pickle.dumps(outcome)
+    except Exception:  # noqa: BLE001 - an error that does not pickle goes back as its text
+        text = f"{type(outcome.error).__name__}: {outcome.error}"
+        return pickle.dumps(
+            Outcome(outcome.status, outcome.summaries, outcome.signum, RuntimeError(text))
+        )
+
+
+class Worker:
+    """One spawned process training one population."""
+
+    def __init__(self, context, setup: Setup, group: Sequence[Enrolled]):
+        self.group = group
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker, args=(child, setup), name="population")
+        self.process.start()
+        child.close()
+        self.conn.send_bytes(pickle.dumps(list(group)))
+
+    def outcome(self) -> Outcome:
+        """Its Outcome, once it sent one or exited (KILLED if it exited without one)."""
+        try:
+            if self.conn.poll():
+                return pickle.loads(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            pass
+        self.process.join()
+        code = self.process.exitcode
+        how = f"by {signal.Signals(-code).name}" if code < 0 else f"with status {code}"
+        return Outcome(KILLED, error=RuntimeError(f"its worker process ended {how}"))
+
+    def close(self) -> None:
+        self.process.join()
+        self.conn.close()
+
+
+def run_parallel(
+    groups: Sequence[Sequence[Enrolled]],
+    processes: int,
+    setup: Setup,
+    record: Callable[[Sequence[Enrolled], Outcome], bool],
+) -> None:
+    """Trains ``groups`` in at most ``processes`` workers at once, in order; ``record`` takes
+    each Outcome as it comes and returns False to start no further population (each left then
+    gets a NOT_STARTED Outcome)."""
+    context = multiprocessing.get_context("spawn")
+    pending, running, stopping = list(groups), [], False
+    try:
+        while pending or running:
+            stopping = stopping or bool(sweeps.why_not_start(setup.sweep_dir))
+            while pending and len(running) < processes and not stopping:
+                running.append(Worker(context, setup, pending.pop(0)))
+            if not running:
+                break
+            for worker in _finished(running):
+                running.remove(worker)
+                outcome = worker.outcome()
+                worker.close()
+                stopping = not record(worker.group, outcome) or stopping
+    finally:
+        for worker in running:  # only on an error here: the workers checkpoint and stop
+            worker.process.terminate()
+            worker.close()
+    for group in pending:
+        record(group, Outcome(NOT_STARTED))
+
+
+def _finished(running: list[Worker]) -> list[Worker]:
+    """The workers that sent their Outcome or exited, once one has (waits)."""
+    ready = set(wait([w.conn for w in running] + [w.process.sentinel for w in running]))
+    return [w for w in running if w.conn in ready or w.process.sentinel in ready]
