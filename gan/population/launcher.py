@@ -11,7 +11,6 @@ launcher.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -25,10 +24,11 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from gan import data, nets, sweeps, tracking
+from gan import data, nets, record, sweeps
 from gan.errors import UserError
 from gan.population import enrollment, workers
 from gan.population.run import populations
+from gan.record import Status
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +189,8 @@ class PopulationLauncher(Launcher):
 def failed_summary(out_dir: Path, error: BaseException | None) -> dict:
     """A failed member's return value: its summary.json as written, said failed (a population
     that raised wrote it; a killed worker's is settled by the sweep's end, ``gan.sweeps``)."""
-    try:
-        summary = json.loads((out_dir / tracking.SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        summary = {}
-    summary = summary if isinstance(summary, dict) else {}
-    return {**summary, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+    summary = record.Summary(out_dir).read()
+    return {**summary, "status": Status.failed, "error": f"{type(error).__name__}: {error}"}
 
 
 def spread(sized: list[list], processes: int) -> list[list]:

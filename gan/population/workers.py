@@ -27,17 +27,15 @@ from omegaconf import DictConfig
 from gan import sweeps
 from gan.population.enrollment import Enrolled
 from gan.population.run import PopulationPreempted, run_population
-from gan.run import Interrupted
+from gan.record import NOT_STARTED, Status
+from gan.signals import Interrupted
 
 log = logging.getLogger(__name__)
 
-FINISHED, PREEMPTED, FAILED, NOT_STARTED, KILLED = (
-    "finished",
-    "preempted",
-    "failed",
-    "not started",
-    "killed",
-)
+# What became of a population: its members' statuses where they are alike (and the sweep's
+# NOT_STARTED), or a killed worker.
+FINISHED, PREEMPTED, FAILED = Status.finished, Status.preempted, Status.failed
+KILLED = "killed"
 
 
 @dataclass
