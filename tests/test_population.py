@@ -21,6 +21,7 @@ from gan import nets, run
 from gan.config import ModelConfig, preset
 from gan.errors import UserError
 from gan.population import enrollment
+from gan.population import stacked as stacking
 from gan.population.stacked import StackedNet
 from gan.population.trainer import PopulationTrainer
 from gan.trainer import Schedule
@@ -309,3 +310,38 @@ def test_bad_launcher_options_are_refused_by_name(option):
 
     with pytest.raises(UserError, match=f"hydra.launcher.{next(iter(option))}"):
         launcher.PopulationLauncher(**option)
+
+
+def test_convolutions_are_cut_into_calls_of_a_few_members_only_on_a_one_thread_cpu():
+    cpu, threads = torch.device("cpu"), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert stacking.conv_chunk(34, cpu) == stacking.CPU_CONV_MEMBERS
+        assert stacking.conv_chunk(3, cpu) == 3
+        torch.set_num_threads(2)
+        assert stacking.conv_chunk(34, cpu) == 34
+        assert stacking.conv_chunk(34, torch.device("meta")) == 34
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_convolution_cut_into_several_calls_computes_each_members_own_function(monkeypatch):
+    monkeypatch.setattr(stacking, "CPU_CONV_MEMBERS", 2)  # 3 members: calls of 2 and 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = preset(ModelConfig, "model", "dcgan")
+        solos = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            solos.append(nets.build(cfg, SHAPE))
+        g = StackedNet([s[0] for s in solos], "generator")
+        d = StackedNet([s[1] for s in solos], "discriminator")
+        z = torch.randn(3, 4, cfg.z_dim)
+        images = g(z)
+        logits = d(images.detach())
+        for k, (solo_g, solo_d) in enumerate(solos):
+            torch.testing.assert_close(images[k], solo_g(z[k]), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(logits[k], solo_d(images[k].detach()), rtol=1e-4, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)

@@ -154,15 +154,17 @@ class Weighted(Stage):
         return Layout(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1), "chan", k)
 
 
-# On a CPU, oneDNN's grouped convolution (above all its backward pass) costs more per group the
-# more groups one call has: a population's convolutions run in calls of at most this many
-# members there (docs/speed.md). Elsewhere one call takes every member.
+# On a CPU with one thread, oneDNN's grouped convolution (above all its backward pass) costs more
+# per group the more groups one call has: a population's convolutions run in calls of at most
+# this many members there. With more threads one call of every member measured faster, as on a
+# GPU (docs/speed.md).
 CPU_CONV_MEMBERS = 8
 
 
 def conv_chunk(members: int, device: torch.device) -> int:
     """Members per grouped convolution call."""
-    return min(members, CPU_CONV_MEMBERS) if device.type == "cpu" else members
+    one_thread_cpu = device.type == "cpu" and torch.get_num_threads() == 1
+    return min(members, CPU_CONV_MEMBERS) if one_thread_cpu else members
 
 
 class Norm(Stage):
