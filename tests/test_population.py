@@ -10,6 +10,7 @@ most) within DIAG_REL.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 
@@ -88,10 +89,8 @@ def assert_close_runs(population_rows, solo_rows):
                 assert got[key] == value, (step, key)
 
 
-@pytest.mark.parametrize("model", nets.MODELS)  # every model, a new one included
-@pytest.mark.parametrize("g_norm,d_norm", NORMS)
-def test_stacked_networks_compute_each_members_own_function(model, g_norm, d_norm):
-    cfg = dataclasses.replace(preset(ModelConfig, "model", model), g_norm=g_norm, d_norm=d_norm)
+def check_stacked_against_solos(cfg: ModelConfig) -> None:
+    """Three members stacked: each member's images, logits and tensors are its solo modules'."""
     solos = []
     for seed in range(3):
         torch.manual_seed(seed)
@@ -109,6 +108,23 @@ def test_stacked_networks_compute_each_members_own_function(model, g_norm, d_nor
             state = solo.state_dict()
             for name, tensor in stacked.tensors():
                 torch.testing.assert_close(tensor[k], state[name], rtol=1e-5, atol=1e-6)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("model", nets.MODELS)  # every model, a new one included
+@pytest.mark.parametrize("g_norm,d_norm", NORMS)
+def test_stacked_networks_compute_each_members_own_function(model, g_norm, d_norm):
+    cfg = dataclasses.replace(preset(ModelConfig, "model", model), g_norm=g_norm, d_norm=d_norm)
+    check_stacked_against_solos(cfg)
 
 
 def test_a_layer_without_a_batched_form_is_refused_by_name():
@@ -313,35 +329,16 @@ def test_bad_launcher_options_are_refused_by_name(option):
 
 
 def test_convolutions_are_cut_into_calls_of_a_few_members_only_on_a_one_thread_cpu():
-    cpu, threads = torch.device("cpu"), torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    with torch_threads(1):
         assert stacking.conv_chunk(34, cpu) == stacking.CPU_CONV_MEMBERS
         assert stacking.conv_chunk(3, cpu) == 3
-        torch.set_num_threads(2)
+    with torch_threads(2):
         assert stacking.conv_chunk(34, cpu) == 34
         assert stacking.conv_chunk(34, torch.device("meta")) == 34
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_a_convolution_cut_into_several_calls_computes_each_members_own_function(monkeypatch):
     monkeypatch.setattr(stacking, "CPU_CONV_MEMBERS", 2)  # 3 members: calls of 2 and 1
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = preset(ModelConfig, "model", "dcgan")
-        solos = []
-        for seed in range(3):
-            torch.manual_seed(seed)
-            solos.append(nets.build(cfg, SHAPE))
-        g = StackedNet([s[0] for s in solos], "generator")
-        d = StackedNet([s[1] for s in solos], "discriminator")
-        z = torch.randn(3, 4, cfg.z_dim)
-        images = g(z)
-        logits = d(images.detach())
-        for k, (solo_g, solo_d) in enumerate(solos):
-            torch.testing.assert_close(images[k], solo_g(z[k]), rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(logits[k], solo_d(images[k].detach()), rtol=1e-4, atol=1e-5)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1):
+        check_stacked_against_solos(preset(ModelConfig, "model", "dcgan"))
