@@ -57,7 +57,9 @@ def check_resumable(
             "overrides, or start a new run"
         )
     step = resumed["trainer"]["step"]
-    if step >= cfg.trainer.steps and _final_status(cfg.out_dir):
+    # A run killed after its last checkpoint but before its summary has not ended: resuming it
+    # writes the summary.
+    if step >= cfg.trainer.steps and record.Summary(cfg.out_dir).final_status():
         raise UserError(
             f"resume={cfg.out_dir}: the checkpoint is at step {step}, trainer.steps="
             f"{cfg.trainer.steps}; raise trainer.steps to train further"
@@ -105,12 +107,6 @@ def check_metrics_lines(cfg: RunConfig, metrics, offset: int) -> None:
                 "object; the run's record before its checkpoint is damaged, and its outcome is "
                 "read from it. Restore the file, or start a new run"
             )
-
-
-def _final_status(run_dir) -> str | None:
-    """The status summary.json ends with, if it does: a run killed after its last checkpoint but
-    before its summary is not final, and resuming it writes the summary."""
-    return record.Summary(run_dir).final_status()
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

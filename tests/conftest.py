@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +26,19 @@ def offline_wandb(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path_factory.mktemp("home") / "no-netrc"))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None = None):
+    """Torch's thread count set to ``n`` (left as it is if None) and put back afterwards: a run
+    sets it for the whole process."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 DATA_DIR: Path | None = None  # one per session: the digits feature classifier trains once

@@ -24,6 +24,7 @@ import torchvision
 from torch import nn
 
 import gan
+from conftest import torch_threads
 from gan import init as init_module
 from gan import init_call, nets
 from gan.config import CONF_DIR, D_NORMS, G_NORMS, ModelConfig, preset
@@ -40,10 +41,8 @@ RELU_GAIN = math.sqrt(2)
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def std_tolerance(n: int) -> float:

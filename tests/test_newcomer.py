@@ -19,7 +19,7 @@ from test_report import make_run
 
 import conftest
 import train
-from conftest import ROOT, run_config
+from conftest import ROOT, run_config, torch_threads
 from gan import config, data, probe, report
 from gan.errors import UserError
 from gan.report import columns, comparisons, figures
@@ -38,9 +38,8 @@ QUICK = [
 @pytest.fixture
 def threads():
     """A run sets torch's thread count for the whole process: put it back afterwards."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+    with torch_threads():
+        yield
 
 
 def train_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:

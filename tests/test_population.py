@@ -10,14 +10,13 @@ most) within DIAG_REL.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 
 import pytest
 import torch
 
-from conftest import run_config
+from conftest import run_config, torch_threads
 from gan import nets, run
 from gan.config import ModelConfig, preset
 from gan.errors import UserError
@@ -108,16 +107,6 @@ def check_stacked_against_solos(cfg: ModelConfig) -> None:
             state = solo.state_dict()
             for name, tensor in stacked.tensors():
                 torch.testing.assert_close(tensor[k], state[name], rtol=1e-5, atol=1e-6)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("model", nets.MODELS)  # every model, a new one included

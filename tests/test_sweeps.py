@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import conftest
-from conftest import ROOT, run_config
+from conftest import ROOT, run_config, torch_threads
 from gan import files, report, sweeps
 from gan.config import arm_name
 from gan.errors import UserError
@@ -323,10 +322,7 @@ def test_devices_other_than_cpu_and_cuda_are_clear_errors(device):
 
 
 def test_more_threads_than_cores_is_a_warning(tmp_path, monkeypatch, caplog):
-    threads = torch.get_num_threads()
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    try:
+    with torch_threads():
         prepare(run_config(["trainer.threads=3"], tmp_path))
-    finally:
-        torch.set_num_threads(threads)
     assert "trainer.threads=3 exceeds the 2 CPU cores here" in caplog.text
