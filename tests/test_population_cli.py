@@ -56,9 +56,26 @@ def metric_lines(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_sweep_trains_as_one_population_of_runs_like_solo_runs(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = population(sweep, "init=default,he_xavier", "seed=0,1", "hydra.launcher.n_jobs=1")
+FOUR = ("init=default,he_xavier", "seed=0,1")  # the reference sweep: 2 arms × 2 seeds
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The reference sweep, trained once as one population of four (several tests compare
+    against its members)."""
+    sweep = tmp_path_factory.mktemp("four") / "sweep"
+    return sweep, population(sweep, *FOUR, "hydra.launcher.n_jobs=1")
+
+
+def member(sweep: Path, arm: str, seed: int) -> Path:
+    (found,) = [
+        sweep / n for n, s in summaries(sweep).items() if (s["arm"], s["seed"]) == (arm, seed)
+    ]
+    return found
+
+
+def test_a_sweep_trains_as_one_population_of_runs_like_solo_runs(four, tmp_path):
+    sweep, proc = four
     assert proc.returncode == 0, proc.stderr
     assert "population of 4 (mlp on cpu)" in proc.stdout
     runs = summaries(sweep)
@@ -76,9 +93,9 @@ def test_a_sweep_trains_as_one_population_of_runs_like_solo_runs(tmp_path):
     solo = tmp_path / "solo"
     proc = train("init=he_xavier", "seed=1", f"hydra.run.dir={solo}")
     assert proc.returncode == 0, proc.stderr
-    (member,) = [sweep / n for n, s in runs.items() if (s["arm"], s["seed"]) == ("he_xavier", 1)]
-    assert (member / "init_report.json").read_text() == (solo / "init_report.json").read_text()
-    assert_close_lines(metric_lines(member), metric_lines(solo))
+    got = member(sweep, "he_xavier", 1)
+    assert (got / "init_report.json").read_text() == (solo / "init_report.json").read_text()
+    assert_close_lines(metric_lines(got), metric_lines(solo))
 
 
 def assert_close_lines(got: list[dict], want: list[dict]) -> None:
@@ -102,7 +119,7 @@ def test_an_invalid_job_is_recorded_invalid_and_never_joins(tmp_path):
     assert "model.slope" in invalid["error"]
 
 
-def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(tmp_path):
+def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(four, tmp_path):
     sweep = tmp_path / "sweep"
     jobs = ("init=default,he_xavier", "seed=0", "hydra.launcher.n_jobs=1")
     stopped = population(sweep, *jobs, fault="evaluation:SIGTERM@2")
@@ -119,21 +136,20 @@ def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(tmp
     assert {(s["status"], s["steps"]) for s in runs.values()} == {("finished", 40)}
     assert "kept, finished" in together.stdout + together.stderr
 
-    straight = tmp_path / "straight"  # the same population, never stopped
-    assert population(straight, *jobs).returncode == 0
+    straight, _ = four  # the same members never stopped (in a population of four)
     for name in (first, second):
-        assert_close_lines(metric_lines(sweep / name), metric_lines(straight / name))
+        arm, seed = runs[name]["arm"], runs[name]["seed"]
+        assert_close_lines(metric_lines(sweep / name), metric_lines(member(straight, arm, seed)))
 
 
-def test_populations_in_worker_processes_train_each_member_as_one_process_does(tmp_path):
-    jobs = ("init=default,he_xavier", "seed=0,1")
-    one = population(tmp_path / "one", *jobs, "hydra.launcher.n_jobs=1")
+def test_populations_in_worker_processes_train_each_member_as_one_process_does(four, tmp_path):
+    one_dir, one = four
     assert one.returncode == 0, one.stderr
-    two = population(tmp_path / "two", *jobs, "hydra.launcher.n_jobs=2")
+    two = population(tmp_path / "two", *FOUR, "hydra.launcher.n_jobs=2")
     assert two.returncode == 0, two.stderr
     assert "4 enrolled in 2 population(s), 2 at a time" in two.stdout
     assert two.stdout.count("population of 2 (mlp on cpu)") == 2
-    ones, twos = summaries(tmp_path / "one"), summaries(tmp_path / "two")
+    ones, twos = summaries(one_dir), summaries(tmp_path / "two")
     assert ones.keys() == twos.keys()
     for name, summary in twos.items():
         assert summary["population"] == 2
@@ -141,7 +157,7 @@ def test_populations_in_worker_processes_train_each_member_as_one_process_does(t
             assert summary[key] == ones[name][key], (name, key)
         for file in RUN_FILES:
             assert (tmp_path / "two" / name / file).is_file(), (name, file)
-        got, want = tmp_path / "two" / name, tmp_path / "one" / name
+        got, want = tmp_path / "two" / name, one_dir / name
         assert (got / "init_report.json").read_text() == (want / "init_report.json").read_text()
         assert_close_lines(metric_lines(got), metric_lines(want))
         assert len(list((got / "samples").glob("*.png"))) == len(
