@@ -201,6 +201,13 @@ def _parser() -> argparse.ArgumentParser:
         default=run.precision,
         help="the project's loop in fp32 or under bf16 autocast; auto as trainer.precision=auto",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads for every loop (0: torch's default, one per core; a run's "
+        "trainer.threads is 1)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--population",
@@ -294,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps, --batch-size and --repeats must be > 0")
     if args.batch_size < 2:  # BatchNorm (in G) cannot train on one sample
         parser.error("--batch-size must be at least 2")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0 (0: torch's default)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data.ensure_dir(args.data_dir)  # a file, or a parent that does not exist: one paragraph
     bench = setup(args)
     args.precision_resolved = bench.precision

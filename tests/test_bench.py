@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import torch_threads
 from gan import bench, nets
 from gan.config import ModelConfig, TrainerConfig, preset
 from gan.trainer import GANTrainer
@@ -60,3 +61,11 @@ def test_the_bench_runs_what_a_run_of_the_yaml_would():
     assert setup.trainer == run  # lr, betas, periods: the YAML's
     assert setup.model == preset(ModelConfig, "model", "dcgan") and setup.channels_last
     assert setup.precision in ("fp32", "bf16")
+
+
+def test_bench_times_every_loop_with_the_threads_it_is_given(capsys, tmp_path):
+    with torch_threads(2):  # put back afterwards: the option sets the whole process's count
+        args = ["--model", "mlp", *QUICK, "--threads", "1", "--data-dir", str(tmp_path)]
+        assert bench.main([*args, "--population", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["threads"] == 1 and result["members"] == 2

@@ -687,6 +687,9 @@ def test_bench_inputs_that_cannot_work_are_exit_2(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit) as exit_:
         bench.main([*quick, "--batch-size", "1"])
     assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*quick, "--threads", "-1"])
+    assert exit_.value.code == 2
     (tmp_path / "file").write_text("x")
     assert bench.main([*quick, "--data-dir", str(tmp_path / "file")]) == 2
     assert "data_dir" in capsys.readouterr().err + caplog.text
