@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from gan import checkpoint, files, record, sweeps
+from gan import checkpoint, console, files, record, sweeps
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
@@ -121,14 +121,8 @@ def run_dir_log(out_dir: Path) -> Iterator[None]:
     if Path(HydraConfig.get().runtime.output_dir).resolve() == out_dir.resolve():
         yield
         return
-    handler = logging.FileHandler(out_dir / record.LOG_FILE)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
-    logging.getLogger().addHandler(handler)
-    try:
+    with console.train_log(out_dir, logging.getLogger()):
         yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
 
 
 def record_resumed_config(cfg: DictConfig, run_dir: Path) -> None:

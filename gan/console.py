@@ -9,6 +9,28 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gan import record
+
+# A train.log line, as conf/config.yaml's hydra.job_logging formatter ``stamped`` writes it.
+STAMPED = "[%(asctime)s][%(levelname)s] %(message)s"
+
+
+@contextmanager
+def train_log(out_dir: Path, logger: logging.Logger) -> Iterator[None]:
+    """Meanwhile, ``logger``'s lines also go to ``out_dir``'s train.log (a resumed run's own, or
+    a population member's), stamped as Hydra's file handler stamps them."""
+    handler = logging.FileHandler(Path(out_dir) / record.LOG_FILE)
+    handler.setFormatter(logging.Formatter(STAMPED))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 class BelowWarning(logging.Filter):

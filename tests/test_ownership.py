@@ -8,8 +8,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from conftest import ROOT
-from gan import diagnostics, quality, record, trainer
+from gan import console, diagnostics, quality, record, trainer
 
 METRIC_OWNERS = {
     "train": "gan/trainer.py",
@@ -123,3 +125,11 @@ def test_the_record_files_keep_their_names():
     )
     assert record.sample_file(Path("run"), 200) == Path("run/samples/step_0000200.png")
     assert record.sample_step(record.sample_file("run", 200)) == 200
+
+
+def test_the_train_log_lines_written_in_code_are_stamped_as_hydra_stamps_them():
+    hydra_logging = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())["hydra"]
+    stamped = hydra_logging["job_logging"]["formatters"]["stamped"]["format"]
+    assert console.STAMPED == stamped
+    spelled = [m for m in modules() if "%(asctime)s" in (ROOT / m).read_text()]
+    assert spelled == ["gan/console.py"]

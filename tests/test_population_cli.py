@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,8 @@ def test_a_sweep_trains_as_one_population_of_runs_like_solo_runs(four, tmp_path)
         for file in RUN_FILES:
             assert (sweep / name / file).is_file(), (name, file)
         assert list((sweep / name / "samples").glob("*.png"))
+        log = (sweep / name / "train.log").read_text()  # its own lines, stamped
+        assert re.search(rf"^\[[\d-]+ [\d:,]+\]\[INFO\] {runs[name]['run_name']}: G ", log, re.M)
     assert (sweep / "report" / "report.md").is_file()
 
     # One member against its solo run: the same init table, metrics close.

@@ -20,7 +20,7 @@ import torch
 
 from gan import files, finish, record, signals
 from gan import run as solo
-from gan.console import progress_bar
+from gan.console import progress_bar, train_log
 from gan.events import Evaluation, RunEvents
 from gan.population.enrollment import Enrolled
 from gan.population.trainer import PopulationTrainer
@@ -126,17 +126,13 @@ def load_members(members: list[Member], progress: bool) -> torch.Tensor:
 @contextmanager
 def member_log(out_dir, *, console: bool) -> Iterator[None]:
     """Lines logged meanwhile go to the member's own train.log (and the console if ``console``)."""
-    handler = logging.FileHandler(out_dir / record.LOG_FILE)
-    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
     run_log = logging.getLogger(solo.__name__)
-    run_log.addHandler(handler)
     propagate, run_log.propagate = run_log.propagate, console
     try:
-        yield
+        with train_log(out_dir, run_log):
+            yield
     finally:
         run_log.propagate = propagate
-        run_log.removeHandler(handler)
-        handler.close()
 
 
 class MemberEvents:
