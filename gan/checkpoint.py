@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gan import faults
+from gan import console, faults
 from gan.errors import UserError
 from gan.files import atomic_file
 from gan.record import CHECKPOINT_FILE
@@ -53,7 +53,7 @@ def hydra_value(text: str) -> str:
 
 def resume_command(run_dir: Path | str) -> str:
     """The shell command that continues the run in ``run_dir``, quoted for shell and Hydra."""
-    return f"python train.py {shlex.quote('resume=' + hydra_value(str(run_dir)))}"
+    return f"{console.train_command()} {shlex.quote('resume=' + hydra_value(str(run_dir)))}"
 
 
 def rng_states() -> dict[str, Any]:

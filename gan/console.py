@@ -15,6 +15,18 @@ from pathlib import Path
 
 from gan import record
 
+
+def train_command() -> str:
+    """The training command as this process was started, for the commands it prints: the
+    installed ``gan-train``, ``python -m gan``, else a checkout's ``python train.py``."""
+    started = Path(sys.argv[0] if sys.argv else "")
+    if started.name == "gan-train":
+        return "gan-train"
+    if started.name == "__main__.py" and started.parent.name == "gan":
+        return "python -m gan"
+    return "python train.py"
+
+
 # A train.log line, as conf/config.yaml's hydra.job_logging formatter ``stamped`` writes it.
 STAMPED = "[%(asctime)s][%(levelname)s] %(message)s"
 

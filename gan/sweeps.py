@@ -31,7 +31,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan import files, record
+from gan import console, files, record
 from gan.errors import EXIT_USER_ERROR, UserError
 from gan.record import Status
 from gan.sweep_plan import check_sweep, planned_jobs
@@ -250,7 +250,7 @@ def rerun_command(sweep_dir: Path) -> str:
     from gan.checkpoint import hydra_value
 
     args.append(f"hydra.sweep.dir={hydra_value(str(sweep_dir))}")
-    return " ".join(["python", "train.py", *map(shlex.quote, args)])
+    return " ".join([console.train_command(), *map(shlex.quote, args)])
 
 
 def write_sweep_report(sweep_dir: Path) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from gan import files, finish, record, signals
 from gan import run as solo
-from gan.console import progress_bar, train_log
+from gan.console import progress_bar, train_command, train_log
 from gan.events import Evaluation, RunEvents
 from gan.population.enrollment import Enrolled
 from gan.population.trainer import PopulationTrainer
@@ -105,7 +105,7 @@ class PopulationPreempted(signals.Preempted):
         self.signum, self.summaries = signum, summaries
         self.args = (
             f"{signal.Signals(signum).name} at step {step}: every member's checkpoint written; "
-            "one member continues alone with `python train.py resume=DIR`, all of them with the "
+            f"one member continues alone with `{train_command()} resume=DIR`, all of them with the "
             "sweep's own command and its hydra.sweep.dir",
         )
 
