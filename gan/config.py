@@ -53,6 +53,7 @@ if not OmegaConf.has_resolver("gan_run_dir"):  # conf/config.yaml: hydra.run.dir
 NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 WANDB_TAG_LENGTH = 64  # W&B's limit: a longer tag fails the run when W&B starts
+SWEEP_TAG_PREFIX = "sweep:"  # the W&B tag every job of one sweep shares: sweep:<sweep id>
 PRECISIONS = ("auto", "fp32", "bf16")
 CHANNELS_LAST_SETTINGS = ("auto", "on", "off")
 G_NORMS = ("batch", "none")  # the generator's normalization (model.g_norm)
@@ -187,6 +188,17 @@ class LoggerConfig:
                 f"logger.tags: W&B refuses tags longer than {WANDB_TAG_LENGTH} characters, and "
                 f"{str(long[0])[:80]!r} has {len(str(long[0]))}; shorten it"
             )
+        if self.sweep_tag and len(self.sweep_tag) > WANDB_TAG_LENGTH:
+            raise UserError(
+                f"logger.sweep_id: the W&B tag {self.sweep_tag[:80]!r} would have "
+                f"{len(self.sweep_tag)} characters, and W&B refuses more than {WANDB_TAG_LENGTH}; "
+                "set a shorter logger.sweep_id (by default the sweep directory's last two names)"
+            )
+
+    @property
+    def sweep_tag(self) -> str | None:
+        """The tag every job of one sweep shares."""
+        return f"{SWEEP_TAG_PREFIX}{self.sweep_id}" if self.sweep_id else None
 
 
 @dataclass(frozen=True)

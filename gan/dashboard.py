@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from gan import quality
-from gan.config import CONF_DIR
+from gan.config import CONF_DIR, SWEEP_TAG_PREFIX
 from gan.diagnostics import DIAG_PREFIX
 from gan.errors import UserError, exits_on_user_error
 from gan.report.columns import TRAINING_CURVES
@@ -93,7 +93,7 @@ def build_workspace(entity: str, project: str, sweep: str | None = None) -> Any:
     workspaces, reports, expr = _libraries()
     runs = workspaces.RunsetSettings(
         groupby=[expr.Metric("Group")],  # the W&B group: the init arm, after its named setting
-        filters=[expr.Tags().isin([f"sweep:{sweep}"])] if sweep else "",
+        filters=[expr.Tags().isin([f"{SWEEP_TAG_PREFIX}{sweep}"])] if sweep else "",
         pinned_columns=list(PINNED_COLUMNS),
     )
     return workspaces.Workspace(
@@ -180,7 +180,7 @@ def _check(args: argparse.Namespace) -> None:
             "(give the entity with --entity)"
         )
     if args.sweep is not None:
-        args.sweep = args.sweep.strip().removeprefix("sweep:")  # the tag itself is accepted too
+        args.sweep = args.sweep.strip().removeprefix(SWEEP_TAG_PREFIX)  # the tag itself too
         if not args.sweep:
             raise UserError("--sweep must name a sweep id (the tag sweep:ID on its runs)")
 

@@ -259,7 +259,7 @@ def open_logger(cfg: RunConfig, env: Environment) -> tracking.RunLogger:
 def run_identity(cfg: RunConfig, env: Environment) -> tracking.RunIdentity:
     """The run as its logger knows it: its directory, W&B name, group, tags and config, and
     where a resumed run continues."""
-    sweep_tags = [f"sweep:{cfg.logger.sweep_id}"] if cfg.logger.sweep_id else []
+    sweep_tags = [cfg.logger.sweep_tag] if cfg.logger.sweep_tag else []
     setting_tag = [f"setting:{cfg.setting}"] if cfg.setting else []
     return tracking.RunIdentity(
         out_dir=cfg.out_dir,

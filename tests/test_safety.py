@@ -536,8 +536,16 @@ def assert_no_result(run_dir: Path) -> None:
         ("init.std=inf", "init.std must be a finite number"),
         ("init.gain=inf", "init.gain must be a finite number"),
         (f"logger.tags=[{'t' * 65}]", "W&B refuses tags longer than 64"),
+        (f"logger.sweep_id={'s' * 60}", "set a shorter logger.sweep_id"),
     ],
-    ids=["env-interpolation", "recursive-interpolation", "std-inf", "gain-inf", "long-tag"],
+    ids=[
+        "env-interpolation",
+        "recursive-interpolation",
+        "std-inf",
+        "gain-inf",
+        "long-tag",
+        "long-sweep-id",
+    ],
 )
 def test_bad_values_are_one_paragraph(tmp_path, override, message):
     extra = {"init.std": ["init=normal_small"], "init.gain": ["init=xavier"]}.get(
