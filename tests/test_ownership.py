@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from conftest import ROOT
-from gan import console, diagnostics, quality, record, trainer
+from gan import console, diagnostics, files, quality, record, trainer
 
 METRIC_OWNERS = {
     "train": "gan/trainer.py",
@@ -133,3 +133,9 @@ def test_the_train_log_lines_written_in_code_are_stamped_as_hydra_stamps_them():
     assert console.STAMPED == stamped
     spelled = [m for m in modules() if "%(asctime)s" in (ROOT / m).read_text()]
     assert spelled == ["gan/console.py"]
+
+
+def test_a_claim_keeps_the_hydra_files_the_record_names():
+    # gan.files cannot import gan.record (which writes through gan.files): checked here instead.
+    assert record.CONFIG_FILE in files.KEPT and record.OVERRIDES_FILE in files.KEPT
+    assert {Path(name).parent.name for name in files.KEPT} == {record.HYDRA_DIR}
