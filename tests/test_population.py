@@ -116,6 +116,29 @@ def test_stacked_networks_compute_each_members_own_function(model, g_norm, d_nor
     check_stacked_against_solos(cfg)
 
 
+@pytest.mark.parametrize("model", nets.MODELS)
+def test_spectral_norm_under_bf16_runs_its_power_iteration_in_fp32_as_a_solo_run_does(model):
+    # CPU autocast lowers bmm to bf16 but not torch.mv, which a solo run's parametrization uses:
+    # the stacked power iteration must stay in fp32 too, or every step's sigma drifts.
+    cfg = dataclasses.replace(preset(ModelConfig, "model", model), d_norm="spectral")
+    solos = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        solos.append(nets.build(cfg, SHAPE)[1])
+    d = StackedNet(solos, "discriminator")
+    images = torch.randn(2, 16, *SHAPE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d(images)
+        for k, solo in enumerate(solos):
+            solo(images[k])
+    for k, solo in enumerate(solos):
+        state = solo.state_dict()
+        for name, tensor in d.tensors():
+            if name.endswith(("_u", "_v")):
+                assert tensor.dtype == torch.float32
+                torch.testing.assert_close(tensor[k], state[name], rtol=1e-5, atol=1e-6)
+
+
 def test_a_layer_without_a_batched_form_is_refused_by_name():
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
     with pytest.raises(UserError, match=r"generator\.1 is a Dropout, which has no batched form"):

@@ -14,6 +14,7 @@ Layouts between stages: ``flat`` (K, B, F), ``image`` (K, B, C, H, W) and ``chan
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -116,17 +117,25 @@ class Weighted(Stage):
             return self.raw("weight")
         name = "parametrizations.weight.original"
         stored = self.raw(name)
+        # As precise as a solo run's parametrization, whose torch.mv autocast lowers on CUDA but
+        # leaves in fp32 on a CPU, where it would lower these batched matmuls: fp32 there.
+        on_cpu = stored.device.type == "cpu"
+        with torch.autocast("cpu", enabled=False) if on_cpu else nullcontext():
+            sigma = self._sigma(self.get(name).flatten(2))  # (K, out, in·kh·kw), torch's reshape
+        return stored / sigma.view(-1, *[1] * (stored.dim() - 1))
+
+    def _sigma(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Each member's spectral norm estimate (K,), after one power iteration when training,
+        as torch's parametrization makes per forward pass."""
         u, v = self.get("parametrizations.weight.0._u"), self.get("parametrizations.weight.0._v")
-        matrix = self.get(name).flatten(2)  # (K, out, in·kh·kw): torch's reshape for dim 0
-        if self.training:  # one power iteration per forward pass, as torch's parametrization
+        if self.training:
             with torch.no_grad():
                 eps = self.template.parametrizations.weight[0].eps
                 m = matrix.detach()
                 u.copy_(F.normalize(torch.bmm(m, v.unsqueeze(2)).squeeze(2), dim=1, eps=eps))
                 v.copy_(F.normalize(torch.bmm(m.mT, u.unsqueeze(2)).squeeze(2), dim=1, eps=eps))
         u, v = u.clone(), v.clone()
-        sigma = (u * torch.bmm(matrix, v.unsqueeze(2)).squeeze(2)).sum(1)  # (K,)
-        return stored / sigma.view(-1, *[1] * (stored.dim() - 1))
+        return (u * torch.bmm(matrix, v.unsqueeze(2)).squeeze(2)).sum(1)
 
     def forward(self, x: Layout) -> Layout:
         module, k = self.template, x.members
