@@ -289,6 +289,12 @@ def wandb_config(cfg: RunConfig) -> dict[str, Any]:
     )
 
 
+def seconds_before(env: Environment) -> float | None:
+    """Training seconds of a resumed run's earlier parts, which its checkpoints add to (None: an
+    older version's checkpoint kept none); 0 for a new run."""
+    return env.resumed.get("seconds") if env.resumed else 0.0
+
+
 def train(
     cfg: RunConfig,
     env: Environment,
@@ -308,8 +314,9 @@ def train(
         with open_logger(cfg, env) as logger:
             faults.point("wandb_init")
             record_start(env, logger, records, evaluation, summary)
-            before = env.resumed.get("seconds") if env.resumed else 0.0
-            events = RunEvents(cfg, trainer, logger, evaluation, best, asked, saved, before)
+            events = RunEvents(
+                cfg, trainer, logger, evaluation, best, asked, saved, seconds_before(env)
+            )
             result = trainer.run(Schedule.of(cfg.trainer), logger, events, progress)
             record_result(summary, result, best, env.resumed, logger)
             record_artifacts(cfg, logger, evaluation, result)

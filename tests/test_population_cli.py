@@ -15,6 +15,7 @@ from test_population import close
 
 import conftest
 from conftest import ROOT
+from gan import checkpoint
 
 pytestmark = pytest.mark.slow
 QUICK = [
@@ -130,6 +131,7 @@ def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(fou
     runs = summaries(sweep)
     assert {(s["status"], s["steps"]) for s in runs.values()} == {("preempted", 20)}
     first, second = sorted(runs)
+    first_part = checkpoint.load(sweep / second)["seconds"]  # training time up to the stop
 
     alone = train(f"resume='{sweep / first}'")  # a member's checkpoint resumes solo
     assert alone.returncode == 0, alone.stderr
@@ -138,6 +140,10 @@ def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(fou
     runs = summaries(sweep)
     assert {(s["status"], s["steps"]) for s in runs.values()} == {("finished", 40)}
     assert "kept, finished" in together.stdout + together.stderr
+    # The member resumed in the population: its last checkpoint (written just before the loop
+    # ends) counts its first part's time too, as a solo run's does.
+    part = runs[second]["resumed"]["seconds"]
+    assert checkpoint.load(sweep / second)["seconds"] > first_part + part / 2
 
     straight, _ = four  # the same members never stopped (in a population of four)
     for name in (first, second):

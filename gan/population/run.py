@@ -181,8 +181,11 @@ def train_members(
             events = []
             for m, logger in zip(members, loggers):
                 solo.record_start(m.env, logger, m.records, m.evaluation, m.summary)
+                before = solo.seconds_before(m.env)
                 events.append(
-                    RunEvents(m.cfg, m.trainer, logger, m.evaluation, m.best, asked, m.saved)
+                    RunEvents(
+                        m.cfg, m.trainer, logger, m.evaluation, m.best, asked, m.saved, before
+                    )
                 )
             trainer = PopulationTrainer([m.trainer for m in members])
             results = _loop(trainer, members, loggers, MemberEvents(events, asked), progress)
