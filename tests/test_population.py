@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import run_config, torch_threads
-from gan import nets, run
+from gan import nets, record, run, sweeps
 from gan.config import ModelConfig, preset
 from gan.errors import UserError
 from gan.population import enrollment
@@ -310,6 +312,80 @@ def test_jobs_are_grouped_by_all_but_arm_and_seed_and_cut_to_size(tmp_path, monk
     monkeypatch.setattr(launcher, "free_bytes", lambda device: 2 * 3 * per_member)
     fitted = launcher.PopulationLauncher(max_members=64)._fit(enrolled[:3] * 2)
     assert [len(p) for p in fitted] == [3, 3]
+
+
+def in_process_sweep(tmp_path, monkeypatch, train) -> tuple[list, list, list]:
+    """Three one-member populations, launched in this process with ``train`` standing in for
+    ``workers.train``: (the groups trained, all groups, each member's return value)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from gan.population import launcher, workers
+
+    trained = []
+
+    def recording(group, progress=True):
+        trained.append(group)
+        return train(group)
+
+    monkeypatch.setattr(workers, "train", recording)
+    groups = []
+    for i in range(3):
+        (tmp_path / f"job{i}").mkdir()
+        groups.append([SimpleNamespace(cfg=SimpleNamespace(out_dir=tmp_path / f"job{i}"))])
+    enrolled = {"status": enrollment.ENROLLED}  # what each job's task returned meanwhile
+    returns = {
+        id(m): JobReturn(status=JobStatus.COMPLETED, _return_value=enrolled)
+        for g in groups
+        for m in g
+    }
+    sweep = launcher.PopulationLauncher(n_jobs=1)
+    sweep.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep._train_all(groups, 1, returns)
+    return trained, groups, [returns[id(g[0])].return_value for g in groups]
+
+
+def test_a_signal_as_a_population_ends_starts_no_other_in_the_sweeps_process(tmp_path, monkeypatch):
+    from gan.population.workers import FINISHED, Outcome
+
+    def finished_as_signalled(group):  # the signal came after the last step
+        return Outcome(FINISHED, [{"status": "finished"}], signum=signal.SIGTERM)
+
+    trained, groups, values = in_process_sweep(tmp_path, monkeypatch, finished_as_signalled)
+    assert trained == groups[:1] and values[0] == {"status": "finished"}
+    assert sweeps.stop_request(tmp_path)["signal"] == signal.SIGTERM
+    assert not (tmp_path / "job1").exists()  # not started: Hydra's empty directory removed
+
+
+def test_a_stopping_sweep_starts_no_population_in_its_own_process(tmp_path, monkeypatch):
+    sweeps.request_stop(tmp_path, signal.SIGTERM, "a test")
+    trained, _, _ = in_process_sweep(tmp_path, monkeypatch, lambda group: None)
+    assert trained == []
+
+
+def test_members_stopped_at_once_return_the_summaries_they_wrote(tmp_path, monkeypatch):
+    from gan.population.workers import PREEMPTED, Outcome
+
+    def stopped_at_once(group):  # a second signal: the summaries are on disk, none sent back
+        record.Summary(group[0].cfg.out_dir).write({"status": "preempted", "steps": 20})
+        return Outcome(PREEMPTED, signum=signal.SIGTERM)
+
+    trained, _, values = in_process_sweep(tmp_path, monkeypatch, stopped_at_once)
+    assert len(trained) == 1 and values[0] == {"status": "preempted", "steps": 20}
+    assert sweeps.stop_request(tmp_path)["signal"] == signal.SIGTERM
+
+
+def test_a_population_trains_at_its_members_thread_count(tmp_path, monkeypatch):
+    from gan.population import workers
+
+    (cfg, env, _), *_ = members(tmp_path, [["trainer.threads=1"]], [])
+    seen = []
+    monkeypatch.setattr(
+        workers, "run_population", lambda group, progress: seen.append(torch.get_num_threads())
+    )
+    with torch_threads(2):  # another job's count, left by the process
+        workers.train([enrollment.Enrolled(cfg, env, None)])
+    assert seen == [1]
 
 
 def test_populations_are_halved_until_every_worker_has_one(tmp_path, monkeypatch):

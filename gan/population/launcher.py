@@ -143,7 +143,11 @@ class PopulationLauncher(Launcher):
 
         if processes == 1 or len(sized) == 1:  # in this process, one after another
             for i, group in enumerate(sized):
-                if not record(group, workers.train(group)):
+                stopping = sweeps.why_not_start(self._sweep_dir())  # e.g. a signal meanwhile
+                if stopping:
+                    log.warning("not started: %s", stopping)
+                outcome = workers.Outcome(workers.NOT_STARTED) if stopping else workers.train(group)
+                if not record(group, outcome):
                     for rest in sized[i + 1 :]:
                         record(rest, workers.Outcome(workers.NOT_STARTED))
                     return
@@ -161,6 +165,9 @@ class PopulationLauncher(Launcher):
         if outcome.status == workers.FINISHED:
             for ret, summary in zip(rets, outcome.summaries):
                 ret.return_value, ret.status = summary, JobStatus.COMPLETED
+            if outcome.signum is not None:  # came as the population ended: stop all the same
+                self._stop(outcome.signum, f"{signal.Signals(outcome.signum).name} to the sweep")
+                return False
             return True
         if outcome.status == workers.NOT_STARTED:
             for member in group:
@@ -170,7 +177,9 @@ class PopulationLauncher(Launcher):
             return False
         if outcome.status == workers.PREEMPTED:
             self._stop(outcome.signum, f"{signal.Signals(outcome.signum).name} in a population")
-            for ret, summary in zip(rets, outcome.summaries):
+            # Stopped at once (a second signal), the members' summaries are on disk only.
+            summaries = outcome.summaries or [record.Summary(m.cfg.out_dir).read() for m in group]
+            for ret, summary in zip(rets, summaries):
                 ret.return_value = summary
             return False
         for ret, member in zip(rets, group):  # FAILED, KILLED: a result, as with any launcher

@@ -68,8 +68,12 @@ class Member:
     saved: dict[str, int | None] = field(default_factory=dict)
 
 
-def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> list[dict[str, Any]]:
-    """Trains the enrolled jobs (one population) together; returns their summaries in order."""
+def run_population(
+    enrolled: Sequence[Enrolled], *, progress: bool = True
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Trains the enrolled jobs (one population) together; returns their summaries in order, and
+    a SIGINT/SIGTERM that came after the last step, if one did (no member stopped for it, but
+    the sweep must: ``gan.population.launcher``)."""
     members = [Member(e.cfg, e.env) for e in enrolled]
     with signals.stop_on_signals() as asked, ExitStack() as claims:
         for e in enrolled:
@@ -89,12 +93,13 @@ def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> li
             ", ".join(m.cfg.run_name for m in members),
         )
         results = train_members(members, asked, progress)
+    summaries = [m.summary for m in members]
     if any(r.status == Ending.stopped for r in results):
-        raise PopulationPreempted(asked["signal"], results[0].step, [m.summary for m in members])
+        raise PopulationPreempted(asked["signal"], max(r.step for r in results), summaries)
     for m, result in zip(members, results):
         with member_log(m.cfg.out_dir, console=True):
             finish.log_result(m.cfg, m.summary, result)
-    return [m.summary for m in members]
+    return summaries, asked["signal"]
 
 
 class PopulationPreempted(signals.Preempted):

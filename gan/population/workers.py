@@ -24,11 +24,10 @@ import torch
 from hydra.core.utils import configure_log
 from omegaconf import DictConfig
 
-from gan import sweeps
+from gan import signals, sweeps
 from gan.population.enrollment import Enrolled
 from gan.population.run import PopulationPreempted, run_population
 from gan.record import NOT_STARTED, Status
-from gan.signals import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +48,19 @@ class Outcome:
 
 
 def train(group: Sequence[Enrolled], *, progress: bool = True) -> Outcome:
-    """Trains one population in this process; whatever happens, an Outcome."""
+    """Trains one population in this process, at its members' thread count; whatever happens,
+    an Outcome (FINISHED with a ``signum``: a signal came after the last step)."""
+    torch.set_num_threads(group[0].env.threads)  # members of one population share it
     try:
-        return Outcome(FINISHED, run_population(group, progress=progress))
+        return Outcome(FINISHED, *run_population(group, progress=progress))
     except PopulationPreempted as stop:
         log.error("preempted: %s", stop)
         return Outcome(PREEMPTED, stop.summaries, stop.signum)
+    except signals.Interrupted as err:  # a second signal: stopped at once (summaries written)
+        log.error("preempted: %s", err)
+        return Outcome(PREEMPTED, signum=err.exit_code - 128)
+    except KeyboardInterrupt:
+        return Outcome(PREEMPTED, signum=signal.SIGINT)
     except Exception as err:  # noqa: BLE001 - each member's summary says it failed; go on
         log.exception("population failed: %s", err)
         return Outcome(FAILED, error=err)
@@ -80,7 +86,6 @@ def _worker(conn, setup: Setup) -> None:
     configure_log(setup.job_logging, setup.verbose)
     group = pickle.loads(conn.recv_bytes())
     sweeps.watch_sweep(setup.sweep_dir)
-    torch.set_num_threads(group[0].env.threads)  # members of one population share it
     why_not = sweeps.why_not_start(setup.sweep_dir)
     for s, handler in previous.items():
         signal.signal(s, handler)
@@ -88,18 +93,8 @@ def _worker(conn, setup: Setup) -> None:
         outcome = Outcome(NOT_STARTED, signum=early["signal"])
     else:
         with sweeps.job_in_progress():
-            outcome = _train_here(group)
+            outcome = train(group, progress=False)  # several bars on one terminal would garble
     conn.send_bytes(_pickled(outcome))
-
-
-def _train_here(group: Sequence[Enrolled]) -> Outcome:
-    """``train`` in a worker: a second signal (stop at once) also comes back as preempted."""
-    try:
-        return train(group, progress=False)  # several bars on one terminal would garble
-    except Interrupted as err:
-        return Outcome(PREEMPTED, signum=err.exit_code - 128)
-    except KeyboardInterrupt:
-        return Outcome(PREEMPTED, signum=signal.SIGINT)
 
 
 def _pickled(outcome: Outcome) -> bytes:
