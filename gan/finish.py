@@ -4,6 +4,7 @@ summary and artifacts, and the one result line."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from gan import outcome as outcomes
@@ -33,19 +34,30 @@ def record_result(
     resumed: dict[str, Any] | None,
     logger: tracking.RunLogger,
 ) -> None:
-    """The summary's result (status, steps, time, final values, the best FCD, the outcome) and
-    the part of it the W&B summary holds; ``resumed``: the checkpoint the run continued."""
+    """The summary's result (``settle``) and the part of it the W&B summary holds."""
+    settle(summary, result, best, resumed, logger.out_dir)
+    logger.summarize({k: v for k, v in summary.items() if k in SUMMARY_KEYS_IN_WANDB})
+    if result.status == Ending.stopped:
+        logger.mark_preempted()
+
+
+def settle(
+    summary: dict[str, Any],
+    result: TrainResult,
+    best: dict[str, Any],
+    resumed: dict[str, Any] | None,
+    out_dir: Path,
+) -> None:
+    """The summary's result: status, steps, time, final values, the best FCD, and the outcome
+    read from ``out_dir``'s metrics; ``resumed``: the checkpoint the run continued."""
     status = record.status_of(result.status)
     summary.update(status=status, steps=result.step, **run_time(result, resumed))
     summary.update(final=result.last, **best)
     if result.status == Ending.diverged:
         summary.update(diverged=True, diverged_step=result.diverged_step)
     if status in record.FINAL:  # a stopped run has come to nothing yet
-        windows = outcomes.read_windows(logger.out_dir / record.METRICS_FILE)
+        windows = outcomes.read_windows(Path(out_dir) / record.METRICS_FILE)
         summary["outcome"] = outcomes.outcome(windows, result.status)
-    logger.summarize({k: v for k, v in summary.items() if k in SUMMARY_KEYS_IN_WANDB})
-    if result.status == Ending.stopped:
-        logger.mark_preempted()
 
 
 def run_time(result: TrainResult, resumed: dict[str, Any] | None) -> dict[str, Any]:

@@ -19,13 +19,14 @@ import pytest
 import torch
 
 from conftest import run_config, torch_threads
-from gan import nets, record, run, sweeps
+from gan import nets, record, run, signals, sweeps
 from gan.config import ModelConfig, preset
 from gan.errors import UserError
 from gan.population import enrollment
 from gan.population import stacked as stacking
 from gan.population.stacked import StackedNet
 from gan.population.trainer import PopulationTrainer
+from gan.record import Ending
 from gan.trainer import Schedule
 
 ABS, REL = 0.05, 0.15
@@ -373,6 +374,35 @@ def test_members_stopped_at_once_return_the_summaries_they_wrote(tmp_path, monke
     trained, _, values = in_process_sweep(tmp_path, monkeypatch, stopped_at_once)
     assert len(trained) == 1 and values[0] == {"status": "preempted", "steps": 20}
     assert sweeps.stop_request(tmp_path)["signal"] == signal.SIGTERM
+
+
+@pytest.mark.parametrize("error", [signals.Interrupted(signal.SIGTERM), RuntimeError("boom")])
+def test_a_member_that_diverged_keeps_its_result_when_the_population_stops_later(tmp_path, error):
+    from gan.population.run import Member, _record_failure
+    from gan.trainer import TrainResult
+
+    members = []
+    for name in ("diverged", "healthy"):
+        out_dir = tmp_path / name
+        out_dir.mkdir()
+        (out_dir / record.METRICS_FILE).write_text("")
+        cfg = SimpleNamespace(out_dir=out_dir, run_name=name)
+        members.append(
+            Member(
+                cfg,
+                SimpleNamespace(resumed=None),
+                summary={"status": "running"},
+                saved={"step": 20},
+            )
+        )
+    diverged = TrainResult(Ending.diverged, 15, 1.5, {}, diverged_step=12)
+    trainer = SimpleNamespace(results=[diverged, None], step=30)
+    _record_failure(members, trainer, error)
+    gone, healthy = (record.Summary(m.cfg.out_dir).read() for m in members)
+    assert (gone["status"], gone["steps"], gone["diverged_step"]) == ("diverged", 15, 12)
+    assert gone["outcome"] == "diverged"
+    want = "preempted" if isinstance(error, signals.Interrupted) else "failed"
+    assert healthy["status"] == want
 
 
 def test_a_population_trains_at_its_members_thread_count(tmp_path, monkeypatch):

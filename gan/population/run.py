@@ -215,12 +215,28 @@ def _loop(trainer, members, loggers, events, progress) -> list[TrainResult]:
 
 
 def _record_failure(members: list[Member], trainer, err: BaseException) -> None:
-    """Every member's summary says what happened: preempted at its last checkpoint when
+    """Every member's summary says what happened: a member that had diverged its result (as a
+    solo run, which would have ended there), the others preempted at their last checkpoint when
     stopped at once, else failed at the step reached."""
-    for m in members:
-        if isinstance(err, (signals.Interrupted, KeyboardInterrupt)):
-            m.summary.update(status=Status.preempted, steps=m.saved["step"] or 0)
-        else:
-            step = trainer.step if trainer else m.trainer.step
-            m.summary.update(status=Status.failed, steps=step, error=f"{type(err).__name__}: {err}")
+    results = trainer.results if trainer else [None] * len(members)
+    for m, result in zip(members, results):
+        diverged = result is not None and result.status == Ending.diverged
+        if not (diverged and _settled(m, result)):
+            if isinstance(err, (signals.Interrupted, KeyboardInterrupt)):
+                m.summary.update(status=Status.preempted, steps=m.saved["step"] or 0)
+            else:
+                step = trainer.step if trainer else m.trainer.step
+                error = f"{type(err).__name__}: {err}"
+                m.summary.update(status=Status.failed, steps=step, error=error)
         record.Summary(m.cfg.out_dir).write(m.summary)
+
+
+def _settled(m: Member, result: TrainResult) -> bool:
+    """Records a diverged member's result in its summary; False if its metrics cannot be read
+    now (the population's own error is the one to raise)."""
+    try:
+        finish.settle(m.summary, result, m.best, m.env.resumed, m.cfg.out_dir)
+    except (OSError, ValueError) as err:
+        log.error("error: %s: its diverged result not recorded (%s)", m.cfg.run_name, err)
+        return False
+    return True
