@@ -59,6 +59,7 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
             if asked["signal"] is not None:
                 raise Interrupted(signum)
             asked["signal"] = signum
+            asked["received"] = signum  # a real signal, not a watchdog's request
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -80,3 +81,15 @@ def request_stop(signum: int) -> bool:
         if asked["signal"] is None:
             asked["signal"] = signum
     return bool(_open_requests)
+
+
+def pass_on(asked: dict[str, int | None]) -> None:
+    """A signal the run received but did not stop for (it came after the last step) goes to the
+    handler it had replaced when that is a sweep's, which then starts no other job; a default
+    handler is left alone: the run is over."""
+    signum = asked.get("received")
+    if signum is None:
+        return
+    handler = signal.getsignal(signum)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signum, None)
