@@ -29,7 +29,7 @@ from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
 from gan.record import Status
 from gan.run import run
-from gan.signals import Interrupted, Preempted
+from gan.signals import Interrupted, Preempted, late_signal
 
 log = logging.getLogger("train")
 
@@ -196,7 +196,12 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
             run_cfg = to_run_config(cfg, hydra_cfg, out_dir)
             if earlier and (out_dir / record.CHECKPOINT_FILE).is_file():
                 run_cfg = dataclasses.replace(run_cfg, resume=True)  # stopped or killed before
-            return run(run_cfg)
+            summary = run(run_cfg)
+        late = late_signal()  # came after the last step: the job is done, the sweep stops
+        if late is not None:
+            name = signal.Signals(late).name
+            sweeps.request_stop(sweep_dir, late, f"{name} in job {out_dir.name}, at its end")
+        return summary
     except (Preempted, Interrupted) as stop:
         log.error("preempted: %s", stop)
         name = signal.Signals(stop.exit_code - 128).name

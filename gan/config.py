@@ -188,7 +188,8 @@ class LoggerConfig:
                 f"logger.tags: W&B refuses tags longer than {WANDB_TAG_LENGTH} characters, and "
                 f"{str(long[0])[:80]!r} has {len(str(long[0]))}; shorten it"
             )
-        if self.sweep_tag and len(self.sweep_tag) > WANDB_TAG_LENGTH:
+        w_and_b = self.mode != "disabled"
+        if w_and_b and self.sweep_tag and len(self.sweep_tag) > WANDB_TAG_LENGTH:
             raise UserError(
                 f"logger.sweep_id: the W&B tag {self.sweep_tag[:80]!r} would have "
                 f"{len(self.sweep_tag)} characters, and W&B refuses more than {WANDB_TAG_LENGTH}; "

@@ -25,7 +25,7 @@ from gan.population import enrollment
 from gan.record import Ending, Status
 from gan.resume import check_resumable, check_threads
 from gan.runtime import check_precision, derive_seed, resolve_device, resolve_precision
-from gan.signals import Interrupted, Preempted, pass_on, stop_on_signals
+from gan.signals import Interrupted, Preempted, stop_on_signals
 from gan.trainer import (
     GANTrainer,
     Schedule,
@@ -64,7 +64,6 @@ def run(
     if result.status == Ending.stopped:
         raise Preempted(asked["signal"], result.step, str(cfg.out_dir))
     log_result(cfg, summary, result)
-    pass_on(asked)  # one that came after the last step: a sweep stops all the same
     return summary
 
 

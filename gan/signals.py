@@ -50,6 +50,7 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
     skip)."""
     asked: dict[str, int | None] = {"signal": None}
     _open_requests.append(asked)
+    _late["signal"] = None
     try:
         if threading.current_thread() is not threading.main_thread():
             yield asked
@@ -67,8 +68,18 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+            _late["signal"] = asked.get("received")
     finally:
         _open_requests.remove(asked)
+
+
+_late: dict[str, int | None] = {"signal": None}  # the last run's received signal, once it ended
+
+
+def late_signal() -> int | None:
+    """The SIGINT/SIGTERM the last run received (None: none). Read after the run returned, it
+    came after the last step: a sweep's job then asks the sweep to stop all the same."""
+    return _late["signal"]
 
 
 _open_requests: list[dict[str, int | None]] = []  # the runs in progress, for request_stop
@@ -81,15 +92,3 @@ def request_stop(signum: int) -> bool:
         if asked["signal"] is None:
             asked["signal"] = signum
     return bool(_open_requests)
-
-
-def pass_on(asked: dict[str, int | None]) -> None:
-    """A signal the run received but did not stop for (it came after the last step) goes to the
-    handler it had replaced when that is a sweep's, which then starts no other job; a default
-    handler is left alone: the run is over."""
-    signum = asked.get("received")
-    if signum is None:
-        return
-    handler = signal.getsignal(signum)
-    if callable(handler) and handler is not signal.default_int_handler:
-        handler(signum, None)

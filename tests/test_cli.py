@@ -10,7 +10,6 @@ import pytest
 
 import conftest
 from conftest import ROOT, wandb_records
-from gan import checkpoint, console
 
 pytestmark = pytest.mark.slow
 QUICK = ["trainer.steps=20", "trainer.log_every=10", "trainer.sample_every=10"]
@@ -120,18 +119,3 @@ def test_bad_input_is_a_clear_message_and_writes_no_result(args, message, code, 
     assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()
     # refused before any data is prepared: no feature classifier trained for a doomed run
     assert not (data_dir / "classifiers").exists()
-
-
-@pytest.mark.parametrize(
-    ("argv0", "command"),
-    [
-        ("/home/me/.venv/bin/gan-train", "gan-train"),
-        ("/home/me/project/gan/__main__.py", "python -m gan"),
-        ("train.py", "python train.py"),
-        ("/home/me/project/train.py", "python train.py"),
-    ],
-)
-def test_printed_commands_start_as_the_user_started_training(monkeypatch, argv0, command):
-    monkeypatch.setattr(sys, "argv", [argv0, "init=he_xavier"])
-    assert console.train_command() == command
-    assert checkpoint.resume_command("outputs/run").startswith(f"{command} resume=")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import CONF_DIR, run_config
 from gan import config, data, nets
-from gan.config import ModelConfig
+from gan.config import LoggerConfig, ModelConfig
 from gan.errors import UserError
 from gan.run import build_networks
 
@@ -205,3 +205,12 @@ def test_a_preset_section_takes_changes_and_refuses_what_is_no_section():
         config.preset(config.ModelConfig, "model")
     with pytest.raises(UserError, match="trainer.batch_size must be >= 2"):
         config.preset(config.TrainerConfig, "trainer", batch_size=1)
+
+
+def test_a_sweep_id_too_long_for_a_wandb_tag_matters_only_when_wandb_starts():
+    def logger(mode: str) -> LoggerConfig:
+        return LoggerConfig(mode, "p", None, None, (), "train", "s" * 60, False)
+
+    assert logger("disabled").sweep_tag == "sweep:" + "s" * 60  # never sent to W&B
+    with pytest.raises(UserError, match="set a shorter logger.sweep_id"):
+        logger("offline")

@@ -20,7 +20,7 @@ from test_report import make_run
 import conftest
 import train
 from conftest import ROOT, run_config, torch_threads
-from gan import config, data, probe, report
+from gan import checkpoint, config, console, data, probe, report
 from gan.errors import UserError
 from gan.report import columns, comparisons, figures
 from gan.run import run
@@ -268,3 +268,18 @@ def test_a_failed_download_says_why(tmp_path, monkeypatch):
     assert "Error downloading train-images-idx3-ubyte.gz: <urlopen error [Errno -3]" in message
     assert message.count("Temporary failure") == 1  # the same cause once, not per mirror
     assert data.download_cause(OSError()) == "OSError"
+
+
+@pytest.mark.parametrize(
+    ("argv0", "command"),
+    [
+        ("/home/me/.venv/bin/gan-train", "gan-train"),
+        ("/home/me/project/gan/__main__.py", "python -m gan"),
+        ("train.py", "python train.py"),
+        ("/home/me/project/train.py", "python train.py"),
+    ],
+)
+def test_printed_commands_start_as_the_user_started_training(monkeypatch, argv0, command):
+    monkeypatch.setattr(sys, "argv", [argv0, "init=he_xavier"])
+    assert console.train_command() == command
+    assert checkpoint.resume_command("outputs/run").startswith(f"{command} resume=")

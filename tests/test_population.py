@@ -405,17 +405,29 @@ def test_a_member_that_diverged_keeps_its_result_when_the_population_stops_later
     assert healthy["status"] == want
 
 
+def test_a_failed_population_reports_a_diverged_members_result_not_a_failure(tmp_path):
+    from gan.population.launcher import failed_summary
+
+    record.Summary(tmp_path).write({"status": "diverged", "steps": 15})
+    assert failed_summary(tmp_path, RuntimeError("boom")) == {"status": "diverged", "steps": 15}
+    record.Summary(tmp_path).write({"status": "running", "steps": 15})
+    assert failed_summary(tmp_path, RuntimeError("boom"))["status"] == "failed"
+
+
 def test_a_population_trains_at_its_members_thread_count(tmp_path, monkeypatch):
     from gan.population import workers
 
     (cfg, env, _), *_ = members(tmp_path, [["trainer.threads=1"]], [])
     seen = []
-    monkeypatch.setattr(
-        workers, "run_population", lambda group, progress: seen.append(torch.get_num_threads())
-    )
+
+    def run_population(group, progress):
+        seen.append(torch.get_num_threads())
+        return [{"status": "finished"}], None
+
+    monkeypatch.setattr(workers, "run_population", run_population)
     with torch_threads(2):  # another job's count, left by the process
-        workers.train([enrollment.Enrolled(cfg, env, None)])
-    assert seen == [1]
+        outcome = workers.train([enrollment.Enrolled(cfg, env, None)])
+    assert seen == [1] and outcome.status == workers.FINISHED
 
 
 def test_populations_are_halved_until_every_worker_has_one(tmp_path, monkeypatch):

@@ -141,9 +141,9 @@ def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(fou
     assert {(s["status"], s["steps"]) for s in runs.values()} == {("finished", 40)}
     assert "kept, finished" in together.stdout + together.stderr
     # The member resumed in the population: its last checkpoint (written just before the loop
-    # ends) counts its first part's time too, as a solo run's does.
+    # ends, so a little less than this part's time) counts its first part's time too.
     part = runs[second]["resumed"]["seconds"]
-    assert checkpoint.load(sweep / second)["seconds"] > first_part + part / 2
+    assert checkpoint.load(sweep / second)["seconds"] >= first_part + part - 0.25
 
     straight, _ = four  # the same members never stopped (in a population of four)
     for name in (first, second):

@@ -428,14 +428,18 @@ def test_workers_do_not_outlive_a_sweep_killed_hard(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sigterm_in_a_sequential_sweep_stops_it_with_a_summary(tmp_path):
+@pytest.mark.parametrize(
+    ("point", "status"),
+    [("data_load", "preempted"), ("summary", "finished")],  # summary: after the last step
+)
+def test_a_sigterm_in_a_sequential_sweep_stops_it_with_a_summary(tmp_path, point, status):
     sweep = tmp_path / "sweep"
     proc = train(
-        "-m", "seed=0,1,2", *QUICK, f"hydra.sweep.dir={sweep}", env=fault_env("data_load:SIGTERM")
+        "-m", "seed=0,1,2", *QUICK, f"hydra.sweep.dir={sweep}", env=fault_env(f"{point}:SIGTERM")
     )
     assert proc.returncode == 143 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert job_statuses(sweep) == {"0": "preempted"}
-    assert "sweep: 3 jobs: 1 preempted, 2 not started" in proc.stderr
+    assert job_statuses(sweep) == {"0": status}
+    assert f"sweep: 3 jobs: 1 {status}, 2 not started" in proc.stderr
     assert "interrupted during start-up" not in proc.stderr
 
 

@@ -166,7 +166,8 @@ class PopulationLauncher(Launcher):
             for ret, summary in zip(rets, outcome.summaries):
                 ret.return_value, ret.status = summary, JobStatus.COMPLETED
             if outcome.signum is not None:  # came as the population ended: stop all the same
-                self._stop(outcome.signum, f"{signal.Signals(outcome.signum).name} to the sweep")
+                name = signal.Signals(outcome.signum).name
+                self._stop(outcome.signum, f"{name} as a population ended")
                 return False
             return True
         if outcome.status == workers.NOT_STARTED:
@@ -199,6 +200,8 @@ def failed_summary(out_dir: Path, error: BaseException | None) -> dict:
     """A failed member's return value: its summary.json as written, said failed (a population
     that raised wrote it; a killed worker's is settled by the sweep's end, ``gan.sweeps``)."""
     summary = record.Summary(out_dir).read()
+    if summary.get("status") in record.FINAL:  # a member that diverged before keeps its result
+        return summary
     return {**summary, "status": Status.failed, "error": f"{type(error).__name__}: {error}"}
 
 

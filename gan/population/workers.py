@@ -43,7 +43,9 @@ class Outcome:
 
     status: str  # FINISHED | PREEMPTED | FAILED | NOT_STARTED | KILLED
     summaries: list[dict[str, Any]] = field(default_factory=list)
-    signum: int | None = None  # the signal that stopped it (PREEMPTED, NOT_STARTED)
+    # The signal that stopped it (PREEMPTED, NOT_STARTED), or that came after its last step
+    # (FINISHED): the sweep stops either way.
+    signum: int | None = None
     error: BaseException | None = None  # FAILED, KILLED
 
 
@@ -56,7 +58,7 @@ def train(group: Sequence[Enrolled], *, progress: bool = True) -> Outcome:
     except PopulationPreempted as stop:
         log.error("preempted: %s", stop)
         return Outcome(PREEMPTED, stop.summaries, stop.signum)
-    except signals.Interrupted as err:  # a second signal: stopped at once (summaries written)
+    except signals.Interrupted as err:  # a second signal: stopped at once; summaries on disk
         log.error("preempted: %s", err)
         return Outcome(PREEMPTED, signum=err.exit_code - 128)
     except KeyboardInterrupt:
