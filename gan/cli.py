@@ -29,7 +29,7 @@ from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
 from gan.record import Status
 from gan.run import run
-from gan.signals import Interrupted, Preempted, late_signal
+from gan.signals import Interrupted, Preempted, take_late_signal
 
 log = logging.getLogger("train")
 
@@ -197,7 +197,7 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
             if earlier and (out_dir / record.CHECKPOINT_FILE).is_file():
                 run_cfg = dataclasses.replace(run_cfg, resume=True)  # stopped or killed before
             summary = run(run_cfg)
-        late = late_signal()  # came after the last step: the job is done, the sweep stops
+        late = take_late_signal()  # came after the last step: the job is done, the sweep stops
         if late is not None:
             name = signal.Signals(late).name
             sweeps.request_stop(sweep_dir, late, f"{name} in job {out_dir.name}, at its end")

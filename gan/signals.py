@@ -76,10 +76,11 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
 _late: dict[str, int | None] = {"signal": None}  # the last run's received signal, once it ended
 
 
-def late_signal() -> int | None:
-    """The SIGINT/SIGTERM the last run received (None: none). Read after the run returned, it
-    came after the last step: a sweep's job then asks the sweep to stop all the same."""
-    return _late["signal"]
+def take_late_signal() -> int | None:
+    """The SIGINT/SIGTERM the last run received (None: none), once: read after the run returned,
+    it came after the last step, and a sweep's job then asks the sweep to stop all the same."""
+    signum, _late["signal"] = _late["signal"], None
+    return signum
 
 
 _open_requests: list[dict[str, int | None]] = []  # the runs in progress, for request_stop
