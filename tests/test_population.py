@@ -414,6 +414,25 @@ def test_a_failed_population_reports_a_diverged_members_result_not_a_failure(tmp
     assert failed_summary(tmp_path, RuntimeError("boom"))["status"] == "failed"
 
 
+def test_a_signal_after_a_populations_last_step_comes_back_with_its_outcome(tmp_path, monkeypatch):
+    import os
+
+    from gan.population import workers
+
+    (cfg, env, _), *_ = members(tmp_path, [["trainer.threads=1"]], [])
+
+    def run_population(group, progress):  # its training over, a signal arrives
+        with signals.stop_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+        return [{"status": "finished"}]
+
+    monkeypatch.setattr(workers, "run_population", run_population)
+    with torch_threads():
+        outcome = workers.train([enrollment.Enrolled(cfg, env, None)])
+    assert (outcome.status, outcome.signum) == (workers.FINISHED, signal.SIGTERM)
+    assert outcome.summaries == [{"status": "finished"}]
+
+
 def test_a_population_trains_at_its_members_thread_count(tmp_path, monkeypatch):
     from gan.population import workers
 
@@ -422,7 +441,7 @@ def test_a_population_trains_at_its_members_thread_count(tmp_path, monkeypatch):
 
     def run_population(group, progress):
         seen.append(torch.get_num_threads())
-        return [{"status": "finished"}], None
+        return [{"status": "finished"}]
 
     monkeypatch.setattr(workers, "run_population", run_population)
     with torch_threads(2):  # another job's count, left by the process

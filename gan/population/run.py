@@ -68,12 +68,9 @@ class Member:
     saved: dict[str, int | None] = field(default_factory=dict)
 
 
-def run_population(
-    enrolled: Sequence[Enrolled], *, progress: bool = True
-) -> tuple[list[dict[str, Any]], int | None]:
-    """Trains the enrolled jobs (one population) together; returns their summaries in order, and
-    a SIGINT/SIGTERM that came after the last step, if one did (no member stopped for it, but
-    the sweep must: ``gan.population.launcher``)."""
+def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> list[dict[str, Any]]:
+    """Trains the enrolled jobs (one population) together; returns their summaries in order (a
+    signal after the last step is left to ``signals.take_late_signal``, as for a solo run)."""
     members = [Member(e.cfg, e.env) for e in enrolled]
     with signals.stop_on_signals() as asked, ExitStack() as claims:
         for e in enrolled:
@@ -99,7 +96,7 @@ def run_population(
     for m, result in zip(members, results):
         with member_log(m.cfg.out_dir, console=True):
             finish.log_result(m.cfg, m.summary, result)
-    return summaries, asked["signal"]
+    return summaries
 
 
 class PopulationPreempted(signals.Preempted):

@@ -155,7 +155,9 @@ class PopulationTrainer:
         for k, t in enumerate(solos):
             self.rows[: self.window_steps, k] = t.rows[: self.window_steps]
         self.active = [True] * self.k  # False once a member diverged: frozen, no longer logged
-        self.results: list[TrainResult | None] = [None] * self.k  # filled in by ``run``
+        # Each member's result once known (a diverged member's at once), filled in by ``run``:
+        # a population that fails later still records them (gan.population.run).
+        self.results: list[TrainResult | None] = [None] * self.k
         self.frozen: torch.Tensor | None = None  # (K,) bool on the device, once one is
 
     # ---------------------------------------------------------------------------------------
@@ -263,10 +265,7 @@ class PopulationTrainer:
             for t in self.solos
         ]
         start = time.perf_counter()
-        # Each member's result once known (a diverged member's at once): kept on the trainer,
-        # so that a population that fails later still records them (gan.population.run).
-        results: list[TrainResult | None] = [None] * self.k
-        self.results = results
+        results = self.results = [None] * self.k
         while self.step < schedule.steps and any(self.active):
             step = self.step + 1
             scalars, histograms = schedule.diag_due(step)

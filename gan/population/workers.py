@@ -54,7 +54,8 @@ def train(group: Sequence[Enrolled], *, progress: bool = True) -> Outcome:
     an Outcome (FINISHED with a ``signum``: a signal came after the last step)."""
     torch.set_num_threads(group[0].env.threads)  # members of one population share it
     try:
-        return Outcome(FINISHED, *run_population(group, progress=progress))
+        summaries = run_population(group, progress=progress)
+        return Outcome(FINISHED, summaries, signals.take_late_signal())
     except PopulationPreempted as stop:
         log.error("preempted: %s", stop)
         return Outcome(PREEMPTED, stop.summaries, stop.signum)
