@@ -140,22 +140,6 @@ def record_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
             f.write(OmegaConf.to_yaml(content).encode())
 
 
-def job_failed(out_dir: Path, status: Status, error: BaseException) -> dict:
-    """In a multirun, a job that cannot run is a result: its summary.json says why, and the sweep
-    goes on (``gan.sweeps`` lists it at the end and sets the exit status)."""
-    summary = previous_summary(out_dir)
-    summary.update(
-        status=status,
-        error=f"{type(error).__name__}: {error}" if status == Status.failed else str(error),
-    )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record.Summary(out_dir).write(summary)
-    except OSError as err:  # a read-only or vanished job dir: the sweep lists it as failed
-        log.error("error: %s: %s not written (%s)", out_dir, record.SUMMARY_FILE, err)
-    return summary
-
-
 # An absolute path: the configs of a checkout or of the installed package (gan.config.CONF_DIR).
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 @exits_on_user_error
@@ -212,10 +196,10 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
         return None
     except UserError as err:
         report_user_error(err)
-        return job_failed(out_dir, Status.invalid, err)
+        return sweeps.job_failed(out_dir, Status.invalid, err)
     except Exception as err:  # noqa: BLE001 - a sweep outlives one job's crash, and says so
         log.exception("job failed: %s", err)
-        return job_failed(out_dir, Status.failed, err)
+        return sweeps.job_failed(out_dir, Status.failed, err)
 
 
 def previous_summary(out_dir: Path) -> dict:

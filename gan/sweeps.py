@@ -17,6 +17,7 @@ kept, stopped or killed ones resume from their checkpoint, the others start.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -35,6 +36,8 @@ from gan import console, files, record
 from gan.errors import EXIT_USER_ERROR, UserError
 from gan.record import Status
 from gan.sweep_plan import check_sweep, planned_jobs
+
+log = logging.getLogger(__name__)
 
 STOP_FILE = ".stop"
 SWEEP_PID = "GAN_SWEEP_PID"  # the sweep's own process, for its workers' watchdogs
@@ -107,6 +110,22 @@ def discard_unstarted(job_dir: Path) -> None:
     hydra_made = {record.HYDRA_DIR, record.LOG_FILE}
     if job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= hydra_made:
         shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def job_failed(out_dir: Path, status: Status, error: BaseException) -> dict:
+    """In a multirun, a job that cannot run is a result: its summary.json says why, and the sweep
+    goes on (``SweepSummary`` lists it at the end and sets the exit status)."""
+    summary = record.Summary(out_dir).read()
+    summary.update(
+        status=status,
+        error=f"{type(error).__name__}: {error}" if status == Status.failed else str(error),
+    )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record.Summary(out_dir).write(summary)
+    except OSError as err:  # a read-only or vanished job dir: the sweep lists it as failed
+        log.error("error: %s: %s not written (%s)", out_dir, record.SUMMARY_FILE, err)
+    return summary
 
 
 _watch = {"started": False, "in_job": False, "ppid": None}

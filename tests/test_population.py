@@ -491,3 +491,60 @@ def test_a_convolution_cut_into_several_calls_computes_each_members_own_function
     monkeypatch.setattr(stacking, "CPU_CONV_MEMBERS", 2)  # 3 members: calls of 2 and 1
     with torch_threads(1):
         check_stacked_against_solos(preset(ModelConfig, "model", "dcgan"))
+
+
+TINY = [
+    "trainer.steps=4",
+    "trainer.log_every=2",
+    "trainer.sample_every=100",
+    "trainer.diag_every=0",
+    "trainer.eval_every=0",
+    "trainer.ckpt_every=0",
+    "logger.mode=disabled",
+    "trainer.threads=1",
+]
+
+
+def test_a_member_whose_directory_is_not_this_process_s_is_left_out_alone(tmp_path):
+    from gan import files
+    from gan.population.run import run_population
+
+    built = members(tmp_path, [["seed=0"], ["seed=1"], ["seed=2"]], TINY)
+    taken, unwritable = built[1][0].out_dir, built[2][0].out_dir
+    unwritable.write_text("a file where the run directory would be")
+    with files.claimed(taken):  # another sweep's process is training this job
+        claim = (taken / files.CLAIM_FILE).read_bytes()
+        with torch_threads():
+            summaries = run_population(
+                [enrollment.Enrolled(cfg, env, None) for cfg, env, _ in built], progress=False
+            )
+        assert (taken / files.CLAIM_FILE).read_bytes() == claim  # still the other process's
+    # As in a solo sweep: the taken job's summary is its process's, the other one is invalid.
+    assert summaries[1] is None and not (taken / record.SUMMARY_FILE).exists()
+    assert summaries[2]["status"] == "invalid" and "cannot be written" in summaries[2]["error"]
+    assert (summaries[0]["status"], summaries[0]["population"]) == ("finished", 1)
+    assert record.Summary(built[0][0].out_dir).read() == summaries[0]
+
+
+def test_a_failed_start_summary_write_fails_every_member_not_leaves_one_running(
+    tmp_path, monkeypatch
+):
+    from gan.population import run as population_run
+
+    built = members(tmp_path, [["seed=0"], ["seed=1"]], TINY)
+    pop = [population_run.Member(cfg, env, trainer) for cfg, env, trainer in built]
+    for cfg, _, _ in built:
+        cfg.out_dir.mkdir(parents=True)
+    write = record.Summary.write
+
+    def full_disk_on_the_second(self, summary):
+        if summary["run_name"] == built[1][0].run_name:
+            raise OSError(28, "No space left on device")
+        write(self, summary)
+
+    monkeypatch.setattr(record.Summary, "write", full_disk_on_the_second)
+    with pytest.raises(OSError), signals.stop_on_signals() as asked:
+        population_run.train_members(pop, asked, progress=False)
+    first = record.Summary(built[0][0].out_dir).read()
+    assert (first["status"], first["steps"]) == ("failed", 0)
+    assert "No space left on device" in first["error"]

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from gan import files, finish, record, signals
+from gan import files, finish, record, signals, sweeps
 from gan import run as solo
 from gan.console import progress_bar, train_command, train_log
+from gan.errors import UserError, report_user_error
 from gan.events import Evaluation, RunEvents
 from gan.population.enrollment import Enrolled
 from gan.population.trainer import PopulationTrainer
@@ -68,16 +69,17 @@ class Member:
     saved: dict[str, int | None] = field(default_factory=dict)
 
 
-def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> list[dict[str, Any]]:
+def run_population(
+    enrolled: Sequence[Enrolled], *, progress: bool = True
+) -> list[dict[str, Any] | None]:
     """Trains the enrolled jobs (one population) together; returns their summaries in order (a
-    signal after the last step is left to ``signals.take_late_signal``, as for a solo run)."""
-    members = [Member(e.cfg, e.env) for e in enrolled]
+    signal after the last step is left to ``signals.take_late_signal``, as for a solo run). A
+    job whose run directory cannot be claimed is left out, as a solo sweep leaves it."""
     with signals.stop_on_signals() as asked, ExitStack() as claims:
-        for e in enrolled:
-            claims.enter_context(files.claimed(e.cfg.out_dir))
-            files.remove_partials(e.cfg.out_dir)
-            if e.on_accepted:
-                e.on_accepted()
+        slots = [accept(e, claims) for e in enrolled]  # a Member, or a refused job's result
+        members = [m for m in slots if isinstance(m, Member)]
+        if not members:
+            return slots
         images = load_members(members, progress)
         for m in members:
             with member_log(m.cfg.out_dir, console=False):
@@ -90,7 +92,7 @@ def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> li
             ", ".join(m.cfg.run_name for m in members),
         )
         results = train_members(members, asked, progress)
-    summaries = [m.summary for m in members]
+    summaries = [m.summary if isinstance(m, Member) else m for m in slots]
     if any(r.status == Ending.stopped for r in results):
         raise PopulationPreempted(asked["signal"], max(r.step for r in results), summaries)
     for m, result in zip(members, results):
@@ -99,10 +101,28 @@ def run_population(enrolled: Sequence[Enrolled], *, progress: bool = True) -> li
     return summaries
 
 
+def accept(job: Enrolled, claims: ExitStack) -> Member | dict[str, Any] | None:
+    """The job as a member, its run directory this process's until ``claims`` closes; else its
+    result as a solo sweep's job would have it: None for a directory another live process
+    writes (its summary is that process's), ``invalid`` for one that cannot be written."""
+    try:
+        claims.enter_context(files.claimed(job.cfg.out_dir))
+    except files.ClaimRefused as err:
+        report_user_error(err)
+        return None
+    except UserError as err:
+        report_user_error(err)
+        return sweeps.job_failed(job.cfg.out_dir, Status.invalid, err)
+    files.remove_partials(job.cfg.out_dir)  # left by a process killed mid-write
+    if job.on_accepted:
+        job.on_accepted()
+    return Member(job.cfg, job.env)
+
+
 class PopulationPreempted(signals.Preempted):
     """Every member stopped on SIGINT/SIGTERM after writing its checkpoint."""
 
-    def __init__(self, signum: int, step: int, summaries: list[dict[str, Any]]):
+    def __init__(self, signum: int, step: int, summaries: list[dict[str, Any] | None]):
         super().__init__(signum, step, "every member's run directory")
         self.signum, self.summaries = signum, summaries
         self.args = (
@@ -173,11 +193,12 @@ def train_members(
     truth after, whatever happens."""
     for m in members:
         m.summary = {**solo.start_summary(m.cfg, m.env), "population": len(members)}
-        record.Summary(m.cfg.out_dir).write(m.summary)
         m.best = dict(m.env.resumed["best"]) if m.env.resumed else {}
         m.saved = {"step": m.trainer.step if m.env.resumed else None}
     trainer = None
     try:
+        for m in members:  # a write failing here (a full disk) fails every member, said so
+            record.Summary(m.cfg.out_dir).write(m.summary)
         with ExitStack() as stack:
             loggers = [stack.enter_context(solo.open_logger(m.cfg, m.env)) for m in members]
             events = []
@@ -225,7 +246,12 @@ def _record_failure(members: list[Member], trainer, err: BaseException) -> None:
                 step = trainer.step if trainer else m.trainer.step
                 error = f"{type(err).__name__}: {err}"
                 m.summary.update(status=Status.failed, steps=step, error=error)
-        record.Summary(m.cfg.out_dir).write(m.summary)
+        try:
+            record.Summary(m.cfg.out_dir).write(m.summary)
+        except OSError as write_error:  # the population's own error is the one to raise
+            log.error(
+                "error: %s: %s not written (%s)", m.cfg.run_name, record.SUMMARY_FILE, write_error
+            )
 
 
 def _settled(m: Member, result: TrainResult) -> bool:
