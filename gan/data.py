@@ -6,7 +6,9 @@ batch on the training device.
 
 from __future__ import annotations
 
+import functools
 import gzip
+import importlib.util
 import math
 import os
 import shutil
@@ -112,19 +114,39 @@ def check_idx(path: Path) -> None:
 
 
 def _digits(train: bool) -> Split:
-    try:
-        from sklearn.datasets import load_digits  # imported here: slow, and only digits needs it
-    except ImportError:
-        raise UserError("dataset=digits needs scikit-learn: pip install scikit-learn") from None
-    bunch = load_digits()  # scikit-learn's public loader of the copy it ships: no download
-    # (1797, 65): 64 pixels 0..16, then the label; small integers, exact in float32.
-    table = np.column_stack([bunch.data, bunch.target]).astype(np.float32)
+    table = digits_table()
     # A fixed shuffle before splitting: the file is ordered by writer, so its tail alone would
     # test on writers never seen in training.
     order = np.random.default_rng(0).permutation(len(table))
     table = table[order[:-DIGITS_TEST_SIZE] if train else order[-DIGITS_TEST_SIZE:]]
     images = torch.from_numpy(table[:, :64]).reshape(-1, 1, 8, 8) / 8.0 - 1.0
     return Split(images.contiguous(), torch.from_numpy(table[:, 64]).long())
+
+
+@functools.cache
+def digits_table() -> np.ndarray:
+    """scikit-learn's bundled digits, (1797, 65) float32, read-only: 64 pixels 0..16, then the
+    label (small integers, exact in float32)."""
+    bundled = bundled_digits_file()
+    if bundled is not None:  # parsed as load_digits parses it, without importing scikit-learn
+        table = np.loadtxt(bundled, delimiter=",", dtype=np.float32)
+    else:  # a release that keeps the file elsewhere: its public loader of the same copy
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        table = np.column_stack([bunch.data, bunch.target]).astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
+def bundled_digits_file() -> Path | None:
+    """The digits file scikit-learn ships and ``load_digits`` reads, if it is where scikit-learn
+    keeps it; found without importing scikit-learn, whose import would dominate a run's start."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("dataset=digits needs scikit-learn: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    return path if path.is_file() else None
 
 
 def _unpack_offline_fashion(offline_dir: Path, raw_dir: Path) -> None:

@@ -31,6 +31,18 @@ def write_idx(path, array: torch.Tensor, magic: int) -> None:
         f.write(header + array.to(torch.uint8).numpy().tobytes())
 
 
+def test_digits_are_scikit_learns_own_read_without_importing_it():
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    # Found where scikit-learn keeps it: else every run would import scikit-learn to load it.
+    assert data.bundled_digits_file() is not None
+    bunch = load_digits()
+    want = np.column_stack([bunch.data, bunch.target])
+    np.testing.assert_array_equal(data.digits_table(), want)
+    assert not data.digits_table().flags.writeable  # cached for the process: nobody edits it
+
+
 def test_fashion_mnist_unpacks_debians_files_offline(tmp_path):
     offline = tmp_path / "debian"
     offline.mkdir()
