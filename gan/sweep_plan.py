@@ -14,12 +14,15 @@ NAME_MAX = 255  # the longest file name most file systems take
 
 def check_sweep(config: DictConfig) -> None:
     """Refuses, before any job, a sweep that Hydra would end at its first job: an option that does
-    not exist in a sweep list (``-m init=foo,default``), or a job directory whose name (made of
-    the job's overrides) is too long for the file system."""
+    not exist in a sweep list (``-m init=foo,default``), a job directory whose name (made of
+    the job's overrides) is too long for the file system, or an out-of-range option of the
+    population launcher."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from gan.config import CONF_DIR
+    from gan.population.launcher import check_sweep_options
 
+    check_sweep_options(config)
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     try:

@@ -204,6 +204,7 @@ def test_a_killed_worker_stops_the_sweep_and_its_members_are_recorded_failed(tmp
 
 def test_a_bad_launcher_option_is_one_clear_error(tmp_path):
     proc = population(tmp_path / "sweep", "seed=0", "hydra.launcher.n_jobs=0")
-    assert proc.returncode != 0
-    assert "hydra.launcher.n_jobs must be >= 1" in proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stderr  # a user error, refused before any job
+    assert proc.stderr.startswith("error: hydra.launcher.n_jobs must be >= 1"), proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "sweep").exists()

@@ -14,7 +14,7 @@ class PopulationLauncher(launcher.PopulationLauncher):
 
 @dataclass
 class PopulationLauncherConf(launcher.PopulationLauncherConf):
-    _target_: str = "hydra_plugins.gan_population_launcher.population_launcher.PopulationLauncher"
+    _target_: str = launcher.TARGET
 
 
 ConfigStore.instance().store(
