@@ -49,6 +49,7 @@ from gan.config import (
     PRECISIONS,
     LoggerConfig,
     TrainerConfig,
+    entry_default,
     preset,
 )
 from gan.errors import UserError, exits_on_user_error
@@ -185,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
         "--repeats", type=int, default=3, help="runs of each loop, interleaved; the best counts"
     )
     parser.add_argument("--device", default=run.device)
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--data-dir", type=Path, default=Path(entry_default("data_dir")))
     parser.add_argument(
         "--channels-last",
         choices=CHANNELS_LAST_SETTINGS,
@@ -208,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
         help="torch CPU threads for every loop (0: torch's default, one per core; a run's "
         "trainer.threads is 1)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=entry_default("seed"))
     parser.add_argument(
         "--population",
         type=int,

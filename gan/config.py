@@ -344,6 +344,14 @@ def preset(cls: type, group: str, option: str | None = None, **extra: Any) -> An
     return build(cls, {**OmegaConf.to_container(OmegaConf.load(path)), **extra}, group)
 
 
+def entry_default(key: str) -> Any:
+    """A top-level value of conf/config.yaml (``seed``, ``data_dir``), for tools' defaults."""
+    entry = OmegaConf.load(CONF_DIR / "config.yaml")
+    if key not in entry or isinstance(entry.get(key), Mapping):
+        raise KeyError(f"conf/config.yaml has no top-level value {key!r}")
+    return entry[key]
+
+
 def _section(key: str, changes: Mapping[str, Any]) -> dict[str, Any]:
     """Section ``key`` of conf/config.yaml with ``changes``, its interpolations resolved."""
     entry = OmegaConf.load(CONF_DIR / "config.yaml")

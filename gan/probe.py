@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan.config import CONF_DIR, DataConfig, preset
+from gan.config import CONF_DIR, DataConfig, entry_default, preset
 from gan.data import DATASETS
 from gan.diagnostics import activation_stats
 from gan.errors import UserError, exits_on_user_error
@@ -142,7 +142,7 @@ def _hist_range(activation: str, layers: list[torch.Tensor]) -> tuple[float, flo
 
 def train_classifiers(
     dataset: str = "digits",
-    data_dir: Path = Path("data"),
+    data_dir: Path | str | None = None,  # None: the YAML's data_dir
     depth: int = 5,
     width: int = 100,
     steps: int = 2000,
@@ -157,7 +157,8 @@ def train_classifiers(
 
     from gan import data
 
-    split = data.load(preset(DataConfig, "dataset", dataset, root=data_dir), train=True)
+    root = entry_default("data_dir") if data_dir is None else data_dir
+    split = data.load(preset(DataConfig, "dataset", dataset, root=root), train=True)
     x, y = split.images.flatten(1), split.labels
     curves = {}
     for init in inits:
@@ -216,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
         help="training mode on this dataset instead of the activations probe",
     )
     parser.add_argument("--steps", type=int, default=2000, help="SGD steps in training mode")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--data-dir", type=Path, default=Path(entry_default("data_dir")))
     return parser
 
 

@@ -139,3 +139,17 @@ def test_a_claim_keeps_the_hydra_files_the_record_names():
     # gan.files cannot import gan.record (which writes through gan.files): checked here instead.
     assert record.CONFIG_FILE in files.KEPT and record.OVERRIDES_FILE in files.KEPT
     assert {Path(name).parent.name for name in files.KEPT} == {record.HYDRA_DIR}
+
+
+def test_the_tools_default_to_the_yamls_data_dir_and_the_bench_to_its_seed():
+    from omegaconf import OmegaConf
+
+    from gan import bench, probe
+    from gan.config import CONF_DIR
+    from gan.population import sweep_bench
+
+    entry = OmegaConf.load(CONF_DIR / "config.yaml")
+    timed = bench._parser().parse_args([])  # times a run: the run's seed
+    assert (Path(timed.data_dir), timed.seed) == (Path(entry.data_dir), entry.seed)
+    for args in (probe._parser().parse_args([]), sweep_bench.parse([])):
+        assert Path(args.data_dir) == Path(entry.data_dir)

@@ -30,6 +30,8 @@ LAUNCHERS = {
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    from gan.config import entry_default
+
     parser = argparse.ArgumentParser(
         prog="python -m gan.population.sweep_bench", description=__doc__
     )
@@ -37,7 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=8, help="seed=range(0,N)")
     parser.add_argument("--steps", type=int, default=3000, help="trainer.steps (default: 3000)")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--data-dir", default="./data")
+    parser.add_argument("--data-dir", default=entry_default("data_dir"))
     parser.add_argument("--out", default=None, help="sweep dirs here (default: a temporary dir)")
     parser.add_argument(
         "--population-args", default="", help="extra overrides for the population sweep"
