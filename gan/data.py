@@ -125,14 +125,16 @@ def _digits(train: bool) -> Split:
 
 @functools.cache
 def digits_table() -> np.ndarray:
-    """scikit-learn's bundled digits, (1797, 65) float32, read-only: 64 pixels 0..16, then the
-    label (small integers, exact in float32)."""
+    """scikit-learn's bundled digits, (1797, 65) float32: 64 pixels 0..16, then the label (small
+    integers, exact in float32). Shared by the process, so read-only: copy before changing it."""
     bundled = bundled_digits_file()
     if bundled is not None:  # parsed as load_digits parses it, without importing scikit-learn
         table = np.loadtxt(bundled, delimiter=",", dtype=np.float32)
     else:  # a release that keeps the file elsewhere: its public loader of the same copy
-        from sklearn.datasets import load_digits
-
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as err:
+            raise UserError(f"dataset=digits needs a working scikit-learn ({err})") from None
         bunch = load_digits()
         table = np.column_stack([bunch.data, bunch.target]).astype(np.float32)
     table.flags.writeable = False

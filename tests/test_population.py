@@ -526,25 +526,65 @@ def test_a_member_whose_directory_is_not_this_process_s_is_left_out_alone(tmp_pa
     assert record.Summary(built[0][0].out_dir).read() == summaries[0]
 
 
-def test_a_failed_start_summary_write_fails_every_member_not_leaves_one_running(
-    tmp_path, monkeypatch
-):
-    from gan.population import run as population_run
-
-    built = members(tmp_path, [["seed=0"], ["seed=1"]], TINY)
-    pop = [population_run.Member(cfg, env, trainer) for cfg, env, trainer in built]
-    for cfg, _, _ in built:
-        cfg.out_dir.mkdir(parents=True)
+def full_disk_for(monkeypatch, run_name: str, status: str | None = None) -> None:
+    """Every write of ``run_name``'s summary (with ``status``, if given) fails: a full disk."""
     write = record.Summary.write
 
-    def full_disk_on_the_second(self, summary):
-        if summary["run_name"] == built[1][0].run_name:
+    def full_disk(self, summary):
+        if summary["run_name"] == run_name and status in (None, summary["status"]):
             raise OSError(28, "No space left on device")
         write(self, summary)
 
-    monkeypatch.setattr(record.Summary, "write", full_disk_on_the_second)
+    monkeypatch.setattr(record.Summary, "write", full_disk)
+
+
+def three_members(tmp_path):
+    from gan.population.run import Member
+
+    built = members(tmp_path, [["seed=0"], ["seed=1"], ["seed=2"]], TINY)
+    for cfg, _, _ in built:
+        cfg.out_dir.mkdir(parents=True)
+    return [Member(cfg, env, trainer) for cfg, env, trainer in built]
+
+
+def test_a_failed_start_summary_write_fails_every_member_not_leaves_one_running(
+    tmp_path, monkeypatch
+):
+    from gan.population.run import train_members
+
+    pop = three_members(tmp_path)
+    full_disk_for(monkeypatch, pop[1].cfg.run_name)  # its failure is not written either
     with pytest.raises(OSError), signals.stop_on_signals() as asked:
-        population_run.train_members(pop, asked, progress=False)
-    first = record.Summary(built[0][0].out_dir).read()
-    assert (first["status"], first["steps"]) == ("failed", 0)
-    assert "No space left on device" in first["error"]
+        train_members(pop, asked, progress=False)
+    for m in (pop[0], pop[2]):
+        summary = record.Summary(m.cfg.out_dir).read()
+        assert (summary["status"], summary["steps"]) == ("failed", 0)
+        assert "No space left on device" in summary["error"]
+
+
+def test_a_failed_final_summary_write_leaves_the_other_members_results(tmp_path, monkeypatch):
+    from gan.population.run import train_members
+
+    pop = three_members(tmp_path)
+    full_disk_for(monkeypatch, pop[1].cfg.run_name, status="finished")
+    with torch_threads(), pytest.raises(OSError), signals.stop_on_signals() as asked:
+        train_members(pop, asked, progress=False)
+    for m in (pop[0], pop[2]):
+        assert record.Summary(m.cfg.out_dir).read()["status"] == "finished"
+    assert record.Summary(pop[1].cfg.out_dir).read()["status"] == "running"  # killed, to a sweep
+
+
+def test_a_job_another_launch_finished_since_its_enrollment_is_kept_not_trained(tmp_path):
+    from contextlib import ExitStack
+
+    from gan import files
+    from gan.population.run import accept
+
+    finished = {"status": "finished", "steps": 40, "run_name": "theirs"}
+    record.Summary(tmp_path).write(finished)
+    accepted = []
+    job = enrollment.Enrolled(SimpleNamespace(out_dir=tmp_path), None, lambda: accepted.append(1))
+    with ExitStack() as claims:
+        assert accept(job, claims) == finished
+        assert not (tmp_path / files.CLAIM_FILE).exists()  # released at once
+    assert accepted == [] and record.Summary(tmp_path).read() == finished

@@ -104,16 +104,25 @@ def run_population(
 def accept(job: Enrolled, claims: ExitStack) -> Member | dict[str, Any] | None:
     """The job as a member, its run directory this process's until ``claims`` closes; else its
     result as a solo sweep's job would have it: None for a directory another live process
-    writes (its summary is that process's), ``invalid`` for one that cannot be written."""
-    try:
-        claims.enter_context(files.claimed(job.cfg.out_dir))
-    except files.ClaimRefused as err:
-        report_user_error(err)
-        return None
-    except UserError as err:
-        report_user_error(err)
-        return sweeps.job_failed(job.cfg.out_dir, Status.invalid, err)
-    files.remove_partials(job.cfg.out_dir)  # left by a process killed mid-write
+    writes (its summary is that process's), ``invalid`` for one that cannot be written, the
+    summary of a run another launch of the sweep finished since the job was enrolled."""
+    out_dir = job.cfg.out_dir
+    with ExitStack() as held:
+        try:
+            held.enter_context(files.claimed(out_dir))
+        except files.ClaimRefused as err:
+            report_user_error(err)
+            return None
+        except UserError as err:
+            report_user_error(err)
+            return sweeps.job_failed(out_dir, Status.invalid, err)
+        # A population starts long after its jobs were checked: one finished meanwhile is kept.
+        done = record.Summary(out_dir).final_status()
+        if done:
+            log.info("%s: kept, %s by another launch of this sweep", out_dir, done)
+            return record.Summary(out_dir).read()
+        claims.enter_context(held.pop_all())
+    files.remove_partials(out_dir)  # left by a process killed mid-write
     if job.on_accepted:
         job.on_accepted()
     return Member(job.cfg, job.env)
@@ -218,9 +227,21 @@ def train_members(
     except BaseException as err:
         _record_failure(members, trainer, err)
         raise
-    for m in members:
-        record.Summary(m.cfg.out_dir).write(m.summary)
+    _write_summaries(members)
     return results
+
+
+def _write_summaries(members: list[Member]) -> None:
+    """Every member's final summary, each written even if another's write fails (the first
+    error is raised after)."""
+    errors = []
+    for m in members:
+        try:
+            record.Summary(m.cfg.out_dir).write(m.summary)
+        except OSError as err:
+            errors.append(err)
+    if errors:
+        raise errors[0]
 
 
 def _loop(trainer, members, loggers, events, progress) -> list[TrainResult]:

@@ -42,7 +42,7 @@ class Outcome:
     """What became of one population: its members' summaries, in order, when it ran."""
 
     status: str  # FINISHED | PREEMPTED | FAILED | NOT_STARTED | KILLED
-    summaries: list[dict[str, Any]] = field(default_factory=list)
+    summaries: list[dict[str, Any] | None] = field(default_factory=list)  # None: left out
     # The signal that stopped it (PREEMPTED, NOT_STARTED), or that came after its last step
     # (FINISHED): the sweep stops either way.
     signum: int | None = None
