@@ -20,7 +20,16 @@ from omegaconf import OmegaConf
 
 from gan import quality
 from gan.config import CONF_DIR, SWEEP_TAG_PREFIX
-from gan.diagnostics import DIAG_PREFIX
+from gan.diagnostics import (
+    ACT_MEAN,
+    ACT_STD,
+    DEAD_FRAC,
+    DIAG_PREFIX,
+    GRAD_NORM,
+    LOG_SCALE,
+    SATURATED_FRAC,
+    WEIGHT_STD,
+)
 from gan.errors import UserError, exits_on_user_error
 from gan.report.columns import TRAINING_CURVES
 from gan.tracking import has_wandb_credentials
@@ -29,8 +38,7 @@ TRAINING = TRAINING_CURVES  # the same panels as the report's training curves
 EVALUATION = (quality.FCD, quality.KCD, quality.CLASSES_COVERED, quality.CLASS_KL)
 NETWORKS = ("G", "D")
 # The statistics of gan.diagnostics.AGGREGATION, in panel order (a test keeps the two in step).
-DIAGNOSTICS = ("act_std", "act_mean", "dead_frac", "saturated_frac", "grad_norm", "weight_std")
-LOG_SCALE = ("act_std", "grad_norm", "weight_std")  # inits differ by orders of magnitude here
+DIAGNOSTICS = (ACT_STD, ACT_MEAN, DEAD_FRAC, SATURATED_FRAC, GRAD_NORM, WEIGHT_STD)
 PINNED_COLUMNS = [
     f"summary:{quality.FCD_BEST}",
     f"summary:{quality.FCD_BEST_STEP}",
@@ -63,7 +71,7 @@ def _line(reports: Any, title: str, **panel: Any) -> Any:
 
 def sections(workspaces: Any, reports: Any) -> list[Any]:
     """The workspace's sections: training, evaluation, per-layer diagnostics."""
-    diagnostics = [
+    per_layer = [
         _line(
             reports,
             f"{network} {statistic} per layer",
@@ -84,7 +92,7 @@ def sections(workspaces: Any, reports: Any) -> list[Any]:
             panels=[_line(reports, key, y=[key]) for key in EVALUATION],
             is_open=True,
         ),
-        workspaces.Section(name="Per-layer diagnostics", panels=diagnostics, is_open=True),
+        workspaces.Section(name="Per-layer diagnostics", panels=per_layer, is_open=True),
     ]
 
 

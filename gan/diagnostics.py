@@ -20,17 +20,26 @@ DIAG_PREFIX = "diag/"  # each statistic is logged as diag/{G|D}/<layer>/<statist
 HIST_PREFIX = "hist/"  # each layer's activation samples: a W&B histogram, hist/{G|D}/<layer>/act
 HISTOGRAM_SAMPLES = 10_000  # activations kept per layer for a histogram
 
+# The statistics, per layer: diag/{G|D}/<layer>/<statistic>.
+ACT_MEAN, ACT_STD = "act_mean", "act_std"  # of the activation the layer feeds
+SATURATED_FRAC = "saturated_frac"  # into tanh / sigmoid: the share at its flat ends
+DEAD_FRAC = "dead_frac"  # into (Leaky) ReLU: the share on its negative side
+WEIGHT_STD = "weight_std"  # of the weights this step's forward passes use
+GRAD_NORM = "grad_norm"  # of the weights' gradient, after this step's backward pass
+# Those whose values under different inits differ by orders of magnitude: plotted on a log scale.
+LOG_SCALE = (ACT_STD, GRAD_NORM, WEIGHT_STD)
+
 # How each statistic's recorded value becomes the reported one. A statistic missing here is an
 # error (``aggregation``), so a new one cannot be silently summed and reported unaveraged.
 MEAN_OVER_PASSES = "mean over forward passes"  # summed per hooked pass, divided by their count
 READ_ONCE = "read once"  # read once per diagnostic step, reported as is
 AGGREGATION = {
-    "act_mean": MEAN_OVER_PASSES,
-    "act_std": MEAN_OVER_PASSES,
-    "saturated_frac": MEAN_OVER_PASSES,
-    "dead_frac": MEAN_OVER_PASSES,
-    "weight_std": READ_ONCE,  # of the weights this step's forward passes use
-    "grad_norm": READ_ONCE,  # after this step's backward pass
+    ACT_MEAN: MEAN_OVER_PASSES,
+    ACT_STD: MEAN_OVER_PASSES,
+    SATURATED_FRAC: MEAN_OVER_PASSES,
+    DEAD_FRAC: MEAN_OVER_PASSES,
+    WEIGHT_STD: READ_ONCE,
+    GRAD_NORM: READ_ONCE,
 }
 
 
@@ -65,15 +74,15 @@ def activation_stats(y: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
     Saturated: tanh |y| > 0.99, sigmoid y < 0.01 or y > 0.99. Dead: ReLU y == 0, Leaky ReLU y < 0.
     """
     y = y.detach().float()
-    stats = {"act_mean": y.mean(), "act_std": y.std(correction=0)}
+    stats = {ACT_MEAN: y.mean(), ACT_STD: y.std(correction=0)}
     if kind == "tanh":
-        stats["saturated_frac"] = (y.abs() > 0.99).float().mean()
+        stats[SATURATED_FRAC] = (y.abs() > 0.99).float().mean()
     elif kind == "sigmoid":
-        stats["saturated_frac"] = ((y < 0.01) | (y > 0.99)).float().mean()
+        stats[SATURATED_FRAC] = ((y < 0.01) | (y > 0.99)).float().mean()
     elif kind == "relu":
-        stats["dead_frac"] = (y == 0).float().mean()
+        stats[DEAD_FRAC] = (y == 0).float().mean()
     else:
-        stats["dead_frac"] = (y < 0).float().mean()
+        stats[DEAD_FRAC] = (y < 0).float().mean()
     return stats
 
 
@@ -123,11 +132,11 @@ class LayerDiagnostics:
             for handle in handles:
                 handle.remove()
         for t in self.targets:
-            self._add(t.prefix, "weight_std", weight_stds[t.prefix])
+            self._add(t.prefix, WEIGHT_STD, weight_stds[t.prefix])
         for t in self.targets:
             grad = trainable_weight(t.layer).grad  # under spectral norm: its original's
             if grad is not None:
-                self._add(t.prefix, "grad_norm", grad.detach().float().norm())
+                self._add(t.prefix, GRAD_NORM, grad.detach().float().norm())
 
     def _add(self, prefix: str, statistic: str, value: torch.Tensor) -> None:
         """Records one value: summed over passes, or kept as read, as AGGREGATION declares."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from gan.config import CONF_DIR, DataConfig, entry_default, preset
 from gan.data import DATASETS
-from gan.diagnostics import activation_stats
+from gan.diagnostics import ACT_MEAN, ACT_STD, DEAD_FRAC, SATURATED_FRAC, activation_stats
 from gan.errors import UserError, exits_on_user_error
 from gan.figures import pyplot
 from gan.init import Scheme, SoftmaxInLoss
@@ -96,10 +96,10 @@ def _layer_record(activation: str, init: str, layer: int, y: torch.Tensor) -> di
         "activation": activation,
         "init": init,
         "layer": layer,
-        "mean": stats["act_mean"],
-        "std": stats["act_std"],
-        "saturated_frac": stats.get("saturated_frac"),
-        "dead_frac": stats.get("dead_frac"),
+        "mean": stats[ACT_MEAN],
+        "std": stats[ACT_STD],
+        SATURATED_FRAC: stats.get(SATURATED_FRAC),  # the same quantities, named alike
+        DEAD_FRAC: stats.get(DEAD_FRAC),
     }
 
 

@@ -1,5 +1,6 @@
 """One owner per name: a metric name is spelled only by the module that logs it, a run-record file
-name only by gan/record.py; every other module imports it from there."""
+name only by gan/record.py, a per-layer statistic's name only by gan/diagnostics.py; every other
+module imports it from there."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ METRIC_OWNERS = {
 # regex's "^" (not inside a path such as conf/eval/).
 METRIC = re.compile(rf"(?<![\w/.-])({'|'.join(METRIC_OWNERS)})/")
 RECORD_OWNER = "gan/record.py"
+STATISTIC_OWNER = "gan/diagnostics.py"  # a per-layer statistic's name, a whole literal
 RECORD_FILE = re.compile(
     r"(?<![\w.])(summary\.json|metrics\.jsonl|init_report\.json|checkpoint\.pt|train\.log)\b"
 )
@@ -52,6 +54,8 @@ def strays(module: str, source: str) -> list[str]:
                 found.append(f"{module}:{line}: {text!r} (owner: {METRIC_OWNERS[match[1]]})")
         if module != RECORD_OWNER and RECORD_FILE.search(text):
             found.append(f"{module}:{line}: {text!r} (owner: {RECORD_OWNER})")
+        if module != STATISTIC_OWNER and text in diagnostics.AGGREGATION:
+            found.append(f"{module}:{line}: {text!r} (owner: {STATISTIC_OWNER})")
     return found
 
 
@@ -73,12 +77,14 @@ def f(m, run_dir):
     return {"eval/fcd": 1, f"train/{m}": 2, "summary:eval/fcd_best": 3}, run_dir / "metrics.jsonl"
 REGEX = f"^diag/{1}$"
 PATH = "conf/eval/x.yaml"
+PANELS = ("grad_norm", "grad_norm of D")
 '''
     found = strays("gan/other.py", source)
-    assert sorted(int(s.split(":")[1]) for s in found) == [6, 6, 6, 6, 7]
+    assert sorted(int(s.split(":")[1]) for s in found) == [6, 6, 6, 6, 7, 9]
     assert any("'^diag/'" in s for s in found)
     assert strays("gan/quality.py", '"eval/fcd"') == []
     assert strays(RECORD_OWNER, '"summary.json"') == []
+    assert strays(STATISTIC_OWNER, '"grad_norm"') == []
 
 
 def test_the_public_metric_names_are_unchanged():

@@ -104,6 +104,6 @@ def test_what_the_dashboard_and_the_report_show_is_what_is_logged():
 
     declared = set(diagnostics.AGGREGATION)
     assert set(dashboard.DIAGNOSTICS) <= declared
-    assert {stat for stats, _, _ in figures.DIAG_PANELS for stat in stats} <= declared
+    assert {stat for stats, _ in figures.DIAG_PANELS for stat in stats} <= declared
     assert dashboard.TRAINING == columns.TRAINING_CURVES
     assert set(columns.TRAINING_CURVES) <= set(trainer.METRIC_KEYS)

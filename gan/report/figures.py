@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gan.diagnostics import DIAG_PREFIX
+from gan.diagnostics import (
+    ACT_STD,
+    DEAD_FRAC,
+    DIAG_PREFIX,
+    GRAD_NORM,
+    LOG_SCALE,
+    SATURATED_FRAC,
+    WEIGHT_STD,
+)
 from gan.figures import pyplot
 from gan.quality import CLASS_KL, CLASSES_COVERED, FCD, KCD
 from gan.record import Status
@@ -198,15 +206,16 @@ def plot_samples(picks: Sequence[SamplePick], path: Path):
 # Per-layer diagnostics
 # --------------------------------------------------------------------------------------------
 
-# (statistics, panel title, log scale). "dead" exists for layers feeding a (Leaky) ReLU and
-# "saturated" for those feeding tanh or sigmoid: different quantities of different layers, so
-# each has its own panel, with gaps at the layers that do not have it.
+# (statistics, panel title); a log scale where diagnostics says the values span decades. "dead"
+# exists for layers feeding a (Leaky) ReLU and "saturated" for those feeding tanh or sigmoid:
+# different quantities of different layers, so each has its own panel, with gaps at the layers
+# that do not have it.
 DIAG_PANELS = (
-    (("act_std",), "activation std", True),
-    (("dead_frac",), "dead fraction (into (Leaky) ReLU)", False),
-    (("saturated_frac",), "saturated fraction (into tanh, σ)", False),
-    (("grad_norm",), "gradient norm of the weights", True),
-    (("weight_std",), "weight std", True),
+    ((ACT_STD,), "activation std"),
+    ((DEAD_FRAC,), "dead fraction (into (Leaky) ReLU)"),
+    ((SATURATED_FRAC,), "saturated fraction (into tanh, σ)"),
+    ((GRAD_NORM,), "gradient norm of the weights"),
+    ((WEIGHT_STD,), "weight std"),
 )
 NETWORKS = {"G": "generator", "D": "discriminator"}
 
@@ -274,7 +283,8 @@ def plot_diagnostics(arms: dict[str, list[Run]], path: Path):
     axes = np.atleast_2d(axes)
     for row, net in zip(axes, nets):
         layers = diag_layers(everything, net)
-        for ax, (stats, title, log) in zip(row, DIAG_PANELS):
+        for ax, (stats, title) in zip(row, DIAG_PANELS):
+            log = all(stat in LOG_SCALE for stat in stats)
             _diag_panel(ax, arms, net, layers, stats, log, last)
             ax.set_title(f"{NETWORKS[net]}: {title}", fontsize=9)
             ax.set_xticks(range(len(layers)), layers)
