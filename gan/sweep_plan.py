@@ -8,6 +8,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf
 
 from gan.errors import UserError
+from gan.population.enrollment import check_sweep_options
 
 NAME_MAX = 255  # the longest file name most file systems take
 
@@ -20,7 +21,6 @@ def check_sweep(config: DictConfig) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from gan.config import CONF_DIR
-    from gan.population.launcher import check_sweep_options
 
     check_sweep_options(config)
     params = config.hydra.sweeper.get("params") or {}

@@ -2,7 +2,9 @@
 
 While the launcher gathers a sweep (``gathering``), a job that passed every check is enrolled
 instead of trained: ``gan.run.run`` hands it over here and returns at once, and the launcher
-trains the gathered jobs in populations afterwards. Outside a gathering nothing changes.
+trains the gathered jobs in populations afterwards. Outside a gathering nothing changes. The
+checks of what a population cannot honour (trainer options, the launcher's own) live here too:
+this module imports nothing heavy, so a sweep's first checks can use them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import DictConfig
+
 from gan.errors import UserError
+
+# The registered launcher (Hydra takes launchers only from the hydra_plugins namespace).
+TARGET = "hydra_plugins.gan_population_launcher.population_launcher.PopulationLauncher"
 
 ENROLLED = "enrolled"  # the status a gathered job's task returns until its population has run
 
@@ -50,6 +57,28 @@ def check_population_options(trainer: Any) -> None:
             "trainer.channels_last=on: a population lays its convolutions out per member, not "
             "in channels_last; use trainer.channels_last=auto or off, or another launcher"
         )
+
+
+def check_launcher_options(max_members: int, memory_fraction: float, n_jobs: int | None) -> None:
+    """Refuses ``hydra.launcher`` options out of range (``gan.population.launcher``'s)."""
+    if max_members < 1 or not 0 < memory_fraction <= 1:
+        raise UserError(
+            "hydra.launcher.max_members must be >= 1 and hydra.launcher.memory_fraction in "
+            f"(0, 1], got {max_members} and {memory_fraction}"
+        )
+    if n_jobs is not None and n_jobs < 1:
+        raise UserError(
+            f"hydra.launcher.n_jobs must be >= 1 (populations trained at once), or null for "
+            f"one per trainer.threads CPU cores; got {n_jobs}"
+        )
+
+
+def check_sweep_options(config: DictConfig) -> None:
+    """The launcher's options, when the sweep uses it, checked before Hydra builds it (whose
+    own report of an error raised in the constructor is a wrapped repr)."""
+    options = config.hydra.launcher
+    if options.get("_target_") == TARGET:
+        check_launcher_options(options.max_members, options.memory_fraction, options.n_jobs)
 
 
 def enroll(cfg: Any, env: Any, on_accepted: Callable[[], None] | None) -> dict | None:

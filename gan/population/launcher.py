@@ -25,16 +25,11 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from gan import data, nets, record, sweeps
-from gan.errors import UserError
 from gan.population import enrollment, workers
 from gan.population.run import populations
 from gan.record import Status
 
 log = logging.getLogger(__name__)
-
-
-# The registered launcher (Hydra takes launchers only from the hydra_plugins namespace).
-TARGET = "hydra_plugins.gan_population_launcher.population_launcher.PopulationLauncher"
 
 
 @dataclass
@@ -46,32 +41,11 @@ class PopulationLauncherConf:  # registered, with its _target_, in hydra_plugins
     n_jobs: int | None = None
 
 
-def check_options(max_members: int, memory_fraction: float, n_jobs: int | None) -> None:
-    if max_members < 1 or not 0 < memory_fraction <= 1:
-        raise UserError(
-            "hydra.launcher.max_members must be >= 1 and hydra.launcher.memory_fraction in "
-            f"(0, 1], got {max_members} and {memory_fraction}"
-        )
-    if n_jobs is not None and n_jobs < 1:
-        raise UserError(
-            f"hydra.launcher.n_jobs must be >= 1 (populations trained at once), or null for "
-            f"one per trainer.threads CPU cores; got {n_jobs}"
-        )
-
-
-def check_sweep_options(config: DictConfig) -> None:
-    """The launcher's options, when the sweep uses it, checked before Hydra builds it (whose
-    own report of an error raised in the constructor is a wrapped repr)."""
-    options = config.hydra.launcher
-    if options.get("_target_") == TARGET:
-        check_options(options.max_members, options.memory_fraction, options.n_jobs)
-
-
 class PopulationLauncher(Launcher):
     def __init__(
         self, max_members: int = 64, memory_fraction: float = 0.5, n_jobs: int | None = None
     ) -> None:
-        check_options(max_members, memory_fraction, n_jobs)
+        enrollment.check_launcher_options(max_members, memory_fraction, n_jobs)
         self.max_members, self.memory_fraction, self.n_jobs = max_members, memory_fraction, n_jobs
         self.config: DictConfig | None = None
         self.context: HydraContext | None = None

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
-from gan.population import launcher
+from gan.population import enrollment, launcher
 
 
 class PopulationLauncher(launcher.PopulationLauncher):
@@ -14,7 +14,7 @@ class PopulationLauncher(launcher.PopulationLauncher):
 
 @dataclass
 class PopulationLauncherConf(launcher.PopulationLauncherConf):
-    _target_: str = launcher.TARGET
+    _target_: str = enrollment.TARGET
 
 
 ConfigStore.instance().store(
