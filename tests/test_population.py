@@ -588,3 +588,29 @@ def test_a_job_another_launch_finished_since_its_enrollment_is_kept_not_trained(
         assert accept(job, claims) == finished
         assert not (tmp_path / files.CLAIM_FILE).exists()  # released at once
     assert accepted == [] and record.Summary(tmp_path).read() == finished
+
+
+def test_a_workers_steps_reach_the_sweeps_bar_and_its_outcome_ends_the_reading():
+    import multiprocessing
+
+    from gan.population import workers
+
+    theirs, ours = multiprocessing.Pipe()
+    sent = workers.StepsSent(theirs, members=3, every=3600)
+    sent.add(2)
+    assert not ours.poll()  # held back until its interval passed
+    sent.add(1)
+    sent.send()
+    worker = workers.Worker.__new__(workers.Worker)  # its reading only, no process spawned
+    worker.conn, worker.process = ours, SimpleNamespace(is_alive=lambda: True)
+    told = []
+    assert worker.read(told.append) is None and told == [9]  # 3 steps of 3 members
+    theirs.send_bytes(workers._pickled(workers.Outcome(workers.FINISHED, [{"status": "x"}])))
+    assert worker.read(told.append).summaries == [{"status": "x"}]
+
+    theirs.close()  # exited without an Outcome: killed
+    worker.process = SimpleNamespace(is_alive=lambda: False, join=lambda: None, exitcode=-9)
+    assert worker.read(told.append).status == workers.KILLED
+    to_nobody, gone = multiprocessing.Pipe()
+    gone.close()  # the sweep's process is gone: nothing raised, its watchdog stops the job
+    workers.StepsSent(to_nobody, members=1, every=0).add(1)

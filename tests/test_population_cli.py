@@ -158,6 +158,7 @@ def test_populations_in_worker_processes_train_each_member_as_one_process_does(f
     assert two.returncode == 0, two.stderr
     assert "4 enrolled in 2 population(s), 2 at a time" in two.stdout
     assert two.stdout.count("population of 2 (mlp on cpu)") == 2
+    assert "| 160/160 [" in two.stderr  # one bar for the workers: 4 members × 40 steps
     ones, twos = summaries(one_dir), summaries(tmp_path / "two")
     assert ones.keys() == twos.keys()
     for name, summary in twos.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,11 +70,15 @@ class Member:
 
 
 def run_population(
-    enrolled: Sequence[Enrolled], *, progress: bool = True
+    enrolled: Sequence[Enrolled],
+    *,
+    progress: bool = True,
+    on_steps: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any] | None]:
     """Trains the enrolled jobs (one population) together; returns their summaries in order (a
     signal after the last step is left to ``signals.take_late_signal``, as for a solo run). A
-    job whose run directory cannot be claimed is left out, as a solo sweep leaves it."""
+    job whose run directory cannot be claimed is left out, as a solo sweep leaves it.
+    ``on_steps(n)`` is told the population's steps as it trains them (a worker's sweep bar)."""
     with signals.stop_on_signals() as asked, ExitStack() as claims:
         slots = [accept(e, claims) for e in enrolled]  # a Member, or a refused job's result
         members = [m for m in slots if isinstance(m, Member)]
@@ -91,7 +95,7 @@ def run_population(
             members[0].env.device,
             ", ".join(m.cfg.run_name for m in members),
         )
-        results = train_members(members, asked, progress)
+        results = train_members(members, asked, progress, on_steps)
     summaries = [m.summary if isinstance(m, Member) else m for m in slots]
     if any(r.status == Ending.stopped for r in results):
         raise PopulationPreempted(asked["signal"], max(r.step for r in results), summaries)
@@ -196,7 +200,10 @@ class MemberEvents:
 
 
 def train_members(
-    members: list[Member], asked: dict[str, int | None], progress: bool
+    members: list[Member],
+    asked: dict[str, int | None],
+    progress: bool,
+    on_steps: Callable[[int], None] | None = None,
 ) -> list[TrainResult]:
     """As ``gan.run.train`` for each member: summary.json says ``running`` meanwhile and the
     truth after, whatever happens."""
@@ -220,7 +227,8 @@ def train_members(
                     )
                 )
             trainer = PopulationTrainer([m.trainer for m in members])
-            results = _loop(trainer, members, loggers, MemberEvents(events, asked), progress)
+            member_events = MemberEvents(events, asked)
+            results = _loop(trainer, members, loggers, member_events, progress, on_steps)
             for m, logger, result in zip(members, loggers, results):
                 finish.record_result(m.summary, result, m.best, m.env.resumed, logger)
                 finish.record_artifacts(m.cfg, logger, m.evaluation, result)
@@ -244,13 +252,25 @@ def _write_summaries(members: list[Member]) -> None:
         raise errors[0]
 
 
-def _loop(trainer, members, loggers, events, progress) -> list[TrainResult]:
+def _loop(trainer, members, loggers, events, progress, on_steps) -> list[TrainResult]:
     schedule = Schedule.of(members[0].cfg.trainer)
     bar = progress_bar(schedule.steps, trainer.step, desc="population", enabled=progress)
     try:
-        return trainer.run(schedule, loggers, events, bar)
+        return trainer.run(schedule, loggers, events, _Told(bar, on_steps) if on_steps else bar)
     finally:
         bar.close()
+
+
+@dataclass
+class _Told:
+    """A progress bar whose steps are also told to ``on_steps``."""
+
+    bar: Any
+    on_steps: Callable[[int], None]
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.on_steps(n)
 
 
 def _record_failure(members: list[Member], trainer, err: BaseException) -> None:

@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import pickle
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -25,6 +26,7 @@ from hydra.core.utils import configure_log
 from omegaconf import DictConfig
 
 from gan import signals, sweeps
+from gan.console import progress_bar
 from gan.population.enrollment import Enrolled
 from gan.population.run import PopulationPreempted, run_population
 from gan.record import NOT_STARTED, Status
@@ -49,12 +51,17 @@ class Outcome:
     error: BaseException | None = None  # FAILED, KILLED
 
 
-def train(group: Sequence[Enrolled], *, progress: bool = True) -> Outcome:
+def train(
+    group: Sequence[Enrolled],
+    *,
+    progress: bool = True,
+    on_steps: Callable[[int], None] | None = None,
+) -> Outcome:
     """Trains one population in this process, at its members' thread count; whatever happens,
     an Outcome (FINISHED with a ``signum``: a signal came after the last step)."""
     torch.set_num_threads(group[0].env.threads)  # members of one population share it
     try:
-        summaries = run_population(group, progress=progress)
+        summaries = run_population(group, progress=progress, on_steps=on_steps)
         return Outcome(FINISHED, summaries, signals.take_late_signal())
     except PopulationPreempted as stop:
         log.error("preempted: %s", stop)
@@ -95,9 +102,41 @@ def _worker(conn, setup: Setup) -> None:
     if why_not or early["signal"] is not None:
         outcome = Outcome(NOT_STARTED, signum=early["signal"])
     else:
+        # Several bars on one terminal would garble: the sweep's process draws one for all.
+        steps = StepsSent(conn, members=len(group))
         with sweeps.job_in_progress():
-            outcome = train(group, progress=False)  # several bars on one terminal would garble
+            outcome = train(group, progress=False, on_steps=steps.add)
+        steps.send()
     conn.send_bytes(_pickled(outcome))
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Member-steps a worker trained since its last report."""
+
+    count: int
+
+
+class StepsSent:
+    """A worker's trained steps, sent to the sweep's process at most every ``every`` seconds."""
+
+    def __init__(self, conn, members: int, every: float = 0.5):
+        self.conn, self.members, self.every = conn, members, every
+        self.pending, self.sent_at = 0, time.monotonic()
+
+    def add(self, steps: int) -> None:
+        self.pending += steps * self.members
+        if time.monotonic() - self.sent_at >= self.every:
+            self.send()
+
+    def send(self) -> None:
+        if not self.pending:
+            return
+        try:
+            self.conn.send_bytes(pickle.dumps(Steps(self.pending)))
+        except OSError:  # the sweep's process is gone: its watchdog stops this job, not this
+            pass
+        self.pending, self.sent_at = 0, time.monotonic()
 
 
 def _pickled(outcome: Outcome) -> bytes:
@@ -121,13 +160,19 @@ class Worker:
         child.close()
         self.conn.send_bytes(pickle.dumps(list(group)))
 
-    def outcome(self) -> Outcome:
-        """Its Outcome, once it sent one or exited (KILLED if it exited without one)."""
+    def read(self, on_steps: Callable[[int], None]) -> Outcome | None:
+        """What it sent: its steps (to ``on_steps``), then its Outcome; KILLED if it exited
+        without one; None while it trains."""
         try:
-            if self.conn.poll():
-                return pickle.loads(self.conn.recv_bytes())
+            while self.conn.poll():
+                message = pickle.loads(self.conn.recv_bytes())
+                if isinstance(message, Outcome):
+                    return message
+                on_steps(message.count)
         except (EOFError, OSError):
             pass
+        if self.process.is_alive():
+            return None
         self.process.join()
         code = self.process.exitcode
         how = f"by {signal.Signals(-code).name}" if code < 0 else f"with status {code}"
@@ -143,12 +188,16 @@ def run_parallel(
     processes: int,
     setup: Setup,
     record: Callable[[Sequence[Enrolled], Outcome], bool],
+    *,
+    progress: bool = True,
 ) -> None:
     """Trains ``groups`` in at most ``processes`` workers at once, in order; ``record`` takes
     each Outcome as it comes and returns False to start no further population (each left then
-    gets a NOT_STARTED Outcome)."""
+    gets a NOT_STARTED Outcome). One bar counts every worker's member-steps."""
     context = multiprocessing.get_context("spawn")
     pending, running, stopping = list(groups), [], False
+    total = sum(steps_left(member) for group in groups for member in group)
+    bar = progress_bar(total, desc="sweep", unit="member-step", enabled=progress)
     try:
         while pending or running:
             stopping = stopping or bool(sweeps.why_not_start(setup.sweep_dir))
@@ -156,12 +205,15 @@ def run_parallel(
                 running.append(Worker(context, setup, pending.pop(0)))
             if not running:
                 break
-            for worker in _finished(running):
+            for worker in _ready(running):
+                outcome = worker.read(bar.update)
+                if outcome is None:
+                    continue
                 running.remove(worker)
-                outcome = worker.outcome()
                 worker.close()
                 stopping = not record(worker.group, outcome) or stopping
     finally:
+        bar.close()
         for worker in running:  # only on an error here: the workers checkpoint and stop
             worker.process.terminate()
             worker.close()
@@ -169,7 +221,12 @@ def run_parallel(
         record(group, Outcome(NOT_STARTED))
 
 
-def _finished(running: list[Worker]) -> list[Worker]:
-    """The workers that sent their Outcome or exited, once one has (waits)."""
+def steps_left(member: Enrolled) -> int:
+    done = member.env.resumed["trainer"]["step"] if member.env.resumed else 0
+    return max(0, member.cfg.trainer.steps - done)
+
+
+def _ready(running: list[Worker]) -> list[Worker]:
+    """The workers that sent something or exited, once one has (waits)."""
     ready = set(wait([w.conn for w in running] + [w.process.sentinel for w in running]))
     return [w for w in running if w.conn in ready or w.process.sentinel in ready]
