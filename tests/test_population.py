@@ -421,7 +421,7 @@ def test_a_signal_after_a_populations_last_step_comes_back_with_its_outcome(tmp_
 
     (cfg, env, _), *_ = members(tmp_path, [["trainer.threads=1"]], [])
 
-    def run_population(group, progress):  # its training over, a signal arrives
+    def run_population(group, progress, on_steps):  # its training over, a signal arrives
         with signals.stop_on_signals():
             os.kill(os.getpid(), signal.SIGTERM)
         return [{"status": "finished"}]
@@ -439,7 +439,7 @@ def test_a_population_trains_at_its_members_thread_count(tmp_path, monkeypatch):
     (cfg, env, _), *_ = members(tmp_path, [["trainer.threads=1"]], [])
     seen = []
 
-    def run_population(group, progress):
+    def run_population(group, progress, on_steps):
         seen.append(torch.get_num_threads())
         return [{"status": "finished"}]
 
