@@ -596,21 +596,30 @@ def test_a_workers_steps_reach_the_sweeps_bar_and_its_outcome_ends_the_reading()
     from gan.population import workers
 
     theirs, ours = multiprocessing.Pipe()
-    sent = workers.StepsSent(theirs, members=3, every=3600)
-    sent.add(2)
+    sent = workers.StepsSent(theirs, every=3600)
+    sent.add(6)
     assert not ours.poll()  # held back until its interval passed
-    sent.add(1)
+    sent.add(3)
     sent.send()
     worker = workers.Worker.__new__(workers.Worker)  # its reading only, no process spawned
     worker.conn, worker.process = ours, SimpleNamespace(is_alive=lambda: True)
     told = []
-    assert worker.read(told.append) is None and told == [9]  # 3 steps of 3 members
+    assert worker.read(told.append) is None and told == [9]
     theirs.send_bytes(workers._pickled(workers.Outcome(workers.FINISHED, [{"status": "x"}])))
     assert worker.read(told.append).summaries == [{"status": "x"}]
+
+    def sends_its_outcome_and_exits():  # while the parent looks: gone, its Outcome sent
+        theirs.send_bytes(workers._pickled(workers.Outcome(workers.FINISHED, [{"status": "y"}])))
+        return False
+
+    worker.process = SimpleNamespace(
+        is_alive=sends_its_outcome_and_exits, join=lambda: None, exitcode=0
+    )
+    assert worker.read(told.append).summaries == [{"status": "y"}]
 
     theirs.close()  # exited without an Outcome: killed
     worker.process = SimpleNamespace(is_alive=lambda: False, join=lambda: None, exitcode=-9)
     assert worker.read(told.append).status == workers.KILLED
     to_nobody, gone = multiprocessing.Pipe()
     gone.close()  # the sweep's process is gone: nothing raised, its watchdog stops the job
-    workers.StepsSent(to_nobody, members=1, every=0).add(1)
+    workers.StepsSent(to_nobody, every=0).add(1)

@@ -78,7 +78,7 @@ def run_population(
     """Trains the enrolled jobs (one population) together; returns their summaries in order (a
     signal after the last step is left to ``signals.take_late_signal``, as for a solo run). A
     job whose run directory cannot be claimed is left out, as a solo sweep leaves it.
-    ``on_steps(n)`` is told the population's steps as it trains them (a worker's sweep bar)."""
+    ``on_steps(n)`` is told the member-steps as they are trained (a worker's sweep bar)."""
     with signals.stop_on_signals() as asked, ExitStack() as claims:
         slots = [accept(e, claims) for e in enrolled]  # a Member, or a refused job's result
         members = [m for m in slots if isinstance(m, Member)]
@@ -256,21 +256,23 @@ def _loop(trainer, members, loggers, events, progress, on_steps) -> list[TrainRe
     schedule = Schedule.of(members[0].cfg.trainer)
     bar = progress_bar(schedule.steps, trainer.step, desc="population", enabled=progress)
     try:
-        return trainer.run(schedule, loggers, events, _Told(bar, on_steps) if on_steps else bar)
+        told = _Told(bar, on_steps, len(members)) if on_steps else bar
+        return trainer.run(schedule, loggers, events, told)
     finally:
         bar.close()
 
 
 @dataclass
 class _Told:
-    """A progress bar whose steps are also told to ``on_steps``."""
+    """A progress bar whose steps are also told to ``on_steps``, as member-steps."""
 
     bar: Any
     on_steps: Callable[[int], None]
+    members: int
 
     def update(self, n: int) -> None:
         self.bar.update(n)
-        self.on_steps(n)
+        self.on_steps(n * self.members)
 
 
 def _record_failure(members: list[Member], trainer, err: BaseException) -> None:

@@ -103,7 +103,7 @@ def _worker(conn, setup: Setup) -> None:
         outcome = Outcome(NOT_STARTED, signum=early["signal"])
     else:
         # Several bars on one terminal would garble: the sweep's process draws one for all.
-        steps = StepsSent(conn, members=len(group))
+        steps = StepsSent(conn)
         with sweeps.job_in_progress():
             outcome = train(group, progress=False, on_steps=steps.add)
         steps.send()
@@ -118,14 +118,15 @@ class Steps:
 
 
 class StepsSent:
-    """A worker's trained steps, sent to the sweep's process at most every ``every`` seconds."""
+    """A worker's trained member-steps, sent to the sweep's process at most every ``every``
+    seconds (small messages: the pipe fills only if the sweep stops reading for minutes)."""
 
-    def __init__(self, conn, members: int, every: float = 0.5):
-        self.conn, self.members, self.every = conn, members, every
+    def __init__(self, conn, every: float = 0.5):
+        self.conn, self.every = conn, every
         self.pending, self.sent_at = 0, time.monotonic()
 
-    def add(self, steps: int) -> None:
-        self.pending += steps * self.members
+    def add(self, member_steps: int) -> None:
+        self.pending += member_steps
         if time.monotonic() - self.sent_at >= self.every:
             self.send()
 
@@ -163,6 +164,9 @@ class Worker:
     def read(self, on_steps: Callable[[int], None]) -> Outcome | None:
         """What it sent: its steps (to ``on_steps``), then its Outcome; KILLED if it exited
         without one; None while it trains."""
+        # Alive or not before reading: a process already gone has sent all it ever will, while
+        # one that exits during the reading may have sent its Outcome after the last poll.
+        alive = self.process.is_alive()
         try:
             while self.conn.poll():
                 message = pickle.loads(self.conn.recv_bytes())
@@ -171,7 +175,7 @@ class Worker:
                 on_steps(message.count)
         except (EOFError, OSError):
             pass
-        if self.process.is_alive():
+        if alive:
             return None
         self.process.join()
         code = self.process.exitcode
