@@ -38,9 +38,13 @@ MEMBER_KEYS = ("seed", "init", "logger", "resume")
 def population_key(member: Enrolled) -> str:
     """Members with equal keys can train as one population."""
     resolved = {k: v for k, v in member.cfg.resolved.items() if k not in MEMBER_KEYS}
-    step = member.env.resumed["trainer"]["step"] if member.env.resumed else 0
-    identity = [resolved, str(member.env.device), member.env.precision, step]
+    identity = [resolved, str(member.env.device), member.env.precision, start_step(member)]
     return json.dumps(identity, sort_keys=True, default=str)
+
+
+def start_step(member: Enrolled) -> int:
+    """The step a member trains from: its checkpoint's when resumed, else 0."""
+    return member.env.resumed["trainer"]["step"] if member.env.resumed else 0
 
 
 def populations(members: Sequence[Enrolled], max_members: int) -> list[list[Enrolled]]:

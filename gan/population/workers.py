@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from gan import signals, sweeps
 from gan.console import progress_bar
 from gan.population.enrollment import Enrolled
-from gan.population.run import PopulationPreempted, run_population
+from gan.population.run import PopulationPreempted, run_population, start_step
 from gan.record import NOT_STARTED, Status
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,7 @@ def run_parallel(
 
 
 def steps_left(member: Enrolled) -> int:
-    done = member.env.resumed["trainer"]["step"] if member.env.resumed else 0
-    return max(0, member.cfg.trainer.steps - done)
+    return max(0, member.cfg.trainer.steps - start_step(member))
 
 
 def _ready(running: list[Worker]) -> list[Worker]:
