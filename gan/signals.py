@@ -57,10 +57,13 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
             return
 
         def handler(signum, frame):
-            if asked["signal"] is not None:
+            # Only a second real signal interrupts: a watchdog's request (``request_stop``) may
+            # come first when the sweep's stop file is seen before this process's own copy of
+            # the same Ctrl-C runs its handler.
+            if asked.get("received") is not None:
                 raise Interrupted(signum)
             asked["signal"] = signum
-            asked["received"] = signum  # a real signal, not a watchdog's request
+            asked["received"] = signum
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

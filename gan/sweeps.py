@@ -363,13 +363,17 @@ class SweepSummary(Callback):
 
 
 def guard_joblib_launcher() -> None:
-    """Makes a killed worker of Hydra's joblib launcher (the OOM killer, ``kill -9``) stop the sweep
-    instead of ending it in a traceback before the summary: joblib kills the other workers at
+    """Makes a broken worker pool of Hydra's joblib launcher stop the sweep instead of ending it
+    in a traceback before the summary: a worker killed (the OOM killer, ``kill -9``), or one that
+    a Ctrl-C reached while it was still reading its first job. joblib kills the other workers at
     once, and the summary, report and exit status follow as for any stopped sweep. The plugin
     has no hook for it, so its launch function is wrapped (in this process only)."""
     try:
         from hydra_plugins.hydra_joblib_launcher import _core
-        from joblib.externals.loky.process_executor import TerminatedWorkerError
+        from joblib.externals.loky.process_executor import (
+            BrokenProcessPool,
+            TerminatedWorkerError,
+        )
     except ImportError:  # the plugin is optional
         return
     launch = _core.launch
@@ -379,13 +383,15 @@ def guard_joblib_launcher() -> None:
     def guarded(launcher: Any, job_overrides: Any, initial_job_idx: int) -> Any:
         try:
             return launch(launcher, job_overrides, initial_job_idx)
-        except TerminatedWorkerError as err:
+        except BrokenProcessPool as err:
             why = str(err).splitlines()[0] if str(err) else type(err).__name__
+            what = "was killed" if isinstance(err, TerminatedWorkerError) else "broke"
+            # A signal to the sweep wrote its own reason first, and that one stands.
             request_stop(
                 Path(launcher.config.hydra.sweep.dir),
                 None,
-                f"a worker process was killed ({why.rstrip('.')}); joblib then killed the "
-                "other workers at once",
+                f"a worker process {what} ({why.rstrip('.')}); joblib then killed the other "
+                "workers at once",
             )
             return []
 

@@ -443,6 +443,54 @@ def test_a_sigterm_in_a_sequential_sweep_stops_it_with_a_summary(tmp_path, point
     assert "interrupted during start-up" not in proc.stderr
 
 
+def test_a_watchdogs_request_before_the_same_ctrl_c_is_not_a_second_signal():
+    # A Ctrl-C reaches the sweep and its workers at once; a worker's watchdog can see the
+    # sweep's stop file before the worker's own handler runs. Only a second real signal
+    # interrupts without a checkpoint.
+    from gan import signals
+
+    with signals.stop_on_signals() as asked:
+        assert signals.request_stop(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_for(lambda: asked.get("received") is not None, timeout=10)
+        assert asked["signal"] == signal.SIGINT
+        with pytest.raises(signals.Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+            wait_for(lambda: False, timeout=10)
+
+
+@pytest.mark.parametrize("stopping", [False, True], ids=["alone", "after-a-signal"])
+def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, stopping):
+    # A worker that a Ctrl-C reached while it unpickled its first job breaks loky's pool; the
+    # sweep then ends with its summary (the signal's reason), not joblib's traceback.
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from hydra_plugins.hydra_joblib_launcher import _core
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+    from omegaconf import OmegaConf
+
+    from gan import sweeps
+
+    def broken(launcher, job_overrides, initial_job_idx):
+        raise BrokenProcessPool("A task has failed to un-serialize.")
+
+    original = _core.launch
+    _core.launch = broken
+    try:
+        sweeps.guard_joblib_launcher()
+        if stopping:
+            sweeps.request_stop(tmp_path, signal.SIGINT, "SIGINT to the sweep")
+        launcher = type("Launcher", (), {})()
+        launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+        assert _core.launch(launcher, [], 0) == []
+    finally:
+        _core.launch = original
+    stop = sweeps.stop_request(tmp_path)
+    if stopping:
+        assert stop == {**stop, "signal": signal.SIGINT, "why": "SIGINT to the sweep"}
+    else:
+        assert stop["signal"] is None and "a worker process broke" in stop["why"], stop
+
+
 # --- 4. a refused or failed process changes nothing it does not own ----------------------------
 
 
