@@ -52,14 +52,36 @@ class BelowWarning(logging.Filter):
         return record.levelno < logging.WARNING
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """A console handler whose lines go above a progress bar drawn on the same terminal, not
+    after its text (``write_above_bars``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            write_above_bars(self.format(record) + self.terminator, self.stream)
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler: a console error is no crash
+            self.handleError(record)
+
+
+def write_above_bars(text: str, stream) -> None:
+    """Writes ``text`` (whole lines) to ``stream``, clearing this process's tqdm bars first and
+    redrawing them after."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=stream, end="")
+    stream.flush()
+
+
 def setup(level: int = logging.INFO) -> None:
     """Console routing for entry points without Hydra: INFO to stdout, WARNING+ to stderr."""
     root = logging.getLogger()
     if any(getattr(h, "_gan_console", False) for h in root.handlers):
         return
-    out = logging.StreamHandler(sys.stdout)
+    out = ConsoleHandler(sys.stdout)
     out.addFilter(BelowWarning())
-    err = logging.StreamHandler(sys.stderr)
+    err = ConsoleHandler(sys.stderr)
     err.setLevel(logging.WARNING)
     for handler in (out, err):
         handler.setFormatter(logging.Formatter("%(message)s"))

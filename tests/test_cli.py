@@ -119,3 +119,26 @@ def test_bad_input_is_a_clear_message_and_writes_no_result(args, message, code, 
     assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()
     # refused before any data is prepared: no feature classifier trained for a doomed run
     assert not (data_dir / "classifiers").exists()
+
+
+def test_a_log_line_during_a_progress_bar_gets_its_own_line():
+    # The console handlers (conf/config.yaml, console.setup) clear the bar before a line and
+    # redraw it after; a plain StreamHandler would append the line to the bar's text.
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from gan.console import ConsoleHandler
+
+    terminal = io.StringIO()  # the bar and the line on one stream, as on a terminal
+    bar = tqdm(total=10, desc="train", file=terminal)
+    logger = logging.getLogger("gan.test_console")
+    logger.addHandler(ConsoleHandler(terminal))
+    try:
+        logger.warning("warning: something to say")
+    finally:
+        logger.handlers.clear()
+        bar.close()
+    lines = [line.rsplit("\r", 1)[-1] for line in terminal.getvalue().split("\n")]
+    assert "warning: something to say" in lines, terminal.getvalue()

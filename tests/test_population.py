@@ -596,7 +596,7 @@ def test_a_workers_steps_reach_the_sweeps_bar_and_its_outcome_ends_the_reading()
     from gan.population import workers
 
     theirs, ours = multiprocessing.Pipe()
-    sent = workers.StepsSent(theirs, every=3600)
+    sent = workers.StepsSent(workers.WorkerPipe(theirs), every=3600)
     sent.add(6)
     assert not ours.poll()  # held back until its interval passed
     sent.add(3)
@@ -622,4 +622,30 @@ def test_a_workers_steps_reach_the_sweeps_bar_and_its_outcome_ends_the_reading()
     assert worker.read(told.append).status == workers.KILLED
     to_nobody, gone = multiprocessing.Pipe()
     gone.close()  # the sweep's process is gone: nothing raised, its watchdog stops the job
-    workers.StepsSent(to_nobody, every=0).add(1)
+    workers.StepsSent(workers.WorkerPipe(to_nobody), every=0).add(1)
+
+
+def test_a_workers_console_lines_reach_the_sweeps_terminal_whole_and_above_its_bar(capsys):
+    import multiprocessing
+
+    from gan.population import workers
+
+    theirs, ours = multiprocessing.Pipe()
+    pipe = workers.WorkerPipe(theirs)
+    out, err = workers.PipedStream(pipe, workers.STDOUT), workers.PipedStream(pipe, workers.STDERR)
+    out.write("population of 2 (mlp on cpu)\ndone ")
+    err.write("warning: a member diverged\n")
+    assert ours.poll()  # whole lines at once; "done " waits for its end
+    out.write("s0")
+    out.finish()  # the last line goes, even without its end
+    worker = workers.Worker.__new__(workers.Worker)  # its reading only, no process spawned
+    worker.conn, worker.process = ours, SimpleNamespace(is_alive=lambda: True)
+    assert worker.read(lambda count: None) is None
+    printed = capsys.readouterr()
+    assert printed.out == "population of 2 (mlp on cpu)\ndone s0\n"
+    assert printed.err == "warning: a member diverged\n"
+    out.write("after its Outcome\n")  # finished: to the worker's own stream, not the pipe
+    assert not ours.poll()
+    ours.close()
+    err.write("the sweep is gone\n")  # best-effort: its own stream, nothing raised
+    assert not err.pending

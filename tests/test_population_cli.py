@@ -30,7 +30,10 @@ QUICK = [
 RUN_FILES = ("init_report.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "train.log")
 
 
-def train(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+def train(
+    *args: str, fault: str | None = None, merged: bool = False
+) -> subprocess.CompletedProcess:
+    """``python train.py *args``; ``merged``: stderr into stdout, as a terminal shows both."""
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("GAN_FAULT", None)
     if fault:
@@ -38,7 +41,8 @@ def train(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "train.py", *args, *QUICK, f"data_dir={conftest.DATA_DIR}"],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
         text=True,
         timeout=300,
         stdin=subprocess.DEVNULL,
@@ -46,8 +50,8 @@ def train(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def population(sweep: Path, *jobs: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    return train("-m", "hydra/launcher=population", *jobs, f"hydra.sweep.dir={sweep}", fault=fault)
+def population(sweep: Path, *jobs: str, **how) -> subprocess.CompletedProcess:
+    return train("-m", "hydra/launcher=population", *jobs, f"hydra.sweep.dir={sweep}", **how)
 
 
 def summaries(sweep: Path) -> dict[str, dict]:
@@ -154,11 +158,13 @@ def test_sigterm_checkpoints_every_member_and_each_resumes_alone_or_together(fou
 def test_populations_in_worker_processes_train_each_member_as_one_process_does(four, tmp_path):
     one_dir, one = four
     assert one.returncode == 0, one.stderr
-    two = population(tmp_path / "two", *FOUR, "hydra.launcher.n_jobs=2")
-    assert two.returncode == 0, two.stderr
+    two = population(tmp_path / "two", *FOUR, "hydra.launcher.n_jobs=2", merged=True)
+    assert two.returncode == 0, two.stdout
     assert "4 enrolled in 2 population(s), 2 at a time" in two.stdout
-    assert two.stdout.count("population of 2 (mlp on cpu)") == 2
-    assert "| 160/160 [" in two.stderr  # one bar for the workers: 4 members × 40 steps
+    assert "| 160/160 [" in two.stdout  # one bar for the workers: 4 members × 40 steps
+    # The workers' lines, printed by the sweep's process above its bar: each on its own line.
+    lines = [line.rsplit("\r", 1)[-1] for line in two.stdout.splitlines()]
+    assert sum(line.startswith("population of 2 (mlp on cpu)") for line in lines) == 2, lines
     ones, twos = summaries(one_dir), summaries(tmp_path / "two")
     assert ones.keys() == twos.keys()
     for name, summary in twos.items():

@@ -10,10 +10,13 @@ is stopping (``<sweep dir>/.stop``, read by ``gan.sweeps.watch_sweep``).
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import pickle
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from hydra.core.utils import configure_log
 from omegaconf import DictConfig
 
 from gan import signals, sweeps
-from gan.console import progress_bar
+from gan.console import progress_bar, write_above_bars
 from gan.population.enrollment import Enrolled
 from gan.population.run import PopulationPreempted, run_population, start_step
 from gan.record import NOT_STARTED, Status
@@ -86,13 +89,18 @@ class Setup:
 
 
 def _worker(conn, setup: Setup) -> None:
-    """A worker process: one population in, its Outcome out."""
+    """A worker process: one population in, its Outcome out; its console lines and trained
+    steps go to the sweep's process meanwhile."""
     early: dict[str, int | None] = {"signal": None}
 
     def remember(signum, frame) -> None:  # before training starts: stop without starting
         early["signal"] = signum
 
     previous = {s: signal.signal(s, remember) for s in (signal.SIGINT, signal.SIGTERM)}
+    pipe = WorkerPipe(conn)
+    # Before the handlers are made: they write to sys.stdout / sys.stderr as they are now.
+    streams = PipedStream(pipe, STDOUT), PipedStream(pipe, STDERR)
+    sys.stdout, sys.stderr = streams
     configure_log(setup.job_logging, setup.verbose)
     group = pickle.loads(conn.recv_bytes())
     sweeps.watch_sweep(setup.sweep_dir)
@@ -103,11 +111,92 @@ def _worker(conn, setup: Setup) -> None:
         outcome = Outcome(NOT_STARTED, signum=early["signal"])
     else:
         # Several bars on one terminal would garble: the sweep's process draws one for all.
-        steps = StepsSent(conn)
+        steps = StepsSent(pipe)
         with sweeps.job_in_progress():
             outcome = train(group, progress=False, on_steps=steps.add)
         steps.send()
-    conn.send_bytes(_pickled(outcome))
+    for stream in streams:
+        stream.finish()
+    pipe.send_bytes(_pickled(outcome))
+
+
+class WorkerPipe:
+    """A worker's end of its pipe, shared by its threads: each message is sent whole."""
+
+    def __init__(self, conn):
+        self.conn, self.lock = conn, threading.Lock()
+
+    def send_bytes(self, message: bytes) -> None:
+        with self.lock:
+            self.conn.send_bytes(message)
+
+    def send(self, message: Steps | Text) -> bool:
+        """Best-effort: False if the sweep's process is gone (its watchdog stops the job)."""
+        try:
+            self.send_bytes(pickle.dumps(message))
+        except OSError:
+            return False
+        return True
+
+
+STDOUT, STDERR = "stdout", "stderr"
+
+
+@dataclass(frozen=True)
+class Text:
+    """Whole lines a worker wrote to its stdout or stderr, for the sweep's process to print
+    above its bar (a worker's own line would land after the bar's text)."""
+
+    stream: str  # STDOUT | STDERR
+    text: str
+
+
+class PipedStream(io.TextIOBase):
+    """A worker's sys.stdout or sys.stderr: whole lines go through its pipe, the rest of a line
+    waits for its end. Once finished (its Outcome follows), or where the pipe is gone, lines go
+    to the process's own stream."""
+
+    def __init__(self, pipe: WorkerPipe, name: str):
+        super().__init__()
+        self.pipe: WorkerPipe | None = pipe
+        self.name = name
+        self.own = sys.__stdout__ if name == STDOUT else sys.__stderr__
+        self.pending, self.lock = "", threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            head, newline, self.pending = (self.pending + text).rpartition("\n")
+        if newline:
+            self._send(head + newline)
+        return len(text)
+
+    def finish(self) -> None:
+        """Sends the last line, even without its end; later lines go to the own stream."""
+        with self.lock:
+            rest, self.pending = self.pending, ""
+        if rest:
+            self._send(rest + "\n")
+        self.pipe = None
+
+    def _send(self, lines: str) -> None:
+        pipe = self.pipe
+        if pipe is not None and pipe.send(Text(self.name, lines)):
+            return
+        if self.own is not None:
+            self.own.write(lines)
+            self.own.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.own, "encoding", None) or "utf-8"
+
+    def fileno(self) -> int:  # for code that writes the descriptor itself (not piped)
+        if self.own is None:
+            raise io.UnsupportedOperation("fileno")
+        return self.own.fileno()
 
 
 @dataclass(frozen=True)
@@ -121,8 +210,8 @@ class StepsSent:
     """A worker's trained member-steps, sent to the sweep's process at most every ``every``
     seconds (small messages: the pipe fills only if the sweep stops reading for minutes)."""
 
-    def __init__(self, conn, every: float = 0.5):
-        self.conn, self.every = conn, every
+    def __init__(self, pipe: WorkerPipe, every: float = 0.5):
+        self.pipe, self.every = pipe, every
         self.pending, self.sent_at = 0, time.monotonic()
 
     def add(self, member_steps: int) -> None:
@@ -133,10 +222,7 @@ class StepsSent:
     def send(self) -> None:
         if not self.pending:
             return
-        try:
-            self.conn.send_bytes(pickle.dumps(Steps(self.pending)))
-        except OSError:  # the sweep's process is gone: its watchdog stops this job, not this
-            pass
+        self.pipe.send(Steps(self.pending))
         self.pending, self.sent_at = 0, time.monotonic()
 
 
@@ -162,8 +248,8 @@ class Worker:
         self.conn.send_bytes(pickle.dumps(list(group)))
 
     def read(self, on_steps: Callable[[int], None]) -> Outcome | None:
-        """What it sent: its steps (to ``on_steps``), then its Outcome; KILLED if it exited
-        without one; None while it trains."""
+        """What it sent: its steps (to ``on_steps``) and console lines (printed above the
+        bars), then its Outcome; KILLED if it exited without one; None while it trains."""
         # Alive or not before reading: a process already gone has sent all it ever will, while
         # one that exits during the reading may have sent its Outcome after the last poll.
         alive = self.process.is_alive()
@@ -172,7 +258,11 @@ class Worker:
                 message = pickle.loads(self.conn.recv_bytes())
                 if isinstance(message, Outcome):
                     return message
-                on_steps(message.count)
+                if isinstance(message, Text):
+                    own = sys.stdout if message.stream == STDOUT else sys.stderr
+                    write_above_bars(message.text, own)
+                else:
+                    on_steps(message.count)
         except (EOFError, OSError):
             pass
         if alive:
