@@ -23,13 +23,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from gan import checkpoint, console, files, record, sweeps
+from gan import checkpoint, console, faults, files, record, sweeps
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
 from gan.record import Status
 from gan.run import run
-from gan.signals import Interrupted, Preempted, take_late_signal
+from gan.signals import Interrupted, Preempted, take_late_signal, take_signal_outside_runs
 
 log = logging.getLogger("train")
 
@@ -165,6 +165,11 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
     whole sweep (``gan.sweeps``), and a job an earlier launch of the sweep finished is kept, one
     it stopped resumes from its checkpoint."""
     sweep_dir = Path(hydra_cfg.sweep.dir)
+    faults.point("sweep_job")
+    between = take_signal_outside_runs()  # to this worker since its last job: the sweep stops
+    if between is not None:
+        name = signal.Signals(between).name
+        sweeps.request_stop(sweep_dir, between, f"{name} to a worker (pid {os.getpid()})")
     why_not = sweeps.why_not_start(sweep_dir)
     if why_not:
         log.warning("not started: %s", why_not)

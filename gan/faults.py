@@ -12,6 +12,7 @@ import signal
 
 ENV = "GAN_FAULT"
 POINTS = (
+    "sweep_job",  # a sweep's job in its process, before its checks: outside any run
     "data_load",  # after the training split is loaded, before anything is written
     "wandb_init",  # after the logger (and W&B) started
     "evaluation",  # in the middle of an evaluation

@@ -1,5 +1,9 @@
 """SIGINT/SIGTERM during a run: the first asks for a checkpoint and a clean stop, a second stops
-at once. A sweep's watchdog asks the same from another thread (``request_stop``).
+at once. A sweep's watchdog asks the same from another thread (``request_stop``). In a sweep's
+worker process, one that comes outside any run is remembered for the next (``outside_runs``).
+
+Light to import (torch loads only with a message that names a checkpoint): a worker process
+installs its handlers here before anything heavy loads.
 """
 
 from __future__ import annotations
@@ -9,13 +13,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gan import checkpoint
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Preempted(Exception):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
 
     def __init__(self, signum: int, step: int, run_dir: str):
+        from gan import checkpoint
+
         super().__init__(
             f"{signal.Signals(signum).name} at step {step}: checkpoint written in {run_dir}; "
             f"continue with `{checkpoint.resume_command(run_dir)}`"
@@ -33,6 +39,8 @@ class Interrupted(BaseException):
 
     def explain(self, step: int, saved_step: int | None, run_dir) -> None:
         """Says where the run stopped and what can continue it."""
+        from gan import checkpoint
+
         if saved_step is None:
             then = "no checkpoint was written yet: run the same command again"
         else:
@@ -55,6 +63,9 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
         if threading.current_thread() is not threading.main_thread():
             yield asked
             return
+        came_before = take_signal_outside_runs()  # this worker's, as its run was starting
+        if came_before is not None:
+            asked["signal"] = asked["received"] = came_before
 
         def handler(signum, frame):
             # Only a second real signal interrupts: a watchdog's request (``request_stop``) may
@@ -65,7 +76,7 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
             asked["signal"] = signum
             asked["received"] = signum
 
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         try:
             yield asked
         finally:
@@ -74,6 +85,52 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
             _late["signal"] = asked.get("received")
     finally:
         _open_requests.remove(asked)
+
+
+# --------------------------------------------------------------------------------------------
+# A sweep's worker process, outside its runs
+# --------------------------------------------------------------------------------------------
+
+_outside: dict[str, int | None] = {"signal": None}
+
+
+def outside_runs() -> None:
+    """In a sweep's worker process (a joblib worker's initializer, a population worker): a
+    SIGINT/SIGTERM outside any run is remembered, not raised. Raised there (Python's default),
+    it would end the worker mid-import or between two jobs, and joblib would then kill the
+    other workers before their runs could checkpoint. The next run of this process stops at
+    its first step (``stop_on_signals``), or its job does not start (``gan.cli.sweep_job``).
+
+    Signals held back while the process started (``held``) arrive now."""
+
+    def remember(signum, frame) -> None:
+        _outside["signal"] = signum
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, remember)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def take_signal_outside_runs() -> int | None:
+    """The SIGINT/SIGTERM this worker received outside its runs since it was last asked, once."""
+    signum, _outside["signal"] = _outside["signal"], None
+    return signum
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Meanwhile SIGINT/SIGTERM wait in this thread, and a process started meanwhile begins
+    with them held back (until it calls ``outside_runs``): a worker is spawned this way, so
+    that no signal ends it while it imports."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 _late: dict[str, int | None] = {"signal": None}  # the last run's received signal, once it ended

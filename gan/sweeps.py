@@ -32,7 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan import console, files, record
+from gan import console, files, record, signals
 from gan.errors import EXIT_USER_ERROR, UserError
 from gan.record import Status
 from gan.sweep_plan import check_sweep, planned_jobs
@@ -142,8 +142,6 @@ def watch_sweep(sweep_dir: Path) -> None:
 
 
 def _watching(sweep_dir: Path) -> None:
-    from gan import signals  # imports checkpoint, and with it torch: only once a job runs
-
     while True:
         time.sleep(POLL_SECONDS)
         gone = orphaned()
@@ -327,7 +325,7 @@ class SweepSummary(Callback):
                     flush=True,
                 )
 
-        self.previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, stop) for s in signals.STOP_SIGNALS}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         for s, handler in self.previous.items():
@@ -363,11 +361,13 @@ class SweepSummary(Callback):
 
 
 def guard_joblib_launcher() -> None:
-    """Makes a broken worker pool of Hydra's joblib launcher stop the sweep instead of ending it
-    in a traceback before the summary: a worker killed (the OOM killer, ``kill -9``), or one that
-    a Ctrl-C reached while it was still reading its first job. joblib kills the other workers at
-    once, and the summary, report and exit status follow as for any stopped sweep. The plugin
-    has no hook for it, so its launch function is wrapped (in this process only)."""
+    """Makes Hydra's joblib launcher stop the sweep cleanly: its workers remember a SIGINT/SIGTERM
+    that comes outside their runs (``signals.outside_runs``, their initializer), and a broken
+    worker pool stops the sweep instead of ending it in a traceback before the summary: a worker
+    killed (the OOM killer, ``kill -9``), or one that a Ctrl-C reached as it started. joblib
+    kills the other workers at once, and the summary, report and exit status follow as for any
+    stopped sweep. The plugin has no hook for either, so its launch function is wrapped (in this
+    process only)."""
     try:
         from hydra_plugins.hydra_joblib_launcher import _core
         from joblib.externals.loky.process_executor import (
@@ -381,6 +381,7 @@ def guard_joblib_launcher() -> None:
         return
 
     def guarded(launcher: Any, job_overrides: Any, initial_job_idx: int) -> Any:
+        launcher.joblib.setdefault("initializer", signals.outside_runs)  # joblib.Parallel's
         try:
             return launch(launcher, job_overrides, initial_job_idx)
         except BrokenProcessPool as err:

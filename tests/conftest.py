@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,54 @@ def wandb_records(run_root: Path) -> list[dict]:
         timeout=60,
     ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+# --- processes a test started, as Linux's /proc sees them -------------------------------------
+
+
+def children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    gone = set()
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            gone.add(pid)
+    return pids - gone
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+def workers_importing_torch(pid: int, marker: str, count: int = 2) -> set[int]:
+    """Waits until ``count`` child processes of ``pid`` whose command line has ``marker`` are
+    loading torch (past the interpreter's own start: a signal there is beyond any handler);
+    returns them."""
+
+    def found() -> set[int]:
+        started = set()
+        for child in children(pid):
+            try:
+                ours = marker in Path(f"/proc/{child}/cmdline").read_text()
+                if ours and "libtorch" in Path(f"/proc/{child}/maps").read_text():
+                    started.add(child)
+            except OSError:
+                pass
+        return started
+
+    wait_for(lambda: len(found()) >= count)
+    return found()

@@ -277,7 +277,8 @@ def test_resuming_with_the_run_dir_as_hydra_run_dir(tmp_path):
 
 
 def test_the_cases_cover_every_point_with_sigterm():
-    assert {p for p, f in CASES if f == "SIGTERM"} == set(faults.POINTS)
+    in_sweeps = {"sweep_job"}  # a multirun's: tests/test_safety.py, signals on a joblib sweep
+    assert {p for p, f in CASES if f == "SIGTERM"} | in_sweeps == set(faults.POINTS)
 
 
 def test_points_lists_exactly_the_fault_points_in_the_code():

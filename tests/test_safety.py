@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import conftest
-from conftest import ROOT
-from gan import checkpoint, files
+from conftest import ROOT, alive, children, wait_for, workers_importing_torch
+from gan import checkpoint, faults, files
 from gan.errors import UserError
 
 QUICK = [
@@ -241,7 +241,8 @@ SWEEP = [
     "seed=0,1,2,3",
     "hydra/launcher=joblib",
     "hydra.launcher.n_jobs=2",
-    "trainer.steps=60",
+    # Long enough that a job still trains when a worker's watchdog (every 0.5 s) acts.
+    "trainer.steps=100",
     "trainer.log_every=5",
     "trainer.ckpt_every=10",
     "trainer.sample_every=100",
@@ -250,34 +251,6 @@ SWEEP = [
     "trainer.threads=1",
     "logger.mode=disabled",
 ]
-
-
-def children(pid: int) -> set[int]:
-    """The live child processes of ``pid`` (Linux /proc)."""
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found |= {int(c) for c in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return found
-
-
-def alive(pids: set[int]) -> set[int]:
-    gone = set()
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            gone.add(pid)
-    return pids - gone
-
-
-def wait_for(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.1)
 
 
 def start_sweep(sweep: Path) -> subprocess.Popen:
@@ -390,6 +363,38 @@ def test_a_signal_stops_a_joblib_sweep_cleanly_and_the_rerun_completes_it(tmp_pa
 
 
 @pytest.mark.slow
+def test_a_signal_to_a_joblib_worker_between_its_jobs_stops_the_sweep_cleanly(tmp_path):
+    # A short and a long job side by side: the worker of the short one gets SIGINT as its
+    # next job starts, outside any run. Raised there, it would make joblib kill the worker
+    # training the long job (no checkpoint of its last steps) and end the sweep in a traceback.
+    sweep = tmp_path / "sweep"
+    common = [a for a in SWEEP if not a.startswith(("seed=", "trainer.steps="))]
+    jobs = ["seed=0,1", "trainer.steps=20,600", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *common, *jobs, f"data_dir={conftest.DATA_DIR}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "WANDB_MODE": "disabled", faults.ENV: "sweep_job:SIGINT@2"},
+    )
+    try:
+        workers = workers_importing_torch(proc.pid, "loky")
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err[-3000:]
+    assert "stopped (SIGINT to a worker" in err and "To complete exactly those" in err, err
+    # The short job finished; the long one checkpointed and stopped; no other job started.
+    assert job_statuses(sweep) == {"0": "finished", "1": "preempted"}, job_statuses(sweep)
+    checkpoint.load(next(sweep.glob("1_*")))
+    assert not list(sweep.glob("*/.claim"))
+    wait_for(lambda: not alive(workers), timeout=30)
+
+
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_sweep_with_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
     proc = start_sweep(sweep)
@@ -459,6 +464,34 @@ def test_a_watchdogs_request_before_the_same_ctrl_c_is_not_a_second_signal():
             wait_for(lambda: False, timeout=10)
 
 
+def test_a_signal_outside_a_workers_runs_is_kept_for_its_next_run():
+    # A sweep's worker (joblib's initializer, a population worker) must not die of a Ctrl-C
+    # that reaches it while it imports or between two jobs: its next run stops at once.
+    from gan import signals
+
+    before = {s: signal.getsignal(s) for s in signals.STOP_SIGNALS}
+    try:
+        signals.outside_runs()
+        os.kill(os.getpid(), signal.SIGTERM)  # the default would end this process
+        wait_for(lambda: signals._outside["signal"] is not None, timeout=10)
+        with signals.stop_on_signals() as asked:
+            assert asked["signal"] == signal.SIGTERM  # the run checkpoints at its first step
+        assert signals.take_signal_outside_runs() is None  # taken once
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_a_process_started_while_signals_are_held_begins_with_them_held():
+    from gan import signals
+
+    probe = "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
+    with signals.held():
+        inside = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    after = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (inside.stdout.strip(), after.stdout.strip()) == ("True", "False")
+
+
 @pytest.mark.parametrize("stopping", [False, True], ids=["alone", "after-a-signal"])
 def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, stopping):
     # A worker that a Ctrl-C reached while it unpickled its first job breaks loky's pool; the
@@ -468,7 +501,7 @@ def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, st
     from joblib.externals.loky.process_executor import BrokenProcessPool
     from omegaconf import OmegaConf
 
-    from gan import sweeps
+    from gan import signals, sweeps
 
     def broken(launcher, job_overrides, initial_job_idx):
         raise BrokenProcessPool("A task has failed to un-serialize.")
@@ -481,9 +514,11 @@ def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, st
             sweeps.request_stop(tmp_path, signal.SIGINT, "SIGINT to the sweep")
         launcher = type("Launcher", (), {})()
         launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+        launcher.joblib = {"n_jobs": 2}
         assert _core.launch(launcher, [], 0) == []
     finally:
         _core.launch = original
+    assert launcher.joblib["initializer"] is signals.outside_runs
     stop = sweeps.stop_request(tmp_path)
     if stopping:
         assert stop == {**stop, "signal": signal.SIGINT, "why": "SIGINT to the sweep"}
@@ -824,12 +859,12 @@ def test_networks_too_large_for_memory_are_refused_before_any_allocation(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "command,delay",
+    "command,delay",  # after torch began to load: the interpreter's own start is behind it
     [
-        ([str(ROOT / "train.py")], 0.2),
-        ([str(ROOT / "train.py")], 0.6),
-        ([str(ROOT / "train.py")], 1.0),
-        (["-m", "gan"], 0.3),  # the gan-train entry point's module
+        ([str(ROOT / "train.py")], 0.0),
+        ([str(ROOT / "train.py")], 0.4),
+        ([str(ROOT / "train.py")], 0.8),
+        (["-m", "gan"], 0.1),  # the gan-train entry point's module
     ],
 )
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, command, delay):
@@ -842,6 +877,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, command, delay):
         text=True,
         stdin=subprocess.DEVNULL,
     )
+    wait_for(lambda: "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text())
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -121,6 +121,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_then_resume_finishes(tmp_path):
             "train.py",
             "init=he_xavier",
             "trainer.steps=100000",
+            "trainer.threads=1",
             *FAST,
             f"data_dir={conftest.DATA_DIR}",
             f"hydra.run.dir={out}",
@@ -133,9 +134,10 @@ def test_sigterm_writes_a_checkpoint_and_exits_then_resume_finishes(tmp_path):
         stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (
+    while not (
         (out / "metrics.jsonl").is_file() and "train/" in (out / "metrics.jsonl").read_text()
     ):
+        assert time.monotonic() < deadline and proc.poll() is None, "the run never trained"
         time.sleep(0.2)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)

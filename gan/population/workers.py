@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -90,13 +91,9 @@ class Setup:
 
 def _worker(conn, setup: Setup) -> None:
     """A worker process: one population in, its Outcome out; its console lines and trained
-    steps go to the sweep's process meanwhile."""
-    early: dict[str, int | None] = {"signal": None}
-
-    def remember(signum, frame) -> None:  # before training starts: stop without starting
-        early["signal"] = signum
-
-    previous = {s: signal.signal(s, remember) for s in (signal.SIGINT, signal.SIGTERM)}
+    steps go to the sweep's process meanwhile. A signal before its population's run started
+    stops it without starting (one during the run checkpoints every member)."""
+    signals.outside_runs()  # held back since the spawn (Worker): they arrive now
     pipe = WorkerPipe(conn)
     # Before the handlers are made: they write to sys.stdout / sys.stderr as they are now.
     streams = PipedStream(pipe, STDOUT), PipedStream(pipe, STDERR)
@@ -105,10 +102,9 @@ def _worker(conn, setup: Setup) -> None:
     group = pickle.loads(conn.recv_bytes())
     sweeps.watch_sweep(setup.sweep_dir)
     why_not = sweeps.why_not_start(setup.sweep_dir)
-    for s, handler in previous.items():
-        signal.signal(s, handler)
-    if why_not or early["signal"] is not None:
-        outcome = Outcome(NOT_STARTED, signum=early["signal"])
+    early = signals.take_signal_outside_runs()
+    if why_not or early is not None:
+        outcome = Outcome(NOT_STARTED, signum=early)
     else:
         # Several bars on one terminal would garble: the sweep's process draws one for all.
         steps = StepsSent(pipe)
@@ -243,7 +239,11 @@ class Worker:
         self.group = group
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker, args=(child, setup), name="population")
-        self.process.start()
+        # Started first: starting it unblocks SIGINT/SIGTERM in this thread (multiprocessing's
+        # own guard for it), which would undo the hold below.
+        resource_tracker.ensure_running()
+        with signals.held():  # until the worker can take them: not while it imports
+            self.process.start()
         child.close()
         self.conn.send_bytes(pickle.dumps(list(group)))
 
