@@ -186,7 +186,8 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
             if earlier and (out_dir / record.CHECKPOINT_FILE).is_file():
                 run_cfg = dataclasses.replace(run_cfg, resume=True)  # stopped or killed before
             summary = run(run_cfg)
-        late = take_late_signal()  # came after the last step: the job is done, the sweep stops
+        # Came after the last step (or after the run): the job is done, the sweep stops.
+        late = take_late_signal() or take_signal_outside_runs()
         if late is not None:
             name = signal.Signals(late).name
             sweeps.request_stop(sweep_dir, late, f"{name} in job {out_dir.name}, at its end")

@@ -63,9 +63,6 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
         if threading.current_thread() is not threading.main_thread():
             yield asked
             return
-        came_before = take_signal_outside_runs()  # this worker's, as its run was starting
-        if came_before is not None:
-            asked["signal"] = asked["received"] = came_before
 
         def handler(signum, frame):
             # Only a second real signal interrupts: a watchdog's request (``request_stop``) may
@@ -77,6 +74,9 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
             asked["received"] = signum
 
         previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        came_before = take_signal_outside_runs()  # this worker's, as its run was starting
+        if came_before is not None and asked.get("received") is None:
+            asked["signal"] = asked["received"] = came_before
         try:
             yield asked
         finally:

@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -385,14 +386,17 @@ def guard_joblib_launcher() -> None:
         try:
             return launch(launcher, job_overrides, initial_job_idx)
         except BrokenProcessPool as err:
+            sweep_dir = Path(launcher.config.hydra.sweep.dir)
+            killed = isinstance(err, TerminatedWorkerError)
+            if not killed and stop_request(sweep_dir) is None:  # no signal's doing: say what
+                print("".join(traceback.format_exception(err)), file=sys.stderr, flush=True)
             why = str(err).splitlines()[0] if str(err) else type(err).__name__
-            what = "was killed" if isinstance(err, TerminatedWorkerError) else "broke"
             # A signal to the sweep wrote its own reason first, and that one stands.
             request_stop(
-                Path(launcher.config.hydra.sweep.dir),
+                sweep_dir,
                 None,
-                f"a worker process {what} ({why.rstrip('.')}); joblib then killed the other "
-                "workers at once",
+                f"a worker process {'was killed' if killed else 'broke'} ({why.rstrip('.')}); "
+                "joblib then killed the other workers at once",
             )
             return []
 

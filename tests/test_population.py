@@ -11,6 +11,7 @@ most) within DIAG_REL.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import signal
 from types import SimpleNamespace
@@ -644,8 +645,34 @@ def test_a_workers_console_lines_reach_the_sweeps_terminal_whole_and_above_its_b
     printed = capsys.readouterr()
     assert printed.out == "population of 2 (mlp on cpu)\ndone s0\n"
     assert printed.err == "warning: a member diverged\n"
-    out.write("after its Outcome\n")  # finished: to the worker's own stream, not the pipe
-    assert not ours.poll()
+    out.own, err.own = io.StringIO(), io.StringIO()  # the worker's own streams
+    out.write("after its Outcome\n")  # finished: to its own stream, not the pipe
+    assert not ours.poll() and out.own.getvalue() == "after its Outcome\n"
     ours.close()
     err.write("the sweep is gone\n")  # best-effort: its own stream, nothing raised
-    assert not err.pending
+    assert err.own.getvalue() == "the sweep is gone\n"
+
+
+def test_a_worker_is_read_to_its_outcome_when_the_terminal_is_gone_or_its_message_cut(monkeypatch):
+    import multiprocessing
+
+    from gan.population import workers
+
+    def gone(text, stream):
+        raise BrokenPipeError("the terminal's pipe is closed")
+
+    monkeypatch.setattr(workers, "write_above_bars", gone)
+    theirs, ours = multiprocessing.Pipe()
+    pipe = workers.WorkerPipe(theirs)
+    pipe.send(workers.Text(workers.STDOUT, "a line nobody sees\n"))
+    pipe.send_bytes(workers._pickled(workers.Outcome(workers.FINISHED, [{"status": "x"}])))
+    worker = workers.Worker.__new__(workers.Worker)  # its reading only, no process spawned
+    worker.conn, worker.process = ours, SimpleNamespace(is_alive=lambda: False)
+    assert worker.read(lambda count: None).summaries == [{"status": "x"}]
+
+    theirs.send_bytes(b"not a pickle")  # a message cut short: the worker is stopped, not trusted
+    stopped = []
+    worker.process = SimpleNamespace(
+        is_alive=lambda: True, terminate=lambda: stopped.append(1), join=lambda: None, exitcode=-15
+    )
+    assert worker.read(lambda count: None).status == workers.KILLED and stopped == [1]

@@ -241,7 +241,7 @@ SWEEP = [
     "seed=0,1,2,3",
     "hydra/launcher=joblib",
     "hydra.launcher.n_jobs=2",
-    # Long enough that a job still trains when a worker's watchdog (every 0.5 s) acts.
+    # Long enough that a job still trains when a worker's watchdog acts (sweeps.POLL_SECONDS).
     "trainer.steps=100",
     "trainer.log_every=5",
     "trainer.ckpt_every=10",
@@ -364,9 +364,10 @@ def test_a_signal_stops_a_joblib_sweep_cleanly_and_the_rerun_completes_it(tmp_pa
 
 @pytest.mark.slow
 def test_a_signal_to_a_joblib_worker_between_its_jobs_stops_the_sweep_cleanly(tmp_path):
-    # A short and a long job side by side: the worker of the short one gets SIGINT as its
-    # next job starts, outside any run. Raised there, it would make joblib kill the worker
-    # training the long job (no checkpoint of its last steps) and end the sweep in a traceback.
+    # Jobs 0 and 1 start side by side, one short and one long (loky gives each idle worker the
+    # next job); the worker of the short one gets SIGTERM as its next job starts, outside any
+    # run. Not kept for later, it would end that worker: joblib would then kill the one training
+    # the long job (no checkpoint of its last steps) and end the sweep in a traceback.
     sweep = tmp_path / "sweep"
     common = [a for a in SWEEP if not a.startswith(("seed=", "trainer.steps="))]
     jobs = ["seed=0,1", "trainer.steps=20,600", f"hydra.sweep.dir={sweep}"]
@@ -378,15 +379,15 @@ def test_a_signal_to_a_joblib_worker_between_its_jobs_stops_the_sweep_cleanly(tm
         text=True,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, "WANDB_MODE": "disabled", faults.ENV: "sweep_job:SIGINT@2"},
+        env={**os.environ, "WANDB_MODE": "disabled", faults.ENV: "sweep_job:SIGTERM@2"},
     )
     try:
         workers = workers_importing_torch(proc.pid, "loky")
         out, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
-    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err[-3000:]
-    assert "stopped (SIGINT to a worker" in err and "To complete exactly those" in err, err
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    assert "stopped (SIGTERM to a worker" in err and "To complete exactly those" in err, err
     # The short job finished; the long one checkpointed and stopped; no other job started.
     assert job_statuses(sweep) == {"0": "finished", "1": "preempted"}, job_statuses(sweep)
     checkpoint.load(next(sweep.glob("1_*")))
@@ -480,6 +481,7 @@ def test_a_signal_outside_a_workers_runs_is_kept_for_its_next_run():
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+        signals.take_signal_outside_runs()  # none left for a later test's run
 
 
 def test_a_process_started_while_signals_are_held_begins_with_them_held():
@@ -492,8 +494,28 @@ def test_a_process_started_while_signals_are_held_begins_with_them_held():
     assert (inside.stdout.strip(), after.stdout.strip()) == ("True", "False")
 
 
+def test_joblibs_workers_start_with_the_handlers_that_keep_a_signal_for_their_next_run():
+    # What the guard hands Hydra's launcher (test below) reaches joblib.Parallel's workers.
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import get_reusable_executor
+
+    from gan import signals
+
+    def handler() -> str:
+        return signal.getsignal(signal.SIGTERM).__qualname__
+
+    try:
+        found = Parallel(n_jobs=2, backend="loky", initializer=signals.outside_runs)(
+            delayed(handler)() for _ in range(4)
+        )
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+    assert set(found) == {"outside_runs.<locals>.remember"}
+
+
 @pytest.mark.parametrize("stopping", [False, True], ids=["alone", "after-a-signal"])
-def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, stopping):
+def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, stopping, capsys):
     # A worker that a Ctrl-C reached while it unpickled its first job breaks loky's pool; the
     # sweep then ends with its summary (the signal's reason), not joblib's traceback.
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
@@ -520,10 +542,13 @@ def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, st
         _core.launch = original
     assert launcher.joblib["initializer"] is signals.outside_runs
     stop = sweeps.stop_request(tmp_path)
+    shown = capsys.readouterr().err
     if stopping:
         assert stop == {**stop, "signal": signal.SIGINT, "why": "SIGINT to the sweep"}
-    else:
+        assert shown == ""  # the signal's doing
+    else:  # no signal's doing (a worker that cannot import, say): its error is shown whole
         assert stop["signal"] is None and "a worker process broke" in stop["why"], stop
+        assert "BrokenProcessPool: A task has failed to un-serialize" in shown, shown
 
 
 # --- 4. a refused or failed process changes nothing it does not own ----------------------------

@@ -111,9 +111,15 @@ def _worker(conn, setup: Setup) -> None:
         with sweeps.job_in_progress():
             outcome = train(group, progress=False, on_steps=steps.add)
         steps.send()
+    late = signals.take_signal_outside_runs()  # after its run: the sweep stops all the same
+    if outcome.status == FINISHED and outcome.signum is None and late is not None:
+        outcome.signum = late
     for stream in streams:
         stream.finish()
-    pipe.send_bytes(_pickled(outcome))
+    try:
+        pipe.send_bytes(_pickled(outcome))
+    except OSError:  # the sweep's process is gone, or stopped reading: it settles the members
+        pass
 
 
 class WorkerPipe:
@@ -259,12 +265,14 @@ class Worker:
                 if isinstance(message, Outcome):
                     return message
                 if isinstance(message, Text):
-                    own = sys.stdout if message.stream == STDOUT else sys.stderr
-                    write_above_bars(message.text, own)
+                    _print(message)
                 else:
                     on_steps(message.count)
         except (EOFError, OSError):
             pass
+        except pickle.UnpicklingError:  # a message cut short: nothing after it can be read
+            self.process.terminate()  # its members checkpoint, as on a signal
+            alive = False
         if alive:
             return None
         self.process.join()
@@ -273,8 +281,19 @@ class Worker:
         return Outcome(KILLED, error=RuntimeError(f"its worker process ended {how}"))
 
     def close(self) -> None:
-        self.process.join()
+        # Closed before the wait: a worker stopped while it still writes must not block on a
+        # full pipe that nobody reads (its lines then go to its own stream).
         self.conn.close()
+        self.process.join()
+
+
+def _print(text: Text) -> None:
+    """A worker's lines, above the sweep's bar; a terminal that is gone (a closed pipe to
+    ``head``) loses them but stops nothing."""
+    try:
+        write_above_bars(text.text, sys.stdout if text.stream == STDOUT else sys.stderr)
+    except OSError:
+        pass
 
 
 def run_parallel(
