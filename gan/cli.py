@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from gan import checkpoint, console, faults, files, record, sweeps
+from gan import checkpoint, console, faults, files, record, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
@@ -241,6 +241,7 @@ class RunDirCheck(Callback):
 def cli() -> None:
     """`gan-train` and `python train.py`: Hydra's main, and a single line for Ctrl-C before
     the run's own signal handling starts."""
+    tracking.own_wandb_service()
     try:
         main()
     except KeyboardInterrupt:  # before the run's own signal handling (imports, composition)

@@ -46,6 +46,17 @@ METRIC_DEFINITIONS = (
 )
 
 
+WANDB_SERVICE_ENV = "WANDB_SERVICE"  # W&B's: its service process, which child processes share
+
+
+def own_wandb_service() -> None:
+    """A training command starts its own W&B service: one inherited from the process that
+    started it (a notebook that used W&B, a test runner) may still hold a killed job's run,
+    and would refuse that run's resume as "in use". The command's own workers then share the
+    service this process starts, as W&B intends."""
+    os.environ.pop(WANDB_SERVICE_ENV, None)
+
+
 def has_wandb_credentials() -> bool:
     """True when W&B could log in without asking: WANDB_API_KEY or a netrc entry for its host."""
     if os.environ.get("WANDB_API_KEY"):

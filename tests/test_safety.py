@@ -253,10 +253,11 @@ SWEEP = [
 ]
 
 
-def start_sweep(sweep: Path) -> subprocess.Popen:
-    """The sweep in its own session (a process group, as a terminal or SLURM gives it)."""
+def start_sweep(sweep: Path, args: list[str] = SWEEP, fault: str = "") -> subprocess.Popen:
+    """The sweep in its own session (a process group, as a terminal or SLURM gives it), with
+    ``GAN_FAULT=fault`` if given."""
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *SWEEP, f"hydra.sweep.dir={sweep}"]
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={sweep}"]
         + [f"data_dir={conftest.DATA_DIR}"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -264,7 +265,7 @@ def start_sweep(sweep: Path) -> subprocess.Popen:
         text=True,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, "WANDB_MODE": "disabled"},
+        env={**os.environ, "WANDB_MODE": "disabled", faults.ENV: fault},
     )
 
 
@@ -370,17 +371,8 @@ def test_a_signal_to_a_joblib_worker_between_its_jobs_stops_the_sweep_cleanly(tm
     # the long job (no checkpoint of its last steps) and end the sweep in a traceback.
     sweep = tmp_path / "sweep"
     common = [a for a in SWEEP if not a.startswith(("seed=", "trainer.steps="))]
-    jobs = ["seed=0,1", "trainer.steps=20,600", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *common, *jobs, f"data_dir={conftest.DATA_DIR}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "WANDB_MODE": "disabled", faults.ENV: "sweep_job:SIGTERM@2"},
-    )
+    jobs = [*common, "seed=0,1", "trainer.steps=20,600"]
+    proc = start_sweep(sweep, jobs, fault="sweep_job:SIGTERM@2")
     try:
         workers = workers_importing_torch(proc.pid, "loky")
         out, err = proc.communicate(timeout=180)

@@ -205,6 +205,9 @@ def test_each_job_of_a_multirun_records_its_own_overrides(tmp_path, monkeypatch)
     wandb_dir = tmp_path / "wandb"
     wandb_dir.mkdir()
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
+    # A W&B service inherited from the process that started the command (a notebook's, this
+    # test runner's) is not the command's: it starts its own (tracking.own_wandb_service).
+    monkeypatch.setenv(tracking.WANDB_SERVICE_ENV, "not-a-service")
     sweep = tmp_path / "sweep"
     train("-m", "init=default,he_xavier", *QUICK, f"hydra.sweep.dir={sweep}")
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
