@@ -52,8 +52,8 @@ WANDB_SERVICE_ENV = "WANDB_SERVICE"  # W&B's: its service process, which child p
 def own_wandb_service() -> None:
     """A training command starts its own W&B service: one inherited from the process that
     started it (a notebook that used W&B, a test runner) may still hold a killed job's run,
-    and would refuse that run's resume as "in use". The command's own workers then share the
-    service this process starts, as W&B intends."""
+    and would refuse that run's resume as "in use". Below the command, W&B's sharing stands: a
+    worker process uses the service its parent started, if any."""
     os.environ.pop(WANDB_SERVICE_ENV, None)
 
 
