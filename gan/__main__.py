@@ -1,18 +1,16 @@
-"""`gan-train` (and `python -m gan`): the training command, as `python train.py` in a checkout.
+"""`gan-train` (and `python -m gan`, and `python train.py` in a checkout): the training command.
 
-This module is light on purpose: torch and Hydra load inside ``main``, so a Ctrl-C during those
-seconds of imports is one line, not a traceback.
+This module is light on purpose (``gan.errors`` and the standard library only): torch and Hydra
+load inside ``main``, and a Ctrl-C during those seconds of imports is one line once they end, not
+a traceback or an abort inside torch's import.
 """
 
-import sys
+from gan.errors import kept_during_imports
 
 
 def main() -> None:
-    try:
+    with kept_during_imports():
         from gan.cli import cli
-    except KeyboardInterrupt:
-        print("interrupted during start-up: nothing was trained", file=sys.stderr)
-        sys.exit(130)
     cli()
 
 

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gan import checkpoint, console, faults, files, record, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
-from gan.errors import UserError, exits_on_user_error, report_user_error
+from gan.errors import START_UP_INTERRUPTED, UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
 from gan.record import Status
 from gan.run import run
@@ -245,5 +245,5 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:  # before the run's own signal handling (imports, composition)
-        print("interrupted during start-up: nothing was trained", file=sys.stderr)
+        print(START_UP_INTERRUPTED, file=sys.stderr)
         sys.exit(130)

@@ -874,6 +874,21 @@ def test_networks_too_large_for_memory_are_refused_before_any_allocation(tmp_pat
     assert not any(tmp_path.iterdir())
 
 
+def test_a_ctrl_c_during_the_start_up_imports_waits_for_them_then_is_one_line(capsys):
+    # Raised inside torch's import (its C++ calling back into Python) it would abort the process.
+    from gan.errors import START_UP_INTERRUPTED, kept_during_imports
+
+    before = signal.getsignal(signal.SIGINT)
+    imported = []
+    with pytest.raises(SystemExit) as stopped, kept_during_imports():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler runs here: no KeyboardInterrupt in the middle
+        imported.append(True)
+    assert imported and stopped.value.code == 130
+    assert capsys.readouterr().err == START_UP_INTERRUPTED + "\n"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command,delay",  # after torch began to load: the interpreter's own start is behind it
