@@ -25,11 +25,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gan import checkpoint, console, faults, files, record, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
-from gan.errors import START_UP_INTERRUPTED, UserError, exits_on_user_error, report_user_error
+from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
 from gan.record import Status
 from gan.run import run
-from gan.signals import Interrupted, Preempted, take_late_signal, take_signal_outside_runs
+from gan.signals import (
+    START_UP_INTERRUPTED,
+    Interrupted,
+    Preempted,
+    take_late_signal,
+    take_signal_outside_runs,
+)
 
 log = logging.getLogger("train")
 

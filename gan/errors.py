@@ -1,14 +1,11 @@
-"""The one exception type for bad input, and the one way an entry point reports it; and what a
-command says when it is stopped while it starts."""
+"""The one exception type for bad input, and the one way an entry point reports it."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 log = logging.getLogger("gan")
@@ -50,27 +47,3 @@ def exits_on_user_error(main: F) -> F:
             raise SystemExit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-START_UP_INTERRUPTED = "interrupted during start-up: nothing was trained"
-
-
-@contextmanager
-def kept_during_imports() -> Iterator[None]:
-    """A SIGINT/SIGTERM while torch and Hydra load waits for the imports to end, then stops the
-    command with one line (exit 128 + signal). Raised inside torch's import, where its C++ code
-    calls back into Python, a KeyboardInterrupt aborts the process ("terminate called ...")."""
-    came: list[int] = []
-
-    def keep(signum, frame) -> None:
-        came.append(signum)
-
-    previous = {s: signal.signal(s, keep) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if came:
-        print(START_UP_INTERRUPTED, file=sys.stderr)
-        raise SystemExit(128 + came[0])

@@ -2,18 +2,43 @@
 at once. A sweep's watchdog asks the same from another thread (``request_stop``). In a sweep's
 worker process, one that comes outside any run is remembered for the next (``outside_runs``).
 
-Light to import (torch loads only with a message that names a checkpoint): a worker process
-installs its handlers here before anything heavy loads.
+Light to import (torch loads only with a message that names a checkpoint): a command's start
+(``kept_during_imports``) and a worker process install their handlers here before anything heavy
+loads.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+START_UP_INTERRUPTED = "interrupted during start-up: nothing was trained"
+
+
+@contextmanager
+def kept_during_imports() -> Iterator[None]:
+    """A command's first imports: a SIGINT/SIGTERM while torch and Hydra load waits for them to
+    end, then stops the command with one line (exit 128 + signal). Raised inside torch's import,
+    where its C++ code calls back into Python, a KeyboardInterrupt aborts the process
+    ("terminate called ...")."""
+    came: list[int] = []
+
+    def keep(signum, frame) -> None:
+        came.append(signum)
+
+    previous = {s: signal.signal(s, keep) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if came:
+        print(START_UP_INTERRUPTED, file=sys.stderr)
+        raise SystemExit(128 + came[0])
 
 
 class Preempted(Exception):

@@ -876,7 +876,7 @@ def test_networks_too_large_for_memory_are_refused_before_any_allocation(tmp_pat
 
 def test_a_ctrl_c_during_the_start_up_imports_waits_for_them_then_is_one_line(capsys):
     # Raised inside torch's import (its C++ calling back into Python) it would abort the process.
-    from gan.errors import START_UP_INTERRUPTED, kept_during_imports
+    from gan.signals import START_UP_INTERRUPTED, kept_during_imports
 
     before = signal.getsignal(signal.SIGINT)
     imported = []
