@@ -104,12 +104,20 @@ def why_not_start(sweep_dir: Path) -> str | None:
     return f"the sweep is stopping ({stop['why']})" if stop else None
 
 
+def holds_only_hydra_files(job_dir: Path) -> bool:
+    """True for a job directory that holds only what Hydra writes before the job's function runs:
+    the job did not start (a worker ended as Hydra set it up, or it was told not to start)."""
+    job_dir = Path(job_dir)
+    return job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= {
+        record.HYDRA_DIR,
+        record.LOG_FILE,
+    }
+
+
 def discard_unstarted(job_dir: Path) -> None:
     """Removes the directory Hydra made for a job that did not start, if it holds nothing else
     (a job of an earlier launch keeps its results)."""
-    job_dir = Path(job_dir)
-    hydra_made = {record.HYDRA_DIR, record.LOG_FILE}
-    if job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= hydra_made:
+    if holds_only_hydra_files(job_dir):
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
@@ -169,16 +177,20 @@ def settle_killed_jobs(outcomes: list[JobOutcome], why: str) -> None:
     says ``failed`` with ``why``, their stale claim goes, and one killed before it wrote anything
     but Hydra's files is discarded (listed as not started)."""
     for o in outcomes:
+        if o.status == record.NOT_STARTED:
+            discard_unstarted(o.job_dir)
+            continue
         if o.status != Status.failed or not o.job_dir.is_dir():
             continue
         if (o.job_dir / files.CLAIM_FILE).exists() and not files.claim_is_stale(o.job_dir):
             continue  # a live process (another launch) holds it
         (o.job_dir / files.CLAIM_FILE).unlink(missing_ok=True)
         summary_file = record.Summary(o.job_dir)
+        discard_unstarted(o.job_dir)  # its stale claim was all it held besides Hydra's files
+        if not o.job_dir.is_dir():
+            continue
         if not summary_file.exists():
-            discard_unstarted(o.job_dir)
-            if o.job_dir.is_dir():
-                summary_file.write({"status": Status.failed, "error": why})
+            summary_file.write({"status": Status.failed, "error": why})
             continue
         try:
             summary = summary_file.load()
@@ -221,6 +233,8 @@ def job_outcomes(sweep_dir: Path, planned: list[str] | None = None) -> list[JobO
 
 def _status(job_dir: Path) -> tuple[str, str]:
     summary_file, name = record.Summary(job_dir), record.SUMMARY_FILE
+    if not summary_file.exists() and holds_only_hydra_files(job_dir):
+        return record.NOT_STARTED, ""
     if not summary_file.exists():
         return Status.failed, f"it ended before writing {name} (killed, or crashed at start-up)"
     try:

@@ -95,15 +95,47 @@ def test_the_sweep_summary_lists_every_job_that_did_not_finish(tmp_path):
 
     job("0_seed=0", {"status": "finished"})
     job("1_seed=1", {"status": "diverged", "diverged_step": 7})
-    job("2_seed=2", None)  # killed before writing anything
+    job("2_seed=2", None)  # killed before writing anything of its own
+    (tmp_path / "2_seed=2" / "init_report.json").write_text("{}")
     job("3_seed=3", {"status": "running"})  # killed while running
+    job("4_seed=4", None)  # Hydra's files only: its worker ended as Hydra set the job up
+    (tmp_path / "4_seed=4" / "train.log").write_text("")
     lines, failed = sweeps.summarize(sweeps.job_outcomes(tmp_path))
-    assert lines[0] == "sweep: 4 jobs: 1 finished, 1 diverged, 2 failed"
+    assert lines[0] == "sweep: 5 jobs: 1 finished, 1 diverged, 2 failed, 1 not started"
     assert lines[1] == "  diverged  1_seed=1 (seed=1): at step 7"
     assert lines[2].startswith("  failed    2_seed=2 (seed=2): it ended before writing")
     assert "killed while running" in lines[3] and failed
+    assert lines[4] == "  not started 4_seed=4 (seed=4)"
     lines, failed = sweeps.summarize(sweeps.job_outcomes(tmp_path)[:2])
     assert not failed  # divergence alone is a result, not a failed sweep
+
+
+def test_settling_a_stopped_sweep_discards_jobs_that_never_started(tmp_path):
+    def job(name: str, *extra: str) -> Path:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- seed={name[0]}\n")
+        for file in extra:
+            (tmp_path / name / file).write_text("")
+        return tmp_path / name
+
+    dead = {"pid": 2**22 + 1, "host": socket.gethostname()}  # above Linux's pid_max: not alive
+    hydra_only = job("0_seed=0", "train.log")
+    stale_claim = job("1_seed=1")
+    (stale_claim / files.CLAIM_FILE).write_text(json.dumps(dead))
+    killed = job("2_seed=2", "init_report.json")
+    running = job("3_seed=3")
+    (running / "summary.json").write_text(json.dumps({"status": "running", "step": 4}))
+    sweeps.settle_killed_jobs(sweeps.job_outcomes(tmp_path), "killed: SIGTERM")
+    assert not hydra_only.exists() and not stale_claim.exists()
+    assert json.loads((killed / "summary.json").read_text()) == {
+        "status": "failed",
+        "error": "killed: SIGTERM",
+    }
+    assert json.loads((running / "summary.json").read_text()) == {
+        "status": "failed",
+        "step": 4,
+        "error": "killed: SIGTERM",
+    }
 
 
 # --- 2. divergence with W&B on -----------------------------------------------------------
