@@ -218,7 +218,10 @@ def job_outcomes(sweep_dir: Path, planned: list[str] | None = None) -> list[JobO
         try:
             overrides = ",".join(OmegaConf.load(overrides_file))
         except Exception as err:  # noqa: BLE001 - a damaged file is one job's problem
-            outcomes.append(JobOutcome(job_dir, "?", Status.failed, f"overrides.yaml: {err}"))
+            if holds_only_hydra_files(job_dir):  # its worker ended as Hydra wrote it
+                outcomes.append(JobOutcome(job_dir, "?", record.NOT_STARTED, ""))
+            else:
+                outcomes.append(JobOutcome(job_dir, "?", Status.failed, f"overrides.yaml: {err}"))
             continue
         outcomes.append(JobOutcome(job_dir, overrides, *_status(job_dir)))
     seen = {_job_number(o.job_dir)[0] for o in outcomes}

@@ -100,12 +100,14 @@ def test_the_sweep_summary_lists_every_job_that_did_not_finish(tmp_path):
     job("3_seed=3", {"status": "running"})  # killed while running
     job("4_seed=4", None)  # Hydra's files only: its worker ended as Hydra set the job up
     (tmp_path / "4_seed=4" / "train.log").write_text("")
+    job("5_seed=5", None)  # ended as Hydra wrote its overrides
+    (tmp_path / "5_seed=5" / ".hydra" / "overrides.yaml").write_text("- 'seed=5")
     lines, failed = sweeps.summarize(sweeps.job_outcomes(tmp_path))
-    assert lines[0] == "sweep: 5 jobs: 1 finished, 1 diverged, 2 failed, 1 not started"
+    assert lines[0] == "sweep: 6 jobs: 1 finished, 1 diverged, 2 failed, 2 not started"
     assert lines[1] == "  diverged  1_seed=1 (seed=1): at step 7"
     assert lines[2].startswith("  failed    2_seed=2 (seed=2): it ended before writing")
     assert "killed while running" in lines[3] and failed
-    assert lines[4] == "  not started 4_seed=4 (seed=4)"
+    assert lines[4:] == ["  not started 4_seed=4 (seed=4)", "  not started 5_seed=5 (?)"]
     lines, failed = sweeps.summarize(sweeps.job_outcomes(tmp_path)[:2])
     assert not failed  # divergence alone is a result, not a failed sweep
 
