@@ -176,12 +176,12 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
     if between is not None:
         name = signal.Signals(between).name
         sweeps.request_stop(sweep_dir, between, f"{name} to a worker (pid {os.getpid()})")
+    sweeps.watch_sweep(sweep_dir)  # under a launcher that did not start it with the worker
     why_not = sweeps.why_not_start(sweep_dir)
     if why_not:
         log.warning("not started: %s", why_not)
         sweeps.discard_unstarted(out_dir)
         return None
-    sweeps.watch_sweep(sweep_dir)
     earlier = previous_summary(out_dir)
     if earlier.get("status") in record.FINAL:
         log.info("%s: kept, %s in an earlier launch of this sweep", out_dir, earlier["status"])

@@ -378,13 +378,21 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
 
+def joblib_worker_started(sweep_dir: str) -> None:
+    """A joblib worker's initializer: a SIGINT/SIGTERM outside its runs is kept for the next
+    (``signals.outside_runs``), and its watchdog runs from the start, so that a worker that has
+    not begun a job yet also ends with a sweep killed hard."""
+    signals.outside_runs()
+    watch_sweep(Path(sweep_dir))
+
+
 def guard_joblib_launcher() -> None:
     """Makes Hydra's joblib launcher stop the sweep cleanly: its workers remember a SIGINT/SIGTERM
-    that comes outside their runs (``signals.outside_runs``, their initializer), and a broken
-    worker pool stops the sweep instead of ending it in a traceback before the summary: a worker
-    killed (the OOM killer, ``kill -9``), or one that a Ctrl-C reached as it started. joblib
-    kills the other workers at once, and the summary, report and exit status follow as for any
-    stopped sweep. The plugin has no hook for either, so its launch function is wrapped (in this
+    that comes outside their runs and watch the sweep from the start (``joblib_worker_started``,
+    their initializer), and a broken worker pool stops the sweep instead of ending it in a
+    traceback before the summary: a worker killed (the OOM killer, ``kill -9``), or one that a
+    Ctrl-C reached as it started. joblib kills the other workers at once, and the summary, report
+    and exit status follow as for any stopped sweep. The plugin has no hook for either, so its launch function is wrapped (in this
     process only)."""
     try:
         from hydra_plugins.hydra_joblib_launcher import _core
@@ -399,7 +407,9 @@ def guard_joblib_launcher() -> None:
         return
 
     def guarded(launcher: Any, job_overrides: Any, initial_job_idx: int) -> Any:
-        launcher.joblib.setdefault("initializer", signals.outside_runs)  # joblib.Parallel's
+        if "initializer" not in launcher.joblib:  # joblib.Parallel's, passed on to its workers
+            launcher.joblib["initializer"] = joblib_worker_started
+            launcher.joblib["initargs"] = (str(launcher.config.hydra.sweep.dir),)
         try:
             return launch(launcher, job_overrides, initial_job_idx)
         except BrokenProcessPool as err:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -103,13 +102,16 @@ def children(pid: int) -> set[int]:
 
 
 def alive(pids: set[int]) -> set[int]:
-    gone = set()
+    """Those of ``pids`` still running (a zombie, ended but not yet reaped, is not)."""
+    running = set()
     for pid in pids:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            gone.add(pid)
-    return pids - gone
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            running.add(pid)
+    return running
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:

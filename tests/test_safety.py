@@ -410,9 +410,11 @@ def test_a_killed_worker_stops_the_sweep_with_a_summary(tmp_path):
 
 
 @pytest.mark.slow
-def test_workers_do_not_outlive_a_sweep_killed_hard(tmp_path):
+@pytest.mark.parametrize("seeds", ["0,1,2,3", "0"], ids=["busy-workers", "an-idle-worker"])
+def test_workers_do_not_outlive_a_sweep_killed_hard(tmp_path, seeds):
+    # With one job, loky's second worker never gets one: it must end all the same.
     sweep = tmp_path / "sweep"
-    proc = start_sweep(sweep)
+    proc = start_sweep(sweep, [f"seed={seeds}" if a.startswith("seed=") else a for a in SWEEP])
     try:
         training_job(sweep)
         workers = children(proc.pid)
@@ -490,24 +492,31 @@ def test_a_process_started_while_signals_are_held_begins_with_them_held():
     assert (inside.stdout.strip(), after.stdout.strip()) == ("True", "False")
 
 
-def test_joblibs_workers_start_with_the_handlers_that_keep_a_signal_for_their_next_run():
-    # What the guard hands Hydra's launcher (test below) reaches joblib.Parallel's workers.
+def test_joblibs_workers_start_with_their_handlers_and_their_watchdog(tmp_path, monkeypatch):
+    # What the guard hands Hydra's launcher (test below) reaches joblib.Parallel's workers: the
+    # handlers that keep a signal for their next run, and the thread that watches the sweep.
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    import threading
+
     from joblib import Parallel, delayed
     from joblib.externals.loky import get_reusable_executor
 
-    from gan import signals
+    monkeypatch.setenv(sweeps.SWEEP_PID, str(os.getpid()))  # this process plays the sweep
 
-    def handler() -> str:
-        return signal.getsignal(signal.SIGTERM).__qualname__
+    def started() -> tuple[str, bool]:
+        watching = any("_watching" in t.name for t in threading.enumerate())
+        return signal.getsignal(signal.SIGTERM).__qualname__, watching
 
     try:
-        found = Parallel(n_jobs=2, backend="loky", initializer=signals.outside_runs)(
-            delayed(handler)() for _ in range(4)
-        )
+        found = Parallel(
+            n_jobs=2,
+            backend="loky",
+            initializer=sweeps.joblib_worker_started,
+            initargs=(str(tmp_path),),
+        )(delayed(started)() for _ in range(4))
     finally:
         get_reusable_executor().shutdown(wait=True)
-    assert set(found) == {"outside_runs.<locals>.remember"}
+    assert set(found) == {("outside_runs.<locals>.remember", True)}
 
 
 @pytest.mark.parametrize("stopping", [False, True], ids=["alone", "after-a-signal"])
@@ -519,7 +528,7 @@ def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, st
     from joblib.externals.loky.process_executor import BrokenProcessPool
     from omegaconf import OmegaConf
 
-    from gan import signals, sweeps
+    from gan import sweeps
 
     def broken(launcher, job_overrides, initial_job_idx):
         raise BrokenProcessPool("A task has failed to un-serialize.")
@@ -536,7 +545,8 @@ def test_a_broken_joblib_pool_stops_the_sweep_with_the_first_reason(tmp_path, st
         assert _core.launch(launcher, [], 0) == []
     finally:
         _core.launch = original
-    assert launcher.joblib["initializer"] is signals.outside_runs
+    assert launcher.joblib["initializer"] is sweeps.joblib_worker_started
+    assert launcher.joblib["initargs"] == (str(tmp_path),)
     stop = sweeps.stop_request(tmp_path)
     shown = capsys.readouterr().err
     if stopping:

@@ -94,13 +94,13 @@ def _worker(conn, setup: Setup) -> None:
     steps go to the sweep's process meanwhile. A signal before its population's run started
     stops it without starting (one during the run checkpoints every member)."""
     signals.outside_runs()  # held back since the spawn (Worker): they arrive now
+    sweeps.watch_sweep(setup.sweep_dir)
     pipe = WorkerPipe(conn)
     # Before the handlers are made: they write to sys.stdout / sys.stderr as they are now.
     streams = PipedStream(pipe, STDOUT), PipedStream(pipe, STDERR)
     sys.stdout, sys.stderr = streams
     configure_log(setup.job_logging, setup.verbose)
     group = pickle.loads(conn.recv_bytes())
-    sweeps.watch_sweep(setup.sweep_dir)
     why_not = sweeps.why_not_start(setup.sweep_dir)
     early = signals.take_signal_outside_runs()
     if why_not or early is not None:
