@@ -392,8 +392,8 @@ def guard_joblib_launcher() -> None:
     their initializer), and a broken worker pool stops the sweep instead of ending it in a
     traceback before the summary: a worker killed (the OOM killer, ``kill -9``), or one that a
     Ctrl-C reached as it started. joblib kills the other workers at once, and the summary, report
-    and exit status follow as for any stopped sweep. The plugin has no hook for either, so its launch function is wrapped (in this
-    process only)."""
+    and exit status follow as for any stopped sweep. The plugin has no hook for either, so its
+    launch function is wrapped (in this process only)."""
     try:
         from hydra_plugins.hydra_joblib_launcher import _core
         from joblib.externals.loky.process_executor import (

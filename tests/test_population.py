@@ -316,6 +316,26 @@ def test_jobs_are_grouped_by_all_but_arm_and_seed_and_cut_to_size(tmp_path, monk
     assert [len(p) for p in fitted] == [3, 3]
 
 
+def test_a_cpu_population_is_sized_to_available_memory_within_its_container(tmp_path):
+    from gan.population import launcher
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 8000000 kB\nMemFree: 1000 kB\nMemAvailable: 6000000 kB\n")
+    assert launcher._available_memory(meminfo) == 6000000 * 1024  # the page cache counts
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("3000000000\n")
+    (v2 / "memory.current").write_text("1000000000\n")
+    assert launcher._cgroup_room(v2) == 2000000000
+    (v2 / "memory.max").write_text("max\n")  # no limit
+    assert launcher._cgroup_room(v2) == 1 << 62
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("4000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("500000000\n")
+    assert launcher._cgroup_room(v1.parent) == 3500000000
+
+
 def in_process_sweep(tmp_path, monkeypatch, train) -> tuple[list, list, list]:
     """Three one-member populations, launched in this process with ``train`` standing in for
     ``workers.train``: (the groups trained, all groups, each member's return value)."""

@@ -235,6 +235,31 @@ def member_bytes(cfg) -> int:
 
 
 def free_bytes(device: torch.device) -> int:
+    """Memory the populations may plan on: the GPU's free memory; on a CPU, what the kernel can
+    give without swapping (its page cache counts), within this process's cgroup limit."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    return min(_available_memory(), _cgroup_room())
+
+
+def _available_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
+    try:  # Linux: MemAvailable counts the page cache it can drop; the free pages alone do not
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """A container's memory limit less its use (cgroup v2, else v1); unlimited if neither."""
+    for limit, usage in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            return max(0, int((root / limit).read_text()) - int((root / usage).read_text()))
+        except (OSError, ValueError):  # absent, or "max": no limit there
+            continue
+    return 1 << 62
