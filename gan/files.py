@@ -51,6 +51,30 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             os.unlink(tmp)
 
 
+def create_whole(path: Path, text: str) -> bool:
+    """Creates ``path`` holding ``text``, exclusively: False if it exists. Readers never see it
+    empty or cut: the text goes to a temporary name first, then is hard-linked into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".new", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        return True
+    finally:
+        os.unlink(tmp)
+
+
 def remove_partials(directory: Path) -> list[Path]:
     """Deletes the temporary files of ``atomic_file`` writes that a killed process left behind
     (only safe while ``directory`` is claimed: no other writer can be mid-write)."""
@@ -62,40 +86,32 @@ def remove_partials(directory: Path) -> list[Path]:
 
 @contextmanager
 def claimed(directory: Path) -> Iterator[None]:
-    """Holds ``directory`` for this process: ``.claim`` is created exclusively (O_EXCL) and removed
-    on exit. A claim whose process is gone (same host, no such pid) is taken over; a live one is a
-    UserError, so two processes never write one run directory."""
+    """Holds ``directory`` for this process: ``.claim`` is created exclusively and whole
+    (``create_whole``) and removed on exit. A claim whose process is gone (same host, no such
+    pid) is taken over; a live one is a UserError, so two processes never write one run
+    directory."""
     directory = Path(directory)
     path = directory / CLAIM_FILE
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = _create_claim(path, directory)
-    except OSError as err:
-        raise UserError(
-            f"run directory {directory} cannot be written ({err.strerror or err}); give the run "
-            "a writable directory (hydra.run.dir=..., or fix its permissions)"
-        ) from None
     me = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "since": time.strftime("%F %T"),
         "kept": _kept(directory),
     }
-    with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        while not create_whole(path, json.dumps(me)):
+            _refuse_live_claim(path, directory)
+            path.unlink(missing_ok=True)  # the holder is gone: take it over
+    except OSError as err:
+        raise UserError(
+            f"run directory {directory} cannot be written ({err.strerror or err}); give the run "
+            "a writable directory (hydra.run.dir=..., or fix its permissions)"
+        ) from None
     try:
         yield
     finally:
         path.unlink(missing_ok=True)
-
-
-def _create_claim(path: Path, directory: Path) -> int:
-    while True:
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            _refuse_live_claim(path, directory)
-            path.unlink(missing_ok=True)  # the holder is gone: take it over
 
 
 def _kept(directory: Path) -> dict[str, str]:
@@ -141,7 +157,7 @@ def _refuse_live_claim(path: Path, directory: Path) -> None:
     try:
         holder = json.loads(path.read_text())
     except (OSError, ValueError):
-        return  # half-written by a process killed at that instant: nobody holds it
+        return  # not a claim this code wrote (it writes them whole): nobody holds it
     if not isinstance(holder, dict):
         return  # not a claim this code wrote: nobody holds it
     same_host = holder.get("host") == socket.gethostname()

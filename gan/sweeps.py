@@ -53,16 +53,11 @@ POLL_SECONDS = 0.5
 def request_stop(sweep_dir: Path, signum: int | None, why: str) -> bool:
     """Asks every job of the sweep to stop (``.stop``, created exclusively: the first reason
     stands); False if it was already asked."""
-    path = Path(sweep_dir) / STOP_FILE
+    stop = {"signal": signum, "why": why, "at": time.strftime("%F %T")}
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
+        return files.create_whole(Path(sweep_dir) / STOP_FILE, json.dumps(stop))
     except OSError:  # the sweep dir is gone or read-only: the signal still stops this job
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"signal": signum, "why": why, "at": time.strftime("%F %T")}, f)
-    return True
 
 
 def stop_request(sweep_dir: Path) -> dict[str, Any] | None:
@@ -72,7 +67,7 @@ def stop_request(sweep_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):  # written at this instant, or damaged: a stop all the same
+    except (OSError, ValueError):  # damaged (it is written whole): a stop all the same
         return {"signal": None, "why": "asked to stop"}
 
 

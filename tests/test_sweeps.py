@@ -4,6 +4,7 @@ files and the last bad inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -223,6 +224,46 @@ def test_a_claimed_run_directory_is_refused_and_a_stale_claim_taken_over(tmp_pat
     with files.claimed(tmp_path):
         assert json.loads(claim.read_text())["pid"] == os.getpid()
     assert not claim.exists()
+
+
+def test_a_claim_is_never_seen_empty_or_cut(tmp_path):
+    # Seen empty, a claim would pass for one a killed process left: a second process would take
+    # the directory over from its live holder. A reader thread watches 300 claims come and go.
+    import threading
+
+    claim, seen, done = tmp_path / files.CLAIM_FILE, [], threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                seen.append(claim.read_text())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(300):
+            with files.claimed(tmp_path):
+                pass
+    finally:
+        done.set()
+        reader.join()
+    assert seen and all(json.loads(text)["pid"] == os.getpid() for text in seen)
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left
+
+
+def test_an_exclusive_file_is_created_whole_once(tmp_path, monkeypatch):
+    path = tmp_path / ".stop"
+    assert files.create_whole(path, "first") and not files.create_whole(path, "second")
+    assert path.read_text() == "first"
+
+    def no_links(src, dst):  # a filesystem without hard links
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    other = tmp_path / ".claim"
+    assert files.create_whole(other, "mine") and not files.create_whole(other, "theirs")
+    assert other.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".claim", ".stop"]
 
 
 @pytest.mark.slow
