@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import pickle
 import signal
 from types import SimpleNamespace
 
@@ -644,6 +645,44 @@ def test_a_workers_steps_reach_the_sweeps_bar_and_its_outcome_ends_the_reading()
     to_nobody, gone = multiprocessing.Pipe()
     gone.close()  # the sweep's process is gone: nothing raised, its watchdog stops the job
     workers.StepsSent(workers.WorkerPipe(to_nobody), every=0).add(1)
+
+
+@pytest.mark.parametrize("reads", [False, True], ids=["dies-first", "reads-late"])
+def test_a_big_group_never_blocks_or_breaks_the_sweep_as_its_worker_starts(reads):
+    # A resumed group (its checkpoints) is more than a pipe holds; the worker reads it only once
+    # it has imported torch, or dies before. Neither stops the sweep's process from going on.
+    import multiprocessing
+    import os
+    import threading
+
+    from gan.population import workers
+
+    class Process:  # a worker that has not read yet: alive, or already dead
+        def __init__(self, target, args, name):
+            self.child, self.exitcode, self.kept = args[0], -9, None
+
+        def start(self):
+            if reads:  # its end of the pipe stays open (in its own process, really)
+                self.kept = multiprocessing.connection.Connection(os.dup(self.child.fileno()))
+
+        def is_alive(self):
+            return reads
+
+        def join(self):
+            pass
+
+    context = SimpleNamespace(Pipe=multiprocessing.Pipe, Process=Process)
+    group = [b"\0" * (8 << 20)]  # 8 MiB: past any pipe's buffer
+    made = []
+    starting = threading.Thread(target=lambda: made.append(workers.Worker(context, None, group)))
+    starting.start()
+    starting.join(timeout=30)
+    assert made, "the sweep's process waited for its worker to read"
+    (worker,) = made
+    if reads:
+        assert pickle.loads(worker.process.kept.recv_bytes()) == group  # whole, when it reads
+    else:
+        assert worker.read(lambda steps: None).status == workers.KILLED
 
 
 def test_a_workers_console_lines_reach_the_sweeps_terminal_whole_and_above_its_bar(capsys):

@@ -251,7 +251,17 @@ class Worker:
         with signals.held():  # until the worker can take them: not while it imports
             self.process.start()
         child.close()
-        self.conn.send_bytes(pickle.dumps(list(group)))
+        # From a thread: a resumed group carries its checkpoints, more than a pipe holds, and the
+        # worker reads it only once torch is imported; the next worker starts meanwhile. One
+        # that dies first is read as KILLED (``read``).
+        payload = pickle.dumps(list(group))
+        threading.Thread(target=self._send, args=(payload,), daemon=True).start()
+
+    def _send(self, payload: bytes) -> None:
+        try:
+            self.conn.send_bytes(payload)
+        except OSError:  # the worker is gone (or closed): its exit says how
+            pass
 
     def read(self, on_steps: Callable[[int], None]) -> Outcome | None:
         """What it sent: its steps (to ``on_steps``) and console lines (printed above the
