@@ -171,6 +171,11 @@ def take_late_signal() -> int | None:
 _open_requests: list[dict[str, int | None]] = []  # the runs in progress, for request_stop
 
 
+def stop_asked() -> bool:
+    """True once the run in progress was asked to stop (a signal, or ``request_stop``)."""
+    return any(asked["signal"] is not None for asked in _open_requests)
+
+
 def request_stop(signum: int) -> bool:
     """Asks the run in progress to stop as a first ``signum`` would (checkpoint, then stop), from
     any thread (a sweep's watchdog); False if no run is in progress."""

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -307,9 +308,32 @@ def test_a_fault_fires_only_at_its_point_and_pass(monkeypatch):
     assert sent == [(os.getpid(), signal.SIGINT), (os.getpid(), signal.SIGKILL)]
 
 
+def test_a_held_run_goes_on_once_asked_to_stop_and_never_waits_forever(monkeypatch):
+    import threading
+
+    from gan import signals
+
+    monkeypatch.setenv(faults.ENV, "checkpoint_write:HOLD@2")
+    monkeypatch.setattr(faults, "_passes", {})
+    monkeypatch.setattr(faults, "HOLD_SECONDS", 60.0)
+    with signals.stop_on_signals() as asked:
+        faults.point("checkpoint_write")  # the first pass: not held
+        threading.Timer(0.2, signals.request_stop, args=(signal.SIGTERM,)).start()
+        started = time.monotonic()
+        faults.point("checkpoint_write")  # held until the watchdog's request
+        assert asked["signal"] == signal.SIGTERM and time.monotonic() - started < 30
+    monkeypatch.setenv(faults.ENV, "checkpoint_write:HOLD")
+    monkeypatch.setattr(faults, "_passes", {})
+    monkeypatch.setattr(faults, "HOLD_SECONDS", 0.5)
+    with signals.stop_on_signals():
+        started = time.monotonic()
+        faults.point("checkpoint_write")  # nobody asks: it goes on after HOLD_SECONDS
+        assert 0.5 <= time.monotonic() - started < 30
+
+
 def test_a_misspelt_fault_is_an_error_not_a_silent_pass(monkeypatch):
     monkeypatch.setenv(faults.ENV, "evalution:SIGTERM")
-    with pytest.raises(RuntimeError, match="expected <point>:<SIGNAL|KILL>"):
+    with pytest.raises(RuntimeError, match=re.escape("expected <point>:<SIGNAL|KILL|HOLD>")):
         faults.point("evaluation")
     monkeypatch.setenv(faults.ENV, "evaluation:SIGTREM")
     with pytest.raises(RuntimeError, match="points"):

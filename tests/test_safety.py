@@ -241,8 +241,7 @@ SWEEP = [
     "seed=0,1,2,3",
     "hydra/launcher=joblib",
     "hydra.launcher.n_jobs=2",
-    # Long enough that a job still trains when a worker's watchdog acts (sweeps.POLL_SECONDS).
-    "trainer.steps=100",
+    "trainer.steps=30",
     "trainer.log_every=5",
     "trainer.ckpt_every=10",
     "trainer.sample_every=100",
@@ -253,9 +252,14 @@ SWEEP = [
 ]
 
 
-def start_sweep(sweep: Path, args: list[str] = SWEEP, fault: str = "") -> subprocess.Popen:
+# Each job's run holds at its first checkpoint until it is asked to stop: a test's signal (or
+# kill) always finds the jobs it started training, however loaded the machine.
+HELD = "checkpoint_write:HOLD"
+
+
+def start_sweep(sweep: Path, args: list[str] = SWEEP, fault: str = HELD) -> subprocess.Popen:
     """The sweep in its own session (a process group, as a terminal or SLURM gives it), with
-    ``GAN_FAULT=fault`` if given."""
+    ``GAN_FAULT=fault``."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *args, f"hydra.sweep.dir={sweep}"]
         + [f"data_dir={conftest.DATA_DIR}"],
