@@ -82,7 +82,7 @@ def wandb_records(run_root: Path) -> list[dict]:
         check=True,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
     ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 

@@ -112,7 +112,7 @@ def test_parallel_launchers_run_every_job(launcher, tmp_path):
 )
 def test_bad_input_is_a_clear_message_and_writes_no_result(args, message, code, tmp_path):
     out, data_dir = tmp_path / "run", tmp_path / "data"
-    proc = train(*args, f"hydra.run.dir={out}", timeout=60, data_dir=data_dir)
+    proc = train(*args, f"hydra.run.dir={out}", timeout=180, data_dir=data_dir)
     assert proc.returncode == code
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -918,9 +918,11 @@ def test_a_ctrl_c_during_the_start_up_imports_waits_for_them_then_is_one_line(ca
     ],
 )
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, command, delay):
+    # Wherever the signal lands (imports, set-up, or already the run: then it is preempted,
+    # also 130), never after the last step: the run is too long for that.
     proc = subprocess.Popen(
-        [sys.executable, *command, *QUICK, f"hydra.run.dir={tmp_path / 'run'}"]
-        + [f"data_dir={conftest.DATA_DIR}"],
+        [sys.executable, *command, *QUICK, "trainer.steps=100000"]
+        + [f"hydra.run.dir={tmp_path / 'run'}", f"data_dir={conftest.DATA_DIR}"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
