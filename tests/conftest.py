@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -119,6 +120,37 @@ def wait_for(condition, timeout: float = 120.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.1)
+
+
+def stopped_while_signals_held(pid: int, marker: str, count: int = 2) -> set[int]:
+    """Stops (SIGSTOP) each of the first ``count`` child processes of ``pid`` whose command line
+    has ``marker`` as soon as it is seen, and checks that it then still held SIGINT and SIGTERM
+    back (a signal sent now waits for its handlers); returns them, stopped."""
+    import signal
+
+    stopped: set[int] = set()
+
+    def stop_new() -> bool:
+        for child in children(pid) - stopped:
+            try:
+                if marker in Path(f"/proc/{child}/cmdline").read_text():
+                    os.kill(child, signal.SIGSTOP)
+                    stopped.add(child)
+            except OSError:
+                pass
+        return len(stopped) >= count
+
+    wait_for(stop_new)
+    for child in stopped:
+        wait_for(lambda child=child: _status(child)["State"].startswith("T"))
+        held = int(_status(child)["SigBlk"], 16)
+        assert all(held >> (s - 1) & 1 for s in (signal.SIGINT, signal.SIGTERM)), child
+    return stopped
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def workers_importing_torch(pid: int, marker: str, count: int = 2) -> set[int]:

@@ -234,8 +234,11 @@ def test_ctrl_c_as_the_population_workers_import_stops_the_sweep_cleanly(tmp_pat
         env={**os.environ, "WANDB_MODE": "disabled"},
     )
     try:
-        workers = conftest.workers_importing_torch(proc.pid, "multiprocessing")
+        # Both workers stopped before their handlers: the Ctrl-C reaches each as it imports.
+        workers = conftest.stopped_while_signals_held(proc.pid, "spawn_main")
         os.killpg(proc.pid, signal.SIGINT)
+        for worker in workers:
+            os.kill(worker, signal.SIGCONT)
         out, err = proc.communicate(timeout=180)
     finally:
         proc.kill()
