@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,11 @@ def run(
         announce(cfg, env, trainer, records, len(images))
         summary, result = train(cfg, env, trainer, records, evaluation, asked, progress)
     if result.status == Ending.stopped:
-        raise Preempted(asked["signal"], result.step, str(cfg.out_dir))
+        raise Preempted(
+            asked["signal"],
+            f"{signal.Signals(asked['signal']).name} at step {result.step}: checkpoint written "
+            f"in {cfg.out_dir}; continue with `{checkpoint.resume_command(cfg.out_dir)}`",
+        )
     log_result(cfg, summary, result)
     return summary
 
@@ -324,7 +329,7 @@ def train(
         if isinstance(err, (Interrupted, KeyboardInterrupt)):  # stopped at once: what lasts
             summary.update(status=Status.preempted, steps=saved["step"] or 0)  # is the checkpoint
             if isinstance(err, Interrupted):
-                err.explain(trainer.step, saved["step"], cfg.out_dir)
+                err.explain(trainer.step, saved["step"], checkpoint.resume_command(cfg.out_dir))
         else:
             summary.update(status=Status.failed, steps=trainer.step)
         try:

@@ -2,9 +2,8 @@
 at once. A sweep's watchdog asks the same from another thread (``request_stop``). In a sweep's
 worker process, one that comes outside any run is remembered for the next (``outside_runs``).
 
-Light to import (torch loads only with a message that names a checkpoint): a command's start
-(``kept_during_imports``) and a worker process install their handlers here before anything heavy
-loads.
+Light to import (the standard library only): a command's start (``kept_during_imports``) and a
+worker process install their handlers here before anything heavy loads.
 """
 
 from __future__ import annotations
@@ -42,15 +41,11 @@ def kept_during_imports() -> Iterator[None]:
 
 
 class Preempted(Exception):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint."""
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint; its message says where it
+    stopped and what continues it."""
 
-    def __init__(self, signum: int, step: int, run_dir: str):
-        from gan import checkpoint
-
-        super().__init__(
-            f"{signal.Signals(signum).name} at step {step}: checkpoint written in {run_dir}; "
-            f"continue with `{checkpoint.resume_command(run_dir)}`"
-        )
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
         self.exit_code = 128 + signum
 
 
@@ -62,17 +57,13 @@ class Interrupted(BaseException):
         super().__init__(f"{signal.Signals(signum).name} again: stopped at once")
         self.exit_code = 128 + signum
 
-    def explain(self, step: int, saved_step: int | None, run_dir) -> None:
-        """Says where the run stopped and what can continue it."""
-        from gan import checkpoint
-
+    def explain(self, step: int, saved_step: int | None, resume: str) -> None:
+        """Says where the run stopped and what can continue it (``resume``, the command that
+        continues its checkpoint, if one was written)."""
         if saved_step is None:
             then = "no checkpoint was written yet: run the same command again"
         else:
-            then = (
-                f"the checkpoint of step {saved_step} continues with "
-                f"`{checkpoint.resume_command(run_dir)}`"
-            )
+            then = f"the checkpoint of step {saved_step} continues with `{resume}`"
         self.args = (f"{self.args[0]} at step {step}; {then}",)
 
 

@@ -140,13 +140,13 @@ class PopulationPreempted(signals.Preempted):
     """Every member stopped on SIGINT/SIGTERM after writing its checkpoint."""
 
     def __init__(self, signum: int, step: int, summaries: list[dict[str, Any] | None]):
-        super().__init__(signum, step, "every member's run directory")
-        self.signum, self.summaries = signum, summaries
-        self.args = (
+        super().__init__(
+            signum,
             f"{signal.Signals(signum).name} at step {step}: every member's checkpoint written; "
             f"one member continues alone with `{train_command()} resume=DIR`, all of them with the "
             "sweep's own command and its hydra.sweep.dir",
         )
+        self.signum, self.summaries = signum, summaries
 
 
 def load_members(members: list[Member], progress: bool) -> torch.Tensor:
