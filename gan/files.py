@@ -3,8 +3,10 @@ run directories that one process at a time may write."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import socket
 import tempfile
 import time
@@ -55,29 +57,32 @@ def create_whole(path: Path, text: str) -> bool:
     """Creates ``path`` holding ``text``, exclusively: False if it exists. Readers never see it
     empty or cut: the text goes to a temporary name first, then is hard-linked into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".new", dir=path.parent)
+    # Named as atomic_file's temporary files, which a claim's holder removes if a kill left one.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.partial"
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
+        f.write(text)  # readable by others as any file of the run (the umask applies)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: exclusive create, then write
         try:
-            os.link(tmp, path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        except OSError:  # a filesystem without hard links: exclusive create, then write
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
         return True
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def remove_partials(directory: Path) -> list[Path]:
-    """Deletes the temporary files of ``atomic_file`` writes that a killed process left behind
-    (only safe while ``directory`` is claimed: no other writer can be mid-write)."""
+    """Deletes the temporary files of ``atomic_file`` and ``create_whole`` writes that a killed
+    process left behind (only safe while ``directory`` is claimed: no other writer can be
+    mid-write; a process that tries to claim it meanwhile is refused all the same)."""
     leftovers = sorted(Path(directory).glob(".*.partial"))
     for path in leftovers:
         path.unlink(missing_ok=True)
@@ -156,6 +161,11 @@ def _pid(holder: dict) -> int:
 def _refuse_live_claim(path: Path, directory: Path) -> None:
     try:
         holder = json.loads(path.read_text())
+    except PermissionError:  # another user's (a shared directory): live, as far as we know
+        raise ClaimRefused(
+            f"run directory {directory} is claimed by another user's process ({path} cannot be "
+            "read here); give this run its own directory (hydra.run.dir=...)"
+        ) from None
     except (OSError, ValueError):
         return  # not a claim this code wrote (it writes them whole): nobody holds it
     if not isinstance(holder, dict):

@@ -69,7 +69,8 @@ class Status(Word):
 # A run that came to its end: its summary holds its result and outcome, a sweep counts it as done
 # (divergence is a result: some arms are meant to diverge), and only more steps continue it.
 FINAL = (Status.finished, Status.diverged)
-NOT_STARTED = "not started"  # a sweep's job that left no directory: never in a summary.json
+# A sweep's job that left no directory, or one holding only Hydra's files: never in a summary.json
+NOT_STARTED = "not started"
 
 
 class Outcome(Word):

@@ -140,11 +140,17 @@ def stopped_while_signals_held(pid: int, marker: str, count: int = 2) -> set[int
                 pass
         return len(stopped) >= count
 
-    wait_for(stop_new)
-    for child in stopped:
-        wait_for(lambda child=child: _status(child)["State"].startswith("T"))
-        held = int(_status(child)["SigBlk"], 16)
-        assert all(held >> (s - 1) & 1 for s in (signal.SIGINT, signal.SIGTERM)), child
+    try:
+        wait_for(stop_new)
+        for child in stopped:
+            wait_for(lambda child=child: _status(child)["State"].startswith("T"))
+            held = int(_status(child)["SigBlk"], 16)
+            assert all(held >> (s - 1) & 1 for s in (signal.SIGINT, signal.SIGTERM)), child
+    except BaseException:
+        for child in stopped:  # not left stopped for the rest of the session
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+        raise
     return stopped
 
 

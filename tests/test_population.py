@@ -15,6 +15,7 @@ import io
 import itertools
 import pickle
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -317,24 +318,43 @@ def test_jobs_are_grouped_by_all_but_arm_and_seed_and_cut_to_size(tmp_path, monk
     assert [len(p) for p in fitted] == [3, 3]
 
 
-def test_a_cpu_population_is_sized_to_available_memory_within_its_container(tmp_path):
+def test_a_cpu_population_is_sized_to_available_memory_within_its_cgroups(tmp_path):
     from gan.population import launcher
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 8000000 kB\nMemFree: 1000 kB\nMemAvailable: 6000000 kB\n")
     assert launcher._available_memory(meminfo) == 6000000 * 1024  # the page cache counts
+
+    def cgroup(directory: Path, limit: str, usage: int, stat: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        names = (
+            ("memory.max", "memory.current")
+            if "v2" in directory.parts
+            else (
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        )
+        (directory / names[0]).write_text(f"{limit}\n")
+        (directory / names[1]).write_text(f"{usage}\n")
+        (directory / "memory.stat").write_text(stat)
+
+    # cgroup v1, no namespace (a SLURM job): the job's limit, two levels above the process.
+    v1, own = tmp_path / "v1", tmp_path / "cgroup"
+    own.write_text("4:memory:/slurm/job_7/step_0\n3:cpu:/\n0::/\n")
+    cgroup(v1 / "memory" / "slurm" / "job_7" / "step_0", "9223372036854771712", 10**9, "")
+    cgroup(v1 / "memory" / "slurm" / "job_7", "4000000000", 3 * 10**9, "total_inactive_file 10")
+    cgroup(v1 / "memory" / "slurm", "9223372036854771712", 5 * 10**9, "")
+    # Its usage counts page cache it can drop: not taken as used.
+    assert launcher._cgroup_room(v1, own) == 4 * 10**9 - (3 * 10**9 - 10)
+    # cgroup v2 in a container (its own cgroup at the mount's top), page cache in its usage.
     v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "memory.max").write_text("3000000000\n")
-    (v2 / "memory.current").write_text("1000000000\n")
-    assert launcher._cgroup_room(v2) == 2000000000
+    own.write_text("0::/\n")
+    cgroup(v2, "3000000000", 2 * 10**9, "anon 1\ninactive_file 500000000\n")
+    assert launcher._cgroup_room(v2, own) == 15 * 10**8
     (v2 / "memory.max").write_text("max\n")  # no limit
-    assert launcher._cgroup_room(v2) == 1 << 62
-    v1 = tmp_path / "v1" / "memory"
-    v1.mkdir(parents=True)
-    (v1 / "memory.limit_in_bytes").write_text("4000000000\n")
-    (v1 / "memory.usage_in_bytes").write_text("500000000\n")
-    assert launcher._cgroup_room(v1.parent) == 3500000000
+    assert launcher._cgroup_room(v2, own) == 1 << 62
+    assert launcher._cgroup_room(v2, tmp_path / "none") == 1 << 62  # no /proc/self/cgroup
 
 
 def in_process_sweep(tmp_path, monkeypatch, train) -> tuple[list, list, list]:
@@ -647,29 +667,37 @@ def test_a_workers_steps_reach_the_sweeps_bar_and_its_outcome_ends_the_reading()
     workers.StepsSent(workers.WorkerPipe(to_nobody), every=0).add(1)
 
 
-@pytest.mark.parametrize("reads", [False, True], ids=["dies-first", "reads-late"])
-def test_a_big_group_never_blocks_or_breaks_the_sweep_as_its_worker_starts(reads):
+@pytest.mark.parametrize("worker_does", ["dies-first", "reads-late", "dies-reading"])
+def test_a_big_group_never_blocks_or_breaks_the_sweep_as_its_worker_starts(
+    worker_does, monkeypatch
+):
     # A resumed group (its checkpoints) is more than a pipe holds; the worker reads it only once
-    # it has imported torch, or dies before. Neither stops the sweep's process from going on.
+    # it has imported torch, or dies before, or while it reads. None of it stops the sweep's
+    # process or raises in it, and the worker is closed while the group may still be in flight.
     import multiprocessing
     import os
     import threading
 
     from gan.population import workers
 
-    class Process:  # a worker that has not read yet: alive, or already dead
+    raised = []
+    monkeypatch.setattr(threading, "excepthook", raised.append)
+
+    class Process:  # a spawned worker, played in this process: its end of the pipe is ``kept``
         def __init__(self, target, args, name):
             self.child, self.exitcode, self.kept = args[0], -9, None
 
         def start(self):
-            if reads:  # its end of the pipe stays open (in its own process, really)
+            if worker_does != "dies-first":
                 self.kept = multiprocessing.connection.Connection(os.dup(self.child.fileno()))
 
         def is_alive(self):
-            return reads
+            return worker_does == "reads-late"
 
         def join(self):
-            pass
+            if worker_does == "dies-reading" and not self.kept.closed:
+                os.read(self.kept.fileno(), 1 << 20)  # a part of the group, then it dies
+                self.kept.close()
 
     context = SimpleNamespace(Pipe=multiprocessing.Pipe, Process=Process)
     group = [b"\0" * (8 << 20)]  # 8 MiB: past any pipe's buffer
@@ -679,10 +707,12 @@ def test_a_big_group_never_blocks_or_breaks_the_sweep_as_its_worker_starts(reads
     starting.join(timeout=30)
     assert made, "the sweep's process waited for its worker to read"
     (worker,) = made
-    if reads:
+    if worker_does == "reads-late":
         assert pickle.loads(worker.process.kept.recv_bytes()) == group  # whole, when it reads
     else:
         assert worker.read(lambda steps: None).status == workers.KILLED
+    worker.close()  # the group's thread ended too
+    assert not worker.sender.is_alive() and raised == []
 
 
 def test_a_workers_console_lines_reach_the_sweeps_terminal_whole_and_above_its_bar(capsys):

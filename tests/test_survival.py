@@ -156,9 +156,11 @@ def test_sigterm_writes_a_checkpoint_and_exits_then_resume_finishes(tmp_path):
         time.sleep(0.2)
     # Stopped while the signal comes: the last step it logged then bounds where it must stop.
     proc.send_signal(signal.SIGSTOP)
-    last = max(step for step, _ in train_lines(out / "metrics.jsonl"))
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGCONT)
+    try:
+        last = max(step for step, _ in train_lines(out / "metrics.jsonl"))
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "preempted: SIGTERM at step" in stderr and f"resume={out}" in stderr

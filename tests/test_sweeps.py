@@ -264,6 +264,27 @@ def test_an_exclusive_file_is_created_whole_once(tmp_path, monkeypatch):
     assert files.create_whole(other, "mine") and not files.create_whole(other, "theirs")
     assert other.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".claim", ".stop"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for made in (path, other):  # readable by others, as any file of a run
+        assert made.stat().st_mode & 0o777 == 0o644 & ~umask
+
+
+def test_a_claim_another_user_holds_is_refused_though_it_cannot_be_read(tmp_path, monkeypatch):
+    claim = tmp_path / files.CLAIM_FILE
+    claim.write_text("{}")
+    read_text = Path.read_text
+
+    def unreadable(path, *args, **kwargs):
+        if path == claim:
+            raise PermissionError(13, "Permission denied")
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    with pytest.raises(files.ClaimRefused, match="claimed by another user's process"):
+        with files.claimed(tmp_path):
+            pass
+    assert claim.exists()
 
 
 @pytest.mark.slow

@@ -252,14 +252,49 @@ def _available_memory(meminfo: Path = Path("/proc/meminfo")) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int:
-    """A container's memory limit less its use (cgroup v2, else v1); unlimited if neither."""
-    for limit, usage in (
-        ("memory.max", "memory.current"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
-    ):
+# Per cgroup version: its directory under the mount, its limit and usage files, and the page cache
+# it can drop (a key of memory.stat), which its usage counts.
+_CGROUP_FILES = {
+    "v2": ("", "memory.max", "memory.current", "inactive_file"),
+    "v1": ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+}
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> int:
+    """The least room over this process's memory cgroup and its ancestors (a container's, a
+    SLURM job's): limit less use, the page cache it can drop not counted; unlimited if none."""
+    room = 1 << 62
+    for directory, (_, limit, usage, cache) in _memory_cgroups(root, own):
         try:
-            return max(0, int((root / limit).read_text()) - int((root / usage).read_text()))
-        except (OSError, ValueError):  # absent, or "max": no limit there
+            used = int((directory / usage).read_text()) - _stat(directory, cache)
+            room = min(room, max(0, int((directory / limit).read_text()) - used))
+        except (OSError, ValueError):  # not there, or "max": no limit at that level
             continue
-    return 1 << 62
+    return room
+
+
+def _memory_cgroups(root: Path, own: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """Directories of this process's memory cgroups, innermost first, with their version's
+    files; each mount's top too (a container's own cgroup, seen from inside it)."""
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        lines = []
+    found = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        version = "v2" if not controllers else "v1" if "memory" in controllers.split(",") else ""
+        if version:
+            files = _CGROUP_FILES[version]
+            base, parts = root / files[0], Path(path).parts[1:]
+            found += [(base.joinpath(*parts[:i]), files) for i in range(len(parts), -1, -1)]
+    return found or [(root / files[0], files) for files in _CGROUP_FILES.values()]
+
+
+def _stat(directory: Path, key: str) -> int:
+    """A value of the cgroup's memory.stat (0 if it has no such key)."""
+    for line in (directory / "memory.stat").read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0

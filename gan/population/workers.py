@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import sys
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -254,14 +255,13 @@ class Worker:
         # From a thread: a resumed group carries its checkpoints, more than a pipe holds, and the
         # worker reads it only once torch is imported; the next worker starts meanwhile. One
         # that dies first is read as KILLED (``read``).
-        payload = pickle.dumps(list(group))
-        threading.Thread(target=self._send, args=(payload,), daemon=True).start()
-
-    def _send(self, payload: bytes) -> None:
-        try:
-            self.conn.send_bytes(payload)
-        except OSError:  # the worker is gone (or closed): its exit says how
-            pass
+        # The thread writes through its own descriptor of the pipe: closing this one (``close``)
+        # never pulls it from under a write in progress.
+        own = Connection(os.dup(self.conn.fileno()), readable=False)
+        self.sender = threading.Thread(
+            target=_send, args=(own, pickle.dumps(list(group))), daemon=True
+        )
+        self.sender.start()
 
     def read(self, on_steps: Callable[[int], None]) -> Outcome | None:
         """What it sent: its steps (to ``on_steps``) and console lines (printed above the
@@ -295,6 +295,17 @@ class Worker:
         # full pipe that nobody reads (its lines then go to its own stream).
         self.conn.close()
         self.process.join()
+        self.sender.join()  # done, or ended by the worker's exit (a broken pipe)
+
+
+def _send(conn, payload: bytes) -> None:
+    """A population to its worker (``Worker``), then the thread's descriptor closed."""
+    try:
+        conn.send_bytes(payload)
+    except OSError:  # the worker is gone: its exit says how
+        pass
+    finally:
+        conn.close()
 
 
 def _print(text: Text) -> None:
