@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from gan.errors import UserError
 
@@ -102,6 +102,7 @@ def claimed(directory: Path) -> Iterator[None]:
         "host": socket.gethostname(),
         "since": time.strftime("%F %T"),
         "kept": _kept(directory),
+        **_slurm_job(),
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,7 @@ def _refuse_live_claim(path: Path, directory: Path) -> None:
     if not isinstance(holder, dict):
         return  # not a claim this code wrote: nobody holds it
     same_host = holder.get("host") == socket.gethostname()
-    if same_host and not _alive(_pid(holder)):
+    if (same_host and not _alive(_pid(holder))) or _requeued(holder):
         return
     _put_back(directory, holder.get("kept"))
     raise ClaimRefused(
@@ -179,6 +180,27 @@ def _refuse_live_claim(path: Path, directory: Path) -> None:
         f"on {holder.get('host')}, since {holder.get('since')}); two runs must not share it. "
         f"Wait for it, or give this run its own directory (hydra.run.dir=...); if no such run is "
         f"going on, delete {path}"
+    )
+
+
+def _slurm_job() -> dict[str, Any]:
+    """This process's SLURM job and how often SLURM requeued it ({} outside SLURM)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    if not job:
+        return {}
+    return {"slurm_job": job, "slurm_restart": int(restarts) if restarts.isdigit() else 0}
+
+
+def _requeued(holder: dict) -> bool:
+    """True if the claim is this SLURM job's own from before SLURM requeued it (preempted or its
+    node failed): that process is gone, on whatever node it ran."""
+    mine, theirs = _slurm_job(), holder.get("slurm_restart")
+    return bool(
+        mine
+        and holder.get("slurm_job") == mine["slurm_job"]
+        and isinstance(theirs, int)
+        and theirs < mine["slurm_restart"]
     )
 
 

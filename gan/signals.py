@@ -128,6 +128,12 @@ def outside_runs() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
+def keep_for_next_run(signum: int) -> None:
+    """A SIGINT/SIGTERM that a sweep's own process took outside any run (its job was preparing):
+    the run about to start stops at its first step, with a checkpoint."""
+    _outside["signal"] = signum
+
+
 def take_signal_outside_runs() -> int | None:
     """The SIGINT/SIGTERM this worker received outside its runs since it was last asked, once."""
     signum, _outside["signal"] = _outside["signal"], None

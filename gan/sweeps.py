@@ -22,6 +22,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STOP_FILE = ".stop"
 SWEEP_PID = "GAN_SWEEP_PID"  # the sweep's own process, for its workers' watchdogs
+SWEEP_MACHINE = "GAN_SWEEP_MACHINE"  # where that process runs (see this_machine)
 POLL_SECONDS = 0.5
 
 
@@ -72,8 +74,21 @@ def stop_request(sweep_dir: Path) -> dict[str, Any] | None:
 
 
 def _sweep_pid() -> int | None:
+    """The sweep's process, if this process runs on the sweep's machine: a job that a cluster
+    launcher (submitit_slurm) runs on another node inherits the variables, not the process."""
     pid = os.environ.get(SWEEP_PID, "")
+    if os.environ.get(SWEEP_MACHINE, this_machine()) != this_machine():
+        return None
     return int(pid) if pid.isdigit() else None
+
+
+def this_machine() -> str:
+    """The host's name and its kernel's boot id (Linux): alike for the processes of one machine."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()} {boot}".strip()
 
 
 def orphaned() -> bool:
@@ -304,6 +319,47 @@ def write_sweep_report(sweep_dir: Path) -> str:
     return f"report: {out / 'report.html'} (and report.md, figures, summary.csv)"
 
 
+def stop_the_sweep(sweep_dir: Path, signum: int) -> None:
+    """The sweep's process got SIGINT/SIGTERM outside a run: no job starts, and a job of this
+    process that was preparing its run (the basic launcher) stops at its first step."""
+    signals.keep_for_next_run(signum)
+    name = signal.Signals(signum).name
+    if request_stop(sweep_dir, signum, f"{name} to the sweep (pid {os.getpid()})"):
+        print(
+            f"sweep: {name}: the jobs in flight write a checkpoint and stop, no new job "
+            "starts; the summary follows",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def report_unless_stopped(sweep_dir: Path) -> tuple[str, int | None]:
+    """``write_sweep_report``'s line, or the line saying that a SIGINT/SIGTERM skipped it (with
+    that signal): a large sweep's report takes a while, and a Ctrl-C then means "enough"."""
+
+    def skip(signum: int, frame: Any) -> None:
+        raise _ReportSkipped(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return write_sweep_report(sweep_dir), None
+    previous = {s: signal.signal(s, skip) for s in signals.STOP_SIGNALS}
+    try:
+        return write_sweep_report(sweep_dir), None
+    except _ReportSkipped as skipped:
+        name = signal.Signals(skipped.signum).name
+        line = f"report: skipped ({name}); `python -m gan.report {sweep_dir}` writes it"
+        return line, skipped.signum
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _ReportSkipped(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class SweepSummary(Callback):
     """Stops the sweep cleanly on SIGINT/SIGTERM; at its end prints the outcome per job, writes its
     report (``report: false`` turns that off, e.g. ``hydra.callbacks.sweep_summary.report=false``)
@@ -323,54 +379,60 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # an earlier launch's: this one runs
-        os.environ[SWEEP_PID] = str(os.getpid())  # inherited by the workers, for their watchdog
+        # Inherited by the workers, for their watchdog.
+        os.environ[SWEEP_PID], os.environ[SWEEP_MACHINE] = str(os.getpid()), this_machine()
         guard_joblib_launcher()
         if threading.current_thread() is not threading.main_thread():
             return
 
         def stop(signum: int, frame: Any) -> None:
-            name = signal.Signals(signum).name
-            if request_stop(sweep_dir, signum, f"{name} to the sweep (pid {os.getpid()})"):
-                print(
-                    f"sweep: {name}: the jobs in flight write a checkpoint and stop, no new job "
-                    "starts; the summary follows",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            stop_the_sweep(sweep_dir, signum)
 
         self.previous = {s: signal.signal(s, stop) for s in signals.STOP_SIGNALS}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        sweep_dir = Path(config.hydra.sweep.dir)
+        # The sweep's handlers stay until the summary and the rerun line are out: a signal now
+        # changes nothing they say. The report then yields to one (``report_unless_stopped``).
+        try:
+            code = self._summarize(Path(config.hydra.sweep.dir), planned_jobs(config))
+        finally:
+            for s, handler in self.previous.items():
+                signal.signal(s, handler)
+        if code:
+            raise SystemExit(code)
+
+    def _summarize(self, sweep_dir: Path, planned: list[str]) -> int:
+        """Prints the sweep's outcome and writes its report; returns its exit status."""
         stop = stop_request(sweep_dir)
-        outcomes = job_outcomes(sweep_dir, planned_jobs(config))
+        outcomes = job_outcomes(sweep_dir, planned)
         if stop:
             settle_killed_jobs(outcomes, f"killed: {stop['why']}")
-            outcomes = job_outcomes(sweep_dir, planned_jobs(config))
+            outcomes = job_outcomes(sweep_dir, planned)
         lines, failed = summarize(outcomes)
         # Printed, not logged: after the jobs, logging is Hydra's own (stdout, "[HYDRA]" lines).
         stream = sys.stderr if failed or stop else sys.stdout
         print("\n".join(lines), file=stream, flush=True)
-        if self.report:
-            print(write_sweep_report(sweep_dir), flush=True)
+        code = 0
         if stop:
-            signum = stop.get("signal")
+            code = 128 + stop["signal"] if stop.get("signal") else 1
             print(
                 f"sweep {sweep_dir}: stopped ({stop['why']}); the jobs above did not finish. "
                 f"To complete exactly those: {rerun_command(sweep_dir)}",
                 file=stream,
                 flush=True,
             )
-            raise SystemExit(128 + signum if signum else 1)
-        if failed:
+        elif failed:
+            code = 1
             print(
                 f"sweep {sweep_dir}: some jobs did not finish (above); exit status 1",
                 file=stream,
                 flush=True,
             )
-            raise SystemExit(1)
+        if self.report:
+            line, signum = report_unless_stopped(sweep_dir)
+            print(line, flush=True)
+            code = code or (128 + signum if signum else 0)
+        return code
 
 
 def joblib_worker_started(sweep_dir: str) -> None:

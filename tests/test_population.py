@@ -765,3 +765,4 @@ def test_a_worker_is_read_to_its_outcome_when_the_terminal_is_gone_or_its_messag
         is_alive=lambda: True, terminate=lambda: stopped.append(1), join=lambda: None, exitcode=-15
     )
     assert worker.read(lambda count: None).status == workers.KILLED and stopped == [1]
+    assert ours.closed  # read no further, so that a worker writing on cannot block its exit

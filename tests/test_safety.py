@@ -496,6 +496,53 @@ def test_a_process_started_while_signals_are_held_begins_with_them_held():
     assert (inside.stdout.strip(), after.stdout.strip()) == ("True", "False")
 
 
+def test_a_signal_to_the_sweep_as_its_own_job_prepares_stops_that_job_at_its_first_step(
+    tmp_path, capsys
+):
+    # The basic launcher runs each job in the sweep's process: a SIGTERM while the job resolves
+    # its config or reads its checkpoint reaches the sweep's handler, not yet the run's. The run
+    # must still stop with a checkpoint (SLURM sends one SIGTERM, then kills).
+    from gan import signals
+
+    sweeps.stop_the_sweep(tmp_path, signal.SIGTERM)
+    assert "sweep: SIGTERM: the jobs in flight write a checkpoint" in capsys.readouterr().err
+    assert sweeps.stop_request(tmp_path)["signal"] == signal.SIGTERM
+    with signals.stop_on_signals() as asked:  # the job's run, as it starts
+        assert asked["signal"] == signal.SIGTERM
+    assert signals.take_signal_outside_runs() is None  # taken by that run only
+
+
+def test_a_signal_during_the_sweeps_report_skips_it_with_one_line(tmp_path, monkeypatch):
+    def slow_report(sweep_dir):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the report renders
+        time.sleep(5)
+        return "report: written"
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(sweeps, "write_sweep_report", slow_report)
+    line, signum = sweeps.report_unless_stopped(tmp_path)
+    assert signum == signal.SIGINT and line.startswith("report: skipped (SIGINT)")
+    assert f"python -m gan.report {tmp_path}" in line
+    assert signal.getsignal(signal.SIGINT) is before
+    monkeypatch.setattr(sweeps, "write_sweep_report", lambda sweep_dir: "report: written")
+    assert sweeps.report_unless_stopped(tmp_path) == ("report: written", None)
+
+
+def test_a_job_on_another_machine_is_not_an_orphan_of_the_sweeps_process(tmp_path, monkeypatch):
+    # submitit_slurm: the job runs on a compute node with the sweep's variables, where the
+    # sweep's pid means nothing. Only the sweep's stop file speaks for it there.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    monkeypatch.setenv(sweeps.SWEEP_PID, dead)
+    monkeypatch.setenv(sweeps.SWEEP_MACHINE, sweeps.this_machine())
+    assert sweeps.why_not_start(tmp_path) == "the sweep's process is gone"
+    monkeypatch.setenv(sweeps.SWEEP_MACHINE, "node042 5b2c-other-boot")
+    assert not sweeps.orphaned() and sweeps.why_not_start(tmp_path) is None
+    sweeps.request_stop(tmp_path, signal.SIGTERM, "SIGTERM to the sweep")
+    assert sweeps.why_not_start(tmp_path) == "the sweep is stopping (SIGTERM to the sweep)"
+
+
 def test_joblibs_workers_start_with_their_handlers_and_their_watchdog(tmp_path, monkeypatch):
     # What the guard hands Hydra's launcher (test below) reaches joblib.Parallel's workers: the
     # handlers that keep a signal for their next run, and the thread that watches the sweep.
@@ -506,6 +553,7 @@ def test_joblibs_workers_start_with_their_handlers_and_their_watchdog(tmp_path, 
     from joblib.externals.loky import get_reusable_executor
 
     monkeypatch.setenv(sweeps.SWEEP_PID, str(os.getpid()))  # this process plays the sweep
+    monkeypatch.setenv(sweeps.SWEEP_MACHINE, sweeps.this_machine())
 
     def started() -> tuple[str, bool]:
         watching = any("_watching" in t.name for t in threading.enumerate())

@@ -270,6 +270,27 @@ def test_an_exclusive_file_is_created_whole_once(tmp_path, monkeypatch):
         assert made.stat().st_mode & 0o777 == 0o644 & ~umask
 
 
+def test_a_slurm_job_requeued_on_another_node_takes_its_own_earlier_claim_over(
+    tmp_path, monkeypatch
+):
+    claim = tmp_path / files.CLAIM_FILE
+
+    def held_on_node_a(job: str, restart: int) -> None:
+        holder = {"pid": 4242, "host": "node-a", "since": "x"}
+        claim.write_text(json.dumps({**holder, "slurm_job": job, "slurm_restart": restart}))
+
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    held_on_node_a("77", 0)  # this job before SLURM requeued it: gone
+    with files.claimed(tmp_path):
+        assert json.loads(claim.read_text())["slurm_restart"] == 1
+    for job, restart in (("77", 1), ("78", 0)):  # this run of the job, or another job: refused
+        held_on_node_a(job, restart)
+        with pytest.raises(files.ClaimRefused, match="pid 4242 on node-a"):
+            with files.claimed(tmp_path):
+                pass
+
+
 def test_a_claim_another_user_holds_is_refused_though_it_cannot_be_read(tmp_path, monkeypatch):
     claim = tmp_path / files.CLAIM_FILE
     claim.write_text("{}")

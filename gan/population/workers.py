@@ -282,6 +282,7 @@ class Worker:
             pass
         except pickle.UnpicklingError:  # a message cut short: nothing after it can be read
             self.process.terminate()  # its members checkpoint, as on a signal
+            self.conn.close()  # nobody reads on: its writes must not block its exit
             alive = False
         if alive:
             return None
