@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from gan import checkpoint, console, faults, files, record, sweeps, tracking
+from gan import checkpoint, console, faults, files, record, sweep_outcomes, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
@@ -180,7 +180,7 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
     why_not = sweeps.why_not_start(sweep_dir)
     if why_not:
         log.warning("not started: %s", why_not)
-        sweeps.discard_unstarted(out_dir)
+        sweep_outcomes.discard_unstarted(out_dir)
         return None
     earlier = previous_summary(out_dir)
     if earlier.get("status") in record.FINAL:
@@ -208,10 +208,10 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
         return None
     except UserError as err:
         report_user_error(err)
-        return sweeps.job_failed(out_dir, Status.invalid, err)
+        return sweep_outcomes.job_failed(out_dir, Status.invalid, err)
     except Exception as err:  # noqa: BLE001 - a sweep outlives one job's crash, and says so
         log.exception("job failed: %s", err)
-        return sweeps.job_failed(out_dir, Status.failed, err)
+        return sweep_outcomes.job_failed(out_dir, Status.failed, err)
 
 
 def previous_summary(out_dir: Path) -> dict:

@@ -9,7 +9,8 @@ same whichever launcher ran the jobs, in this process or elsewhere.
 Stopping: a SIGINT/SIGTERM to the sweep, or to any of its jobs, or a worker killed, writes
 ``<sweep dir>/.stop`` (the first reason wins). Jobs in flight then checkpoint and end
 ``preempted`` (a worker's watchdog asks them, see ``watch_sweep``), jobs not yet started do not
-start, and the summary lists them as not started. The same command with
+start, and the summary lists them as not started (``gan.sweep_outcomes`` reads what each job came
+to). The same command with
 ``hydra.sweep.dir=<sweep dir>`` completes exactly the jobs that did not finish: finished ones are
 kept, stopped or killed ones resume from their checkpoint, the others start.
 """
@@ -19,24 +20,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
-import shutil
 import signal
 import socket
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from gan import console, files, record, signals
+from gan import files, signals
 from gan.errors import EXIT_USER_ERROR, UserError
-from gan.record import Status
+from gan.sweep_outcomes import job_outcomes, rerun_command, settle_killed_jobs, summarize
 from gan.sweep_plan import check_sweep, planned_jobs
 
 log = logging.getLogger(__name__)
@@ -114,39 +112,6 @@ def why_not_start(sweep_dir: Path) -> str | None:
     return f"the sweep is stopping ({stop['why']})" if stop else None
 
 
-def holds_only_hydra_files(job_dir: Path) -> bool:
-    """True for a job directory that holds only what Hydra writes before the job's function runs:
-    the job did not start (a worker ended as Hydra set it up, or it was told not to start)."""
-    job_dir = Path(job_dir)
-    return job_dir.is_dir() and {p.name for p in job_dir.iterdir()} <= {
-        record.HYDRA_DIR,
-        record.LOG_FILE,
-    }
-
-
-def discard_unstarted(job_dir: Path) -> None:
-    """Removes the directory Hydra made for a job that did not start, if it holds nothing else
-    (a job of an earlier launch keeps its results)."""
-    if holds_only_hydra_files(job_dir):
-        shutil.rmtree(job_dir, ignore_errors=True)
-
-
-def job_failed(out_dir: Path, status: Status, error: BaseException) -> dict:
-    """In a multirun, a job that cannot run is a result: its summary.json says why, and the sweep
-    goes on (``SweepSummary`` lists it at the end and sets the exit status)."""
-    summary = record.Summary(out_dir).read()
-    summary.update(
-        status=status,
-        error=f"{type(error).__name__}: {error}" if status == Status.failed else str(error),
-    )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record.Summary(out_dir).write(summary)
-    except OSError as err:  # a read-only or vanished job dir: the sweep lists it as failed
-        log.error("error: %s: %s not written (%s)", out_dir, record.SUMMARY_FILE, err)
-    return summary
-
-
 _watch = {"started": False, "in_job": False, "ppid": None}
 
 
@@ -180,122 +145,6 @@ class job_in_progress:  # noqa: N801 - used as a context manager, like a functio
 
     def __exit__(self, *exc: object) -> None:
         _watch["in_job"] = False
-
-
-def settle_killed_jobs(outcomes: list[JobOutcome], why: str) -> None:
-    """Jobs whose process was killed (no live claim, summary ``running`` or none): their summary
-    says ``failed`` with ``why``, their stale claim goes, and one killed before it wrote anything
-    but Hydra's files is discarded (listed as not started)."""
-    for o in outcomes:
-        if o.status == record.NOT_STARTED:
-            discard_unstarted(o.job_dir)
-            continue
-        if o.status != Status.failed or not o.job_dir.is_dir():
-            continue
-        if (o.job_dir / files.CLAIM_FILE).exists() and not files.claim_is_stale(o.job_dir):
-            continue  # a live process (another launch) holds it
-        (o.job_dir / files.CLAIM_FILE).unlink(missing_ok=True)
-        summary_file = record.Summary(o.job_dir)
-        discard_unstarted(o.job_dir)  # its stale claim was all it held besides Hydra's files
-        if not o.job_dir.is_dir():
-            continue
-        if not summary_file.exists():
-            summary_file.write({"status": Status.failed, "error": why})
-            continue
-        try:
-            summary = summary_file.load()
-        except (OSError, ValueError):
-            continue
-        if summary.get("status") == Status.running:
-            summary_file.write({**summary, "status": Status.failed, "error": why})
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    job_dir: Path
-    overrides: str  # the job's own overrides, comma-separated
-    status: str  # a record.Status, or record.NOT_STARTED
-    detail: str  # the error, the divergence step, or why the status is unknown
-
-
-def job_outcomes(sweep_dir: Path, planned: list[str] | None = None) -> list[JobOutcome]:
-    """Every job directory under ``sweep_dir`` (it has ``.hydra/overrides.yaml``), in order; with
-    ``planned`` (every job's overrides, by job number), the jobs that left no directory too, as
-    not started."""
-    outcomes = []
-    for overrides_file in sorted(Path(sweep_dir).glob(f"*/{record.OVERRIDES_FILE}")):
-        job_dir = overrides_file.parent.parent
-        try:
-            overrides = ",".join(OmegaConf.load(overrides_file))
-        except Exception as err:  # noqa: BLE001 - a damaged file is one job's problem
-            if holds_only_hydra_files(job_dir):  # its worker ended as Hydra wrote it
-                outcomes.append(JobOutcome(job_dir, "?", record.NOT_STARTED, ""))
-            else:
-                outcomes.append(JobOutcome(job_dir, "?", Status.failed, f"overrides.yaml: {err}"))
-            continue
-        outcomes.append(JobOutcome(job_dir, overrides, *_status(job_dir)))
-    seen = {_job_number(o.job_dir)[0] for o in outcomes}
-    for number, overrides in enumerate(planned or []):
-        if number not in seen:
-            not_started = JobOutcome(
-                Path(sweep_dir) / f"{number}_", overrides, record.NOT_STARTED, ""
-            )
-            outcomes.append(not_started)
-    return sorted(outcomes, key=lambda o: _job_number(o.job_dir))
-
-
-def _status(job_dir: Path) -> tuple[str, str]:
-    summary_file, name = record.Summary(job_dir), record.SUMMARY_FILE
-    if not summary_file.exists() and holds_only_hydra_files(job_dir):
-        return record.NOT_STARTED, ""
-    if not summary_file.exists():
-        return Status.failed, f"it ended before writing {name} (killed, or crashed at start-up)"
-    try:
-        summary = summary_file.load()
-    except record.NotASummary:
-        return Status.failed, f"{name} holds no summary"
-    except (OSError, ValueError) as err:
-        return Status.failed, f"{name} is unreadable ({err})"
-    status = summary.get("status", Status.failed)
-    claim = job_dir / files.CLAIM_FILE
-    if status == Status.running and claim.exists() and not files.claim_is_stale(job_dir):
-        return Status.running, "still running in another process (it holds the directory's claim)"
-    if status == Status.running:  # a job that stopped without updating its status was killed
-        return Status.failed, f"it was killed while running ({name} still says running)"
-    detail = summary.get("error") or (
-        f"at step {summary['diverged_step']}" if summary.get("diverged_step") else ""
-    )
-    return status, detail
-
-
-def _job_number(job_dir: Path) -> tuple[int, str]:
-    head = job_dir.name.split("_", 1)[0]
-    return (int(head), job_dir.name) if head.isdigit() else (1 << 30, job_dir.name)
-
-
-def summarize(outcomes: list[JobOutcome]) -> tuple[list[str], bool]:
-    """The lines to print (one per job that did not finish) and whether the sweep failed."""
-    lines = []
-    for o in outcomes:
-        if o.status != Status.finished:
-            detail = f": {o.detail}" if o.detail else ""
-            lines.append(f"  {o.status:<9} {o.job_dir.name} ({o.overrides}){detail}")
-    failed = any(o.status not in record.FINAL for o in outcomes)
-    counts = {
-        s: sum(o.status == s for o in outcomes) for s in dict.fromkeys(o.status for o in outcomes)
-    }
-    head = f"sweep: {len(outcomes)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-    return [head, *lines], failed
-
-
-def rerun_command(sweep_dir: Path) -> str:
-    """This sweep's command line, into the same sweep directory: it completes the jobs that did
-    not finish."""
-    args = [a for a in sys.argv[1:] if not a.startswith("hydra.sweep.dir=")]
-    from gan.checkpoint import hydra_value
-
-    args.append(f"hydra.sweep.dir={hydra_value(str(sweep_dir))}")
-    return " ".join([console.train_command(), *map(shlex.quote, args)])
 
 
 def write_sweep_report(sweep_dir: Path) -> str:

@@ -22,7 +22,7 @@ import torch
 
 import conftest
 from conftest import ROOT, alive, children, wait_for, workers_importing_torch
-from gan import checkpoint, faults, files, record, sweeps
+from gan import checkpoint, faults, files, record, sweep_outcomes, sweeps
 from gan.errors import UserError
 
 QUICK = [
@@ -293,7 +293,7 @@ def job_statuses(sweep: Path) -> dict[str, str]:
     """Each started job's status by its number, as the sweep reads its directory."""
     return {
         o.job_dir.name.split("_", 1)[0]: o.status
-        for o in sweeps.job_outcomes(sweep)
+        for o in sweep_outcomes.job_outcomes(sweep)
         if o.status != record.NOT_STARTED
     }
 

@@ -24,7 +24,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from gan import data, nets, record, sweeps
+from gan import data, nets, record, sweep_outcomes, sweeps
 from gan.population import enrollment, workers
 from gan.population.run import populations
 from gan.record import Status
@@ -162,7 +162,7 @@ class PopulationLauncher(Launcher):
             return True
         if outcome.status == workers.NOT_STARTED:
             for member in group:
-                sweeps.discard_unstarted(member.cfg.out_dir)
+                sweep_outcomes.discard_unstarted(member.cfg.out_dir)
             if outcome.signum is not None:
                 self._stop(outcome.signum, f"{signal.Signals(outcome.signum).name} to a worker")
             return False

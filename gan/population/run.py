@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gan import files, finish, record, signals, sweeps
+from gan import files, finish, record, signals, sweep_outcomes
 from gan import run as solo
 from gan.console import progress_bar, train_command, train_log
 from gan.errors import UserError, report_user_error
@@ -123,7 +123,7 @@ def accept(job: Enrolled, claims: ExitStack) -> Member | dict[str, Any] | None:
             return None
         except UserError as err:
             report_user_error(err)
-            return sweeps.job_failed(out_dir, Status.invalid, err)
+            return sweep_outcomes.job_failed(out_dir, Status.invalid, err)
         # A population starts long after its jobs were checked: one finished meanwhile is kept.
         done = record.Summary(out_dir).final_status()
         if done:
