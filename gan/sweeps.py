@@ -18,7 +18,6 @@ kept, stopped or killed ones resume from their checkpoint, the others start.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -36,8 +35,6 @@ from gan import files, signals
 from gan.errors import EXIT_USER_ERROR, UserError
 from gan.sweep_outcomes import job_outcomes, rerun_command, settle_killed_jobs, summarize
 from gan.sweep_plan import check_sweep, planned_jobs
-
-log = logging.getLogger(__name__)
 
 STOP_FILE = ".stop"
 SWEEP_PID = "GAN_SWEEP_PID"  # the sweep's own process, for its workers' watchdogs
