@@ -11,11 +11,23 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 START_UP_INTERRUPTED = "interrupted during start-up: nothing was trained"
+
+
+@contextmanager
+def handled_by(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Meanwhile SIGINT/SIGTERM go to ``handler``; then the handlers from before are back."""
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, before in previous.items():
+            signal.signal(s, before)
 
 
 @contextmanager
@@ -29,12 +41,8 @@ def kept_during_imports() -> Iterator[None]:
     def keep(signum, frame) -> None:
         came.append(signum)
 
-    previous = {s: signal.signal(s, keep) for s in STOP_SIGNALS}
-    try:
+    with handled_by(keep):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     if came:
         print(START_UP_INTERRUPTED, file=sys.stderr)
         raise SystemExit(128 + came[0])
@@ -89,15 +97,13 @@ def stop_on_signals() -> Iterator[dict[str, int | None]]:
             asked["signal"] = signum
             asked["received"] = signum
 
-        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-        came_before = take_signal_outside_runs()  # this worker's, as its run was starting
-        if came_before is not None and asked.get("received") is None:
-            asked["signal"] = asked["received"] = came_before
         try:
-            yield asked
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            with handled_by(handler):
+                came_before = take_signal_outside_runs()  # this worker's, as its run started
+                if came_before is not None and asked.get("received") is None:
+                    asked["signal"] = asked["received"] = came_before
+                yield asked
+        finally:  # once its handlers are gone: what this run received, for take_late_signal
             _late["signal"] = asked.get("received")
     finally:
         _open_requests.remove(asked)
@@ -120,7 +126,7 @@ def outside_runs() -> None:
     Signals held back while the process started (``held``) arrive now."""
 
     def remember(signum, frame) -> None:
-        _outside["signal"] = signum
+        keep_for_next_run(signum)
 
     for s in STOP_SIGNALS:
         signal.signal(s, remember)
@@ -129,8 +135,8 @@ def outside_runs() -> None:
 
 
 def keep_for_next_run(signum: int) -> None:
-    """A SIGINT/SIGTERM that a sweep's own process took outside any run (its job was preparing):
-    the run about to start stops at its first step, with a checkpoint."""
+    """A SIGINT/SIGTERM that came outside any run (to a worker, or to a sweep's own process as
+    its job prepared): the run about to start stops at its first step, with a checkpoint."""
     _outside["signal"] = signum
 
 

@@ -116,7 +116,7 @@ def job_outcomes(sweep_dir: Path, planned: list[str] | None = None) -> list[JobO
 
 def _status(job_dir: Path) -> tuple[str, str]:
     summary_file, name = record.Summary(job_dir), record.SUMMARY_FILE
-    if not summary_file.exists() and holds_only_hydra_files(job_dir):
+    if holds_only_hydra_files(job_dir):  # no summary.json either
         return record.NOT_STARTED, ""
     if not summary_file.exists():
         return Status.failed, f"it ended before writing {name} (killed, or crashed at start-up)"

@@ -188,16 +188,13 @@ def report_unless_stopped(sweep_dir: Path) -> tuple[str, int | None]:
 
     if threading.current_thread() is not threading.main_thread():
         return write_sweep_report(sweep_dir), None
-    previous = {s: signal.signal(s, skip) for s in signals.STOP_SIGNALS}
     try:
-        return write_sweep_report(sweep_dir), None
+        with signals.handled_by(skip):
+            return write_sweep_report(sweep_dir), None
     except _ReportSkipped as skipped:
         name = signal.Signals(skipped.signum).name
         line = f"report: skipped ({name}); `python -m gan.report {sweep_dir}` writes it"
         return line, skipped.signum
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 class _ReportSkipped(BaseException):
