@@ -122,6 +122,16 @@ def wait_for(condition, timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
+def children_with(pid: int, marker: str) -> set[int]:
+    """The live child processes of ``pid`` whose command line has ``marker``."""
+    found = set()
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{child}/cmdline").read_text():
+                found.add(child)
+    return found
+
+
 def stopped_while_signals_held(pid: int, marker: str, count: int = 2) -> set[int]:
     """Stops (SIGSTOP) each of the first ``count`` child processes of ``pid`` whose command line
     has ``marker`` as soon as it is seen, and checks that it then still held SIGINT and SIGTERM
@@ -131,13 +141,10 @@ def stopped_while_signals_held(pid: int, marker: str, count: int = 2) -> set[int
     stopped: set[int] = set()
 
     def stop_new() -> bool:
-        for child in children(pid) - stopped:
-            try:
-                if marker in Path(f"/proc/{child}/cmdline").read_text():
-                    os.kill(child, signal.SIGSTOP)
-                    stopped.add(child)
-            except OSError:
-                pass
+        for child in children_with(pid, marker) - stopped:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGSTOP)
+                stopped.add(child)
         return len(stopped) >= count
 
     try:
@@ -166,13 +173,10 @@ def workers_importing_torch(pid: int, marker: str, count: int = 2) -> set[int]:
 
     def found() -> set[int]:
         started = set()
-        for child in children(pid):
-            try:
-                ours = marker in Path(f"/proc/{child}/cmdline").read_text()
-                if ours and "libtorch" in Path(f"/proc/{child}/maps").read_text():
+        for child in children_with(pid, marker):
+            with contextlib.suppress(OSError):
+                if "libtorch" in Path(f"/proc/{child}/maps").read_text():
                     started.add(child)
-            except OSError:
-                pass
         return started
 
     wait_for(lambda: len(found()) >= count)
