@@ -46,6 +46,7 @@ from gan.bench_setup import (
 )
 from gan.config import (
     CHANNELS_LAST_SETTINGS,
+    CUDA_GRAPH_SETTINGS,
     PRECISIONS,
     LoggerConfig,
     TrainerConfig,
@@ -53,8 +54,9 @@ from gan.config import (
     preset,
 )
 from gan.errors import UserError, exits_on_user_error
+from gan.nets import to_channels_last
 from gan.runtime import check_precision
-from gan.trainer import GANTrainer, Schedule, to_channels_last
+from gan.trainer import GANTrainer, Schedule
 
 
 class _PerSampleDataset(torch.utils.data.Dataset):
@@ -197,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="torch.compile G and D in the project's loop"
     )
     parser.add_argument(
+        "--cuda-graph",
+        choices=CUDA_GRAPH_SETTINGS,
+        default=run.cuda_graph,
+        help="the project's and the population's step replayed from a CUDA graph, as "
+        "trainer.cuda_graph (on: CUDA only)",
+    )
+    parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=run.precision,
@@ -266,7 +275,8 @@ def _print_results(
     print(
         f"{args.model} GAN on {args.dataset}, batch {args.batch_size}, best of {args.repeats} × "
         f"{args.steps} timed steps, {device}, {threads} threads, channels_last={channels_last}, "
-        f"compile={args.compile}, precision={args.precision} ({args.precision_resolved})"
+        f"compile={args.compile}, cuda_graph={args.cuda_graph}, "
+        f"precision={args.precision} ({args.precision_resolved})"
     )
     print(f"{'loop':<24}{'steps/s':>10}{'images/s':>12}{'× reference':>13}{'peak MB':>10}")
     for key, r in rows.items():
@@ -284,6 +294,7 @@ def _print_results(
         "threads": threads,
         "channels_last": channels_last,
         "compile": args.compile,
+        "cuda_graph": args.cuda_graph,
         "precision": args.precision,
         "precision_resolved": args.precision_resolved,
         "cpu": cpu_features(),

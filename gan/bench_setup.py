@@ -13,8 +13,8 @@ import torch
 
 from gan import data, nets
 from gan.config import DataConfig, ModelConfig, TrainerConfig, preset
+from gan.nets import wants_channels_last
 from gan.runtime import cpu_has_native_bf16, resolve_device, resolve_precision
-from gan.trainer import wants_channels_last
 
 WARMUP = 10
 NEVER = 10**9  # a period no run reaches: the task runs at the last step only
@@ -51,6 +51,7 @@ def setup(args: argparse.Namespace) -> Bench:
         device=args.device,
         channels_last=args.channels_last,
         compile=args.compile,
+        cuda_graph=args.cuda_graph,
         precision=args.precision,
     )
     device = resolve_device(trainer.device)

@@ -55,7 +55,7 @@ LOGGER_MODES = ("auto", "online", "offline", "disabled")
 WANDB_TAG_LENGTH = 64  # W&B's limit: a longer tag fails the run when W&B starts
 SWEEP_TAG_PREFIX = "sweep:"  # the W&B tag every job of one sweep shares: sweep:<sweep id>
 PRECISIONS = ("auto", "fp32", "bf16")
-CHANNELS_LAST_SETTINGS = ("auto", "on", "off")
+CHANNELS_LAST_SETTINGS = CUDA_GRAPH_SETTINGS = ("auto", "on", "off")
 G_NORMS = ("batch", "none")  # the generator's normalization (model.g_norm)
 D_NORMS = ("none", "batch", "spectral")  # the discriminator's (model.d_norm)
 OPTIMIZERS = ("adam", "sgd")  # trainer.optimizer, for both networks
@@ -114,6 +114,7 @@ class TrainerConfig:
     threads: int  # torch CPU threads (0: torch's default)
     channels_last: str  # one of CHANNELS_LAST_SETTINGS
     compile: bool  # torch.compile G and D
+    cuda_graph: str  # one of CUDA_GRAPH_SETTINGS: the step replayed from a CUDA graph
     precision: str  # one of PRECISIONS
 
     def __post_init__(self) -> None:
@@ -131,12 +132,13 @@ class TrainerConfig:
         ):
             if getattr(self, key) < 0:
                 raise UserError(f"trainer.{key} must be >= 0 (0: {zero}), got {getattr(self, key)}")
-        if self.channels_last not in CHANNELS_LAST_SETTINGS:
-            raise UserError(
-                f"trainer.channels_last must be auto, on or off, got {self.channels_last!r}"
-            )
-        _one_of(self, "precision", PRECISIONS, "trainer")  # the one check of its name
-        _one_of(self, "optimizer", OPTIMIZERS, "trainer")
+        for key, valid in (
+            ("channels_last", CHANNELS_LAST_SETTINGS),
+            ("cuda_graph", CUDA_GRAPH_SETTINGS),
+            ("precision", PRECISIONS),  # the one check of its name
+            ("optimizer", OPTIMIZERS),
+        ):
+            _one_of(self, key, valid, "trainer")
         if set(self.default_lr) != set(OPTIMIZERS) or not all(
             lr > 0 for lr in self.default_lr.values()
         ):
@@ -176,10 +178,7 @@ class LoggerConfig:
     log_artifacts: bool  # the final checkpoint and the feature classifier as W&B artifacts
 
     def __post_init__(self) -> None:
-        if self.mode not in LOGGER_MODES:
-            raise UserError(
-                f"logger.mode must be one of {', '.join(LOGGER_MODES)}, got {self.mode!r}"
-            )
+        _one_of(self, "mode", LOGGER_MODES, "logger")
         if not self.project:
             raise UserError("logger.project must not be empty")
         long = [t for t in self.tags if len(str(t)) > WANDB_TAG_LENGTH]
@@ -278,6 +277,7 @@ KEY_USES = {
     "trainer.threads": KeyUse(resumable=True, setting=False),
     "trainer.device": KeyUse(resumable=True, setting=False),
     "trainer.precision": KeyUse(resumable=True, setting=False),
+    "trainer.cuda_graph": KeyUse(resumable=True, setting=False),  # the same kernels, replayed
     "eval.batch_size": KeyUse(resumable=True, setting=False),
     # Paths and logging.
     "data_dir": KeyUse(resumable=True, setting=False),

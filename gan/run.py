@@ -17,6 +17,7 @@ import torch
 
 from gan import checkpoint, data, faults, files, nets, quality, record, tracking
 from gan.config import RunConfig
+from gan.cuda_graph import uses_cuda_graph
 from gan.errors import UserError
 from gan.events import Evaluation, RunEvents
 from gan.finish import log_result, record_artifacts, record_result
@@ -27,13 +28,7 @@ from gan.record import Ending, Status
 from gan.resume import check_resumable, check_threads
 from gan.runtime import check_precision, derive_seed, resolve_device, resolve_precision
 from gan.signals import Interrupted, Preempted, stop_on_signals
-from gan.trainer import (
-    GANTrainer,
-    Schedule,
-    TrainResult,
-    to_channels_last,
-    wants_channels_last,
-)
+from gan.trainer import GANTrainer, Schedule, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +88,7 @@ def prepare(cfg: RunConfig) -> Environment:
     check_run_dir(cfg.out_dir)
     mode, why = tracking.resolve_mode(cfg.logger.mode)
     device = resolve_device(cfg.trainer.device)
+    uses_cuda_graph(cfg.trainer, device)  # trainer.cuda_graph=on where it cannot be: said now
     precision = resolve_precision(cfg.trainer.precision, device)
     precision_warning = check_precision(precision, device)
     if precision_warning:
@@ -215,8 +211,8 @@ def build_trainer(
     False for a population's members, whose solo modules only mirror the stacked network."""
     g, d, records = build_networks(cfg)
     g, d = g.to(env.device), d.to(env.device)
-    if allow_channels_last and wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
-        g, d, images = to_channels_last(g, d, images)
+    if allow_channels_last and nets.wants_channels_last(cfg.model.name, cfg.trainer.channels_last):
+        g, d, images = nets.to_channels_last(g, d, images)
     trainer = GANTrainer(g, d, images, cfg.trainer, seed=cfg.seed, precision=env.precision)
     if env.resumed:
         try:

@@ -14,13 +14,14 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from gan import nets
-from gan.config import OPTIMIZERS, TrainerConfig
+from gan.config import TrainerConfig
 from gan.console import progress_bar
+from gan.cuda_graph import GraphedStep, training_state
 from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
 from gan.losses import batch_mean, discriminator_loss, generator_loss
 from gan.nets import Discriminator, Generator, generate
+from gan.optimizers import load_state, make_optimizer
 from gan.record import Ending
 from gan.runtime import derive_seed
 
@@ -89,6 +90,11 @@ def step_metrics(
     }
 
 
+def metric_row(metrics: dict[str, torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``step_metrics``' values stacked in METRICS order along ``dim``: a window's row."""
+    return torch.stack([metrics[name] for name in METRICS], dim=dim)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When the loop does what, over steps 1..``steps``. A period of 0 turns a periodic task off."""
@@ -137,35 +143,6 @@ class TrainResult:
     seconds: float
     last: dict[str, float]  # the last logging window's metrics
     diverged_step: int | None = None  # the first step whose loss or weights were not finite
-
-
-def wants_channels_last(model: str, setting: str) -> bool:
-    """channels_last memory format: ``auto`` turns it on for a convolutional model, whose
-    convolutions run faster in it on CPU (README, Speed)."""
-    return setting == "on" or (setting == "auto" and nets.architecture(model).convolutional)
-
-
-def to_channels_last(
-    g: nn.Module, d: nn.Module, images: torch.Tensor
-) -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """G, D and the images in channels_last memory format (same values, faster convolutions)."""
-    fmt = torch.channels_last
-    return g.to(memory_format=fmt), d.to(memory_format=fmt), images.contiguous(memory_format=fmt)
-
-
-def make_optimizer(
-    net: nn.Module, trainer: TrainerConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    """``trainer.optimizer``: ``adam`` (takes ``betas``) or ``sgd`` (heavy-ball ``momentum``, no
-    weight decay), at ``trainer.lr``."""
-    # Fused kernels update all tensors at once; they exist for CPU and CUDA float tensors.
-    fused = device.type in ("cpu", "cuda")
-    name, lr = trainer.optimizer, trainer.lr
-    if name == "adam":
-        return torch.optim.Adam(net.parameters(), lr=lr, betas=trainer.betas, fused=fused)
-    if name == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=lr, momentum=trainer.momentum, fused=fused)
-    raise UserError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
 class Sink(Protocol):
@@ -230,8 +207,11 @@ class GANTrainer:
         self.compiled = (
             (torch.compile(generator), torch.compile(discriminator)) if trainer.compile else None
         )
-        self.g_opt = make_optimizer(generator, trainer, device)
-        self.d_opt = make_optimizer(discriminator, trainer, device)
+        # trainer.cuda_graph: the plain step replayed from a CUDA graph; diagnostic steps stay eager
+        self.graph = GraphedStep.of(trainer, device, self._graph_step, self._graph_state)
+        graphed = self.graph is not None  # Adam's step must then be capturable
+        self.g_opt = make_optimizer(generator, trainer, device, capturable=graphed)
+        self.d_opt = make_optimizer(discriminator, trainer, device, capturable=graphed)
         self.rng = torch.Generator(device=device).manual_seed(derive_seed(seed, "train"))
         # Fixed noise for sample grids, from its own stream so sampling never shifts training draws.
         sample_rng = torch.Generator().manual_seed(derive_seed(seed, "samples"))
@@ -272,8 +252,10 @@ class GANTrainer:
     def load_state_dict(self, state: dict) -> None:
         self.g.load_state_dict(state["generator"])
         self.d.load_state_dict(state["discriminator"])
-        self.g_opt.load_state_dict(state["g_opt"])
-        self.d_opt.load_state_dict(state["d_opt"])
+        load_state(self.g_opt, state["g_opt"])
+        load_state(self.d_opt, state["d_opt"])
+        if self.graph is not None:  # the optimizers' state tensors are new ones
+            self.graph.reset()
         self.rng.set_state(state["rng"])
         self.step, self.cursor, self.window_steps = (
             state["step"],
@@ -304,8 +286,16 @@ class GANTrainer:
         """One D update and one G update; returns the step's METRICS by name (device tensors).
         ``eager``: run the plain modules even when compiled (diagnostic hooks need them)."""
         g, d = (self.g, self.d) if eager or not self.compiled else self.compiled
-        z = torch.randn(self.batch_size, self.g.z_dim, generator=self.rng, device=self.device)
+        return self._update(g, d, real, self._noise())
 
+    def _noise(self) -> torch.Tensor:
+        """The step's noise (B, z_dim), drawn after its batch."""
+        return torch.randn(self.batch_size, self.g.z_dim, generator=self.rng, device=self.device)
+
+    def _update(
+        self, g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The step's math on its batch ``real`` and noise ``z``: what a CUDA graph captures."""
         # Discriminator: fakes detached so G gets no gradient here. Logits are cast to fp32
         # before the loss (a no-op without autocast).
         with self._autocast():
@@ -322,13 +312,15 @@ class GANTrainer:
 
         # Generator, against the updated D. D's weights need no gradient here.
         self.d.requires_grad_(False)
-        with self._autocast():
-            d_gen = d(fake).float()
-            loss_g = generator_loss(d_gen)
-        self.g_opt.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.g_opt.step()
-        self.d.requires_grad_(True)
+        try:
+            with self._autocast():
+                d_gen = d(fake).float()
+                loss_g = generator_loss(d_gen)
+            self.g_opt.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.g_opt.step()
+        finally:  # also when a CUDA graph's capture of this fails
+            self.d.requires_grad_(True)
 
         return step_metrics(loss_d, loss_g, d_real, d_fake, d_gen)
 
@@ -342,19 +334,25 @@ class GANTrainer:
         """One gan_step; its metrics become the window's next row (METRICS order)."""
         if self.window_steps == len(self.rows):  # a window longer than planned: grow
             self._reserve_rows(2 * len(self.rows))
-        try:
+        if self.graph is not None and not eager:
+            self.rows[self.window_steps] = self.graph(real, self._noise())
+            return
+        try:  # torch.compile compiles lazily, here
             metrics = self.gan_step(real, eager)
-            torch.stack([metrics[name] for name in METRICS], out=self.rows[self.window_steps])
-        except (
-            torch._dynamo.exc.BackendCompilerFailed
-        ) as err:  # torch.compile compiles lazily, here
+        except torch._dynamo.exc.BackendCompilerFailed as err:
             cause = getattr(err, "inner_exception", None) or err
             reason = (str(cause).strip().splitlines() or [""])[0]
             raise UserError(
                 f"trainer.compile=true: torch.compile failed at step {self.step + 1} "
-                f"({type(cause).__name__}: {reason}); train without it: "
-                "trainer.compile=false"
+                f"({type(cause).__name__}: {reason}); train without it: trainer.compile=false"
             ) from err
+        self.rows[self.window_steps] = metric_row(metrics)
+
+    def _graph_step(self, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return metric_row(self._update(self.g, self.d, real, z))
+
+    def _graph_state(self) -> list[torch.Tensor]:
+        return training_state((self.g, self.d), (self.g_opt, self.d_opt))
 
     def _weights_finite(self) -> torch.Tensor:
         return torch.stack(
@@ -411,6 +409,8 @@ class GANTrainer:
         """Logs the window's means; a TrainResult when the run diverged."""
         # The window's only host sync: its means, which of its steps had finite losses, and
         # whether the weights are finite.
+        if self.graph is not None:
+            self.graph.check()
         rows = self.rows[: self.window_steps]
         finite_losses = torch.isfinite(rows[:, LOSSES]).all(1)
         synced = torch.cat(

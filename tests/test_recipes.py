@@ -19,9 +19,9 @@ import train
 from conftest import CONF_DIR, ROOT
 from gan import nets, trainer
 from gan.errors import UserError
+from gan.nets import wants_channels_last
 from gan.population.stacked import StackedNet
 from gan.run import build_networks, run
-from gan.trainer import wants_channels_last
 
 TOY = "toy_conv"
 

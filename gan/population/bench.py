@@ -85,7 +85,8 @@ def main(args: argparse.Namespace, bench: Bench) -> int:
     print(
         f"{args.model} GAN on {args.dataset}, batch {args.batch_size}, best of {args.repeats} × "
         f"{args.steps} timed steps, {device}, {torch.get_num_threads()} threads, "
-        f"precision {bench.precision}, windows of {bench.trainer.log_every} steps, no files"
+        f"precision {bench.precision}, cuda_graph={bench.trainer.cuda_graph}, "
+        f"windows of {bench.trainer.log_every} steps, no files"
     )
     print(f"{'loop':<26}{'member-steps/s':>16}{'× single':>10}")
     print(f"{'single run':<26}{rows['single']:>16.1f}{1:>10.2f}")
@@ -101,6 +102,7 @@ def main(args: argparse.Namespace, bench: Bench) -> int:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "precision": bench.precision,
+        "cuda_graph": bench.trainer.cuda_graph,
         "parameters": nets.count_parameters(g) + nets.count_parameters(d),
         "cpu": cpu_features(),
         "member_steps_per_s": rows,

@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from gan.cuda_graph import GraphedStep, training_state
 from gan.diagnostics import LayerDiagnostics
 from gan.losses import discriminator_loss, generator_loss
 from gan.population.stacked import StackedNet
@@ -31,6 +32,7 @@ from gan.trainer import (
     Sink,
     TrainResult,
     diverged_step,
+    metric_row,
     step_metrics,
     window_means,
 )
@@ -158,7 +160,13 @@ class PopulationTrainer:
         # Each member's result once known (a diverged member's at once), filled in by ``run``:
         # a population that fails later still records them (gan.population.run).
         self.results: list[TrainResult | None] = [None] * self.k
-        self.frozen: torch.Tensor | None = None  # (K,) bool on the device, once one is
+        # The batched step replayed from a CUDA graph when the members' runs chose one
+        # (gan.cuda_graph), which captures the mask of frozen members: it exists from the start.
+        self.graph: GraphedStep | None = None
+        self.frozen: torch.Tensor | None = None  # (K,) bool on the device, once a member is
+        if first.graph is not None:
+            self.graph = GraphedStep(self._update, self._graph_state, required=first.graph.required)
+            self.frozen = torch.zeros(self.k, dtype=torch.bool, device=self.device)
 
     # ---------------------------------------------------------------------------------------
     # The batched step
@@ -180,6 +188,10 @@ class PopulationTrainer:
     def gan_step(self) -> torch.Tensor:
         """One D and one G update of every member; returns the step's metrics (K, METRICS)."""
         real, z = self._draws()
+        return self._update(real, z) if self.graph is None else self.graph(real, z)
+
+    def _update(self, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The batched step's math on the members' batches and noise: what a CUDA graph captures."""
         with self._autocast():
             fake = self.g(z)
             if self.joint_d:  # as the solo loop: one pass when D has no batch statistics
@@ -193,15 +205,19 @@ class PopulationTrainer:
         self.d_opt.step(self.frozen)
 
         self.d.requires_grad_(False)
-        with self._autocast():
-            d_gen = self.d(fake).float()
-            loss_g = generator_loss(d_gen, members=True)
-        self.g_opt.zero_grad()
-        loss_g.sum().backward()
-        self.g_opt.step(self.frozen)
-        self.d.requires_grad_(True)
-        metrics = step_metrics(loss_d, loss_g, d_real, d_fake, d_gen, members=True)
-        return torch.stack([metrics[name] for name in METRICS], dim=1)
+        try:
+            with self._autocast():
+                d_gen = self.d(fake).float()
+                loss_g = generator_loss(d_gen, members=True)
+            self.g_opt.zero_grad()
+            loss_g.sum().backward()
+            self.g_opt.step(self.frozen)
+        finally:  # also when a CUDA graph's capture of this fails
+            self.d.requires_grad_(True)
+        return metric_row(step_metrics(loss_d, loss_g, d_real, d_fake, d_gen, members=True), dim=1)
+
+    def _graph_state(self) -> list[torch.Tensor]:
+        return [*training_state((self.g, self.d), (self.g_opt.opt, self.d_opt.opt)), self.frozen]
 
     # ---------------------------------------------------------------------------------------
     # Solo views: checkpoints, diagnostics
@@ -239,6 +255,8 @@ class PopulationTrainer:
         if fresh:  # every member has just made its first update: stack their new state
             self.g_opt.state_from([t.g_opt for t in self.solos], [t.g for t in self.solos])
             self.d_opt.state_from([t.d_opt for t in self.solos], [t.d for t in self.solos])
+            if self.graph is not None:  # new state tensors
+                self.graph.reset()
 
     def _active_members(self) -> list[int]:
         return [k for k in range(self.k) if self.active[k]]
@@ -302,6 +320,8 @@ class PopulationTrainer:
 
     def _close_window(self, step: int, sinks: Sequence[Sink], results: list, start: float) -> None:
         """Logs each active member's window means; records and freezes the ones that diverged."""
+        if self.graph is not None:
+            self.graph.check()
         rows = self.rows[: self.window_steps]  # (n, K, METRICS)
         finite = torch.isfinite(rows[:, :, LOSSES]).all(2)  # (n, K)
         synced = torch.cat(
@@ -330,7 +350,9 @@ class PopulationTrainer:
         self.active[k] = False
         self.g_opt.freeze(k)
         self.d_opt.freeze(k)
-        self.frozen = torch.tensor([not a for a in self.active], device=self.device)
+        if self.frozen is None:
+            self.frozen = torch.zeros(self.k, dtype=torch.bool, device=self.device)
+        self.frozen[k] = True  # in place: a CUDA graph reads this tensor
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,36 @@
+"""The runs' optimizers: which one ``trainer.optimizer`` names, and their state."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gan.config import OPTIMIZERS, TrainerConfig
+from gan.errors import UserError
+
+
+def make_optimizer(
+    net: nn.Module, trainer: TrainerConfig, device: torch.device, capturable: bool = False
+) -> torch.optim.Optimizer:
+    """``trainer.optimizer``: ``adam`` (takes ``betas``) or ``sgd`` (heavy-ball ``momentum``, no
+    weight decay), at ``trainer.lr``. ``capturable``: Adam's step may run in a CUDA graph (its
+    step count stays on the device; the same update)."""
+    # Fused kernels update all tensors at once; they exist for CPU and CUDA float tensors.
+    fused = device.type in ("cpu", "cuda")
+    name, lr = trainer.optimizer, trainer.lr
+    if name == "adam":
+        return torch.optim.Adam(
+            net.parameters(), lr=lr, betas=trainer.betas, fused=fused, capturable=capturable
+        )
+    if name == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=trainer.momentum, fused=fused)
+    raise UserError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def load_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``saved`` (a checkpoint's optimizer state) into ``optimizer``, which keeps its own
+    ``capturable``: the checkpoint may come from a run with or without a CUDA graph."""
+    optimizer.load_state_dict(saved)
+    for group in optimizer.param_groups:
+        if "capturable" in group:
+            group["capturable"] = optimizer.defaults["capturable"]
