@@ -277,7 +277,7 @@ KEY_USES = {
     "trainer.threads": KeyUse(resumable=True, setting=False),
     "trainer.device": KeyUse(resumable=True, setting=False),
     "trainer.precision": KeyUse(resumable=True, setting=False),
-    "trainer.cuda_graph": KeyUse(resumable=True, setting=False),  # the same kernels, replayed
+    "trainer.cuda_graph": KeyUse(resumable=True, setting=False),  # the same math, replayed
     "eval.batch_size": KeyUse(resumable=True, setting=False),
     # Paths and logging.
     "data_dir": KeyUse(resumable=True, setting=False),

@@ -66,8 +66,15 @@ class CudaCapture:
 
     def capture(self, step: Step, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Records the step, running none of it; its output tensor, which each replay fills."""
-        with torch.cuda.graph(self.graph):
-            return step(*inputs)
+        stream = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(self.graph):
+                return step(*inputs)
+        except BaseException:
+            # A capture that failed inside the step fails again in capture_end, before torch
+            # leaves the capture stream: go back to ours.
+            torch.cuda.set_stream(stream)
+            raise
 
     def replay(self) -> None:
         self.graph.replay()
@@ -151,7 +158,8 @@ class GraphedStep:
         try:
             output = self.device_graph.capture(self.step, statics)
         except Exception as err:  # any failure to capture means: train eagerly, or stop if asked
-            reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+            cause = err.__context__ or err  # the step's own error, not capture_end's after it
+            reason = f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0]}"
             if self.required:
                 raise UserError(
                     f"trainer.cuda_graph=on: capturing the training step failed ({reason}); "
@@ -159,7 +167,8 @@ class GraphedStep:
                 ) from err
             log.warning(
                 "warning: trainer.cuda_graph=auto: capturing the training step failed (%s); "
-                "this run goes on without a CUDA graph",
+                "this run goes on without a CUDA graph, and CUDA may keep memory the failed "
+                "capture took until it ends (trainer.cuda_graph=off avoids both)",
                 reason,
             )
             self.eager, self.device_graph = True, None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from gan.config import OPTIMIZERS, TrainerConfig
 from gan.errors import UserError
+
+CAPTURABLE_RUN_EAGERLY = "This instance was constructed with capturable=True"
 
 
 def make_optimizer(
@@ -19,6 +23,8 @@ def make_optimizer(
     fused = device.type in ("cpu", "cuda")
     name, lr = trainer.optimizer, trainer.lr
     if name == "adam":
+        if capturable:  # torch warns when such an Adam steps eagerly: warm-up, diagnostic steps
+            warnings.filterwarnings("ignore", message=CAPTURABLE_RUN_EAGERLY, category=UserWarning)
         return torch.optim.Adam(
             net.parameters(), lr=lr, betas=trainer.betas, fused=fused, capturable=capturable
         )

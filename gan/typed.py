@@ -45,6 +45,11 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
         return tuple(
             coerce(v, k, f"{where}[{i}]") for i, (v, k) in enumerate(zip(value, item_kinds))
         )
+    if kind is str and isinstance(value, bool):  # trainer.cuda_graph=false, or off in a YAML file
+        raise UserError(
+            f"{where} must be a word, got the boolean {value!r}: use its word (off, not false; "
+            'in a YAML file quote it, "off", which YAML reads as a boolean too)'
+        )
     if kind is bool or isinstance(value, bool):
         if kind is not bool or not isinstance(value, bool):
             raise UserError(f"{where} must be {kind.__name__}, got {value!r}")
