@@ -16,7 +16,7 @@ import logging
 
 import pytest
 import torch
-from test_population import DIVERGING, NoBar, NoEvents, Sink, assert_close_runs
+from test_population import DIVERGING, NoBar, NoEvents, Sink, assert_close_runs, members
 
 from conftest import run_config
 from gan import cuda_graph, run
@@ -64,15 +64,9 @@ def rehearsed(monkeypatch):
     monkeypatch.setattr(Rehearsal, "captures", 0)
 
 
-def trainers(tmp_path, jobs: list[list[str]], common: list[str]):
-    """One solo trainer per job, as a run builds it on the CPU."""
-    built = []
-    for i, job in enumerate(jobs):
-        cfg = run_config([*common, *job, "trainer.device=cpu"], tmp_path / f"r{i}")
-        env = run.prepare(cfg)
-        images, _ = run.load_data(cfg, env.device, progress=False)
-        built.append(run.build_trainer(cfg, env, images, allow_channels_last=False)[0])
-    return built
+def trainers(tmp_path, jobs: list[list[str]], common: list[str], device: str = "cpu"):
+    """One solo trainer per job, as a run builds it."""
+    return [trainer for *_, trainer in members(tmp_path, jobs, common, device)]
 
 
 def weights(trainer) -> list[torch.Tensor]:
@@ -195,23 +189,13 @@ def test_a_failed_capture_goes_on_eagerly_under_auto_and_stops_under_on(
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def cuda_trainers(tmp_path, jobs, common):
-    built = []
-    for i, job in enumerate(jobs):
-        cfg = run_config([*common, *job, "trainer.device=cuda"], tmp_path / f"c{i}")
-        env = run.prepare(cfg)
-        images, _ = run.load_data(cfg, env.device, progress=False)
-        built.append(run.build_trainer(cfg, env, images, allow_channels_last=False)[0])
-    return built
-
-
 @cuda
 @pytest.mark.parametrize("common", [[], ["model=dcgan", "trainer.precision=bf16"]])
 def test_on_cuda_a_captured_run_follows_its_eager_run(tmp_path, common):
     schedule = Schedule(60, log_every=10, sample_every=30, diag_every=25)
     sinks = []
     for name, graph in (("eager", "off"), ("graphed", "on")):
-        (trainer,) = cuda_trainers(tmp_path / name, [common], [f"trainer.cuda_graph={graph}"])
+        (trainer,) = trainers(tmp_path / name, [common], [f"trainer.cuda_graph={graph}"], "cuda")
         sinks.append(Sink())
         trainer.run(schedule, sinks[-1], progress=False)
     assert trainer.graph.captured
@@ -225,7 +209,7 @@ def test_on_cuda_a_captured_population_follows_its_eager_population(tmp_path):
     all_sinks = []
     for name, graph in (("eager", "off"), ("graphed", "on")):
         population = PopulationTrainer(
-            cuda_trainers(tmp_path / name, jobs, [f"trainer.cuda_graph={graph}"])
+            trainers(tmp_path / name, jobs, [f"trainer.cuda_graph={graph}"], "cuda")
         )
         all_sinks.append([Sink() for _ in jobs])
         results = population.run(schedule, all_sinks[-1], NoEvents(), NoBar())

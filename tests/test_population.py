@@ -66,11 +66,11 @@ class NoBar:
     def update(self, n): ...
 
 
-def members(tmp_path, jobs: list[list[str]], common: list[str]):
-    """(cfg, env, solo trainer) per job, each as a run builds it, on the CPU."""
+def members(tmp_path, jobs: list[list[str]], common: list[str], device: str = "cpu"):
+    """(cfg, env, solo trainer) per job, each as a run builds it, on ``device``."""
     built = []
     for i, job in enumerate(jobs):
-        cfg = run_config([*common, *job, "trainer.device=cpu"], tmp_path / f"m{i}")
+        cfg = run_config([*common, *job, f"trainer.device={device}"], tmp_path / f"m{i}")
         env = run.prepare(cfg)
         images, _ = run.load_data(cfg, env.device, progress=False)
         trainer, _ = run.build_trainer(cfg, env, images, allow_channels_last=False)
