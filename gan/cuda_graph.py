@@ -1,7 +1,7 @@
 """A training step captured once in a CUDA graph and replayed: ``trainer.cuda_graph``.
 
-A small GAN's step is a few hundred kernels of microseconds each, so on a GPU the host launching
-them, not the math, sets the pace; a captured graph launches them all in one call. The step reads
+A small GAN's step is many small kernels, so on a GPU the host launching them, not the math,
+sets the pace; a captured graph launches them all in one call. The step reads
 its inputs from static buffers, into which each call copies the new batch and noise, and its
 output is a static tensor, overwritten by the next call.
 
@@ -31,15 +31,18 @@ Step = Callable[..., torch.Tensor]  # (static inputs…) → one output tensor
 WARMUP_STEPS = 3
 
 
-def uses_cuda_graph(trainer: TrainerConfig, device: torch.device) -> bool:
-    """Whether ``trainer.cuda_graph`` captures the step here: ``on`` where it can or a UserError,
-    ``auto`` where it can, ``off`` never."""
-    if trainer.cuda_graph == "off":
-        return False
+def check_cuda_graph(trainer: TrainerConfig, device: torch.device) -> None:
+    """Refuses ``trainer.cuda_graph=on`` where no graph can be captured (a UserError)."""
     why_not = _why_not(trainer, device)
     if why_not and trainer.cuda_graph == "on":
         raise UserError(f"trainer.cuda_graph=on: {why_not}; use trainer.cuda_graph=auto or off")
-    return why_not is None
+
+
+def uses_cuda_graph(trainer: TrainerConfig, device: torch.device) -> bool:
+    """Whether ``trainer.cuda_graph`` captures the step here: ``on`` (checked by
+    ``check_cuda_graph``) and ``auto`` where it can, ``off`` never."""
+    check_cuda_graph(trainer, device)
+    return trainer.cuda_graph != "off" and _why_not(trainer, device) is None
 
 
 def _why_not(trainer: TrainerConfig, device: torch.device) -> str | None:
@@ -110,7 +113,7 @@ class GraphedStep:
 
     def __init__(self, step: Step, state: Callable[[], list[torch.Tensor]], *, required: bool):
         self.step, self.state, self.required = step, state, required
-        self.eager = False  # True once a capture failed: no more tries
+        self.capture_failed = False  # then it trains eagerly, and tries no more
         self.reset()
 
     @classmethod
@@ -140,7 +143,7 @@ class GraphedStep:
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         """The step's output for ``inputs``; read it before the next call."""
-        if self.eager:
+        if self.capture_failed:
             return self.step(*inputs)
         if not self.captured and self.warm_steps < WARMUP_STEPS:
             self.warm_steps += 1
@@ -171,7 +174,7 @@ class GraphedStep:
                 "capture took until it ends (trainer.cuda_graph=off avoids both)",
                 reason,
             )
-            self.eager, self.device_graph = True, None
+            self.capture_failed, self.device_graph = True, None
             return False
         self.inputs, self.output = statics, output
         self.addresses = [t.data_ptr() for t in self.state()]

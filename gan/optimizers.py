@@ -17,13 +17,15 @@ def make_optimizer(
     net: nn.Module, trainer: TrainerConfig, device: torch.device, capturable: bool = False
 ) -> torch.optim.Optimizer:
     """``trainer.optimizer``: ``adam`` (takes ``betas``) or ``sgd`` (heavy-ball ``momentum``, no
-    weight decay), at ``trainer.lr``. ``capturable``: Adam's step may run in a CUDA graph (its
-    step count stays on the device; the same update)."""
+    weight decay), at ``trainer.lr``. ``capturable``: Adam's step may run in a CUDA graph (the
+    same fused update; torch refuses to capture it otherwise)."""
     # Fused kernels update all tensors at once; they exist for CPU and CUDA float tensors.
     fused = device.type in ("cpu", "cuda")
     name, lr = trainer.optimizer, trainer.lr
     if name == "adam":
-        if capturable:  # torch warns when such an Adam steps eagerly: warm-up, diagnostic steps
+        # torch warns when such an Adam steps eagerly (warm-up, diagnostic steps), as expected
+        # here: silenced for the whole process.
+        if capturable:
             warnings.filterwarnings("ignore", message=CAPTURABLE_RUN_EAGERLY, category=UserWarning)
         return torch.optim.Adam(
             net.parameters(), lr=lr, betas=trainer.betas, fused=fused, capturable=capturable

@@ -17,7 +17,7 @@ import torch
 
 from gan import checkpoint, data, faults, files, nets, quality, record, tracking
 from gan.config import RunConfig
-from gan.cuda_graph import uses_cuda_graph
+from gan.cuda_graph import check_cuda_graph
 from gan.errors import UserError
 from gan.events import Evaluation, RunEvents
 from gan.finish import log_result, record_artifacts, record_result
@@ -88,7 +88,7 @@ def prepare(cfg: RunConfig) -> Environment:
     check_run_dir(cfg.out_dir)
     mode, why = tracking.resolve_mode(cfg.logger.mode)
     device = resolve_device(cfg.trainer.device)
-    uses_cuda_graph(cfg.trainer, device)  # trainer.cuda_graph=on where it cannot be: said now
+    check_cuda_graph(cfg.trainer, device)
     precision = resolve_precision(cfg.trainer.precision, device)
     precision_warning = check_precision(precision, device)
     if precision_warning:

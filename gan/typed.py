@@ -47,8 +47,8 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
         )
     if kind is str and isinstance(value, bool):  # trainer.cuda_graph=false, or off in a YAML file
         raise UserError(
-            f"{where} must be a word, got the boolean {value!r}: use its word (off, not false; "
-            'in a YAML file quote it, "off", which YAML reads as a boolean too)'
+            f"{where} must be a word, got the boolean {value!r} (Hydra reads true and false as "
+            "booleans, and a YAML file also on, off, yes and no: quote the word there)"
         )
     if kind is bool or isinstance(value, bool):
         if kind is not bool or not isinstance(value, bool):

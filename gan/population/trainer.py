@@ -255,8 +255,6 @@ class PopulationTrainer:
         if fresh:  # every member has just made its first update: stack their new state
             self.g_opt.state_from([t.g_opt for t in self.solos], [t.g for t in self.solos])
             self.d_opt.state_from([t.d_opt for t in self.solos], [t.d for t in self.solos])
-            if self.graph is not None:  # new state tensors
-                self.graph.reset()
 
     def _active_members(self) -> list[int]:
         return [k for k in range(self.k) if self.active[k]]
