@@ -4,6 +4,7 @@ run directories that one process at a time may write."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -94,7 +95,7 @@ def claimed(directory: Path) -> Iterator[None]:
     """Holds ``directory`` for this process: ``.claim`` is created exclusively and whole
     (``create_whole``) and removed on exit. A claim whose process is gone (same host, no such
     pid) is taken over; a live one is a UserError, so two processes never write one run
-    directory."""
+    directory (two taking over one stale claim included: ``_claim_lock``)."""
     directory = Path(directory)
     path = directory / CLAIM_FILE
     me = {
@@ -106,9 +107,10 @@ def claimed(directory: Path) -> Iterator[None]:
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        while not create_whole(path, json.dumps(me)):
-            _refuse_live_claim(path, directory)
-            path.unlink(missing_ok=True)  # the holder is gone: take it over
+        with _claim_lock(directory):
+            while not create_whole(path, json.dumps(me)):
+                _refuse_live_claim(path, directory)
+                path.unlink(missing_ok=True)  # the holder is gone: take it over
     except OSError as err:
         raise UserError(
             f"run directory {directory} cannot be written ({err.strerror or err}); give the run "
@@ -118,6 +120,35 @@ def claimed(directory: Path) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _claim_lock(directory: Path) -> Iterator[None]:
+    """One process at a time looks at ``directory``'s claim and replaces a stale one: else two
+    could both find it stale, and the later one delete the claim the earlier one had just made.
+    An exclusive flock on the directory itself (no file of its own), held for that moment only;
+    none where the filesystem has no flock."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_claim(directory: Path) -> bool:
+    """Deletes ``directory``'s claim if its process is gone (``claim_is_stale``); False if a live
+    process holds it."""
+    with _claim_lock(Path(directory)):
+        if (Path(directory) / CLAIM_FILE).exists() and not claim_is_stale(directory):
+            return False
+        (Path(directory) / CLAIM_FILE).unlink(missing_ok=True)
+        return True
 
 
 def _kept(directory: Path) -> dict[str, str]:

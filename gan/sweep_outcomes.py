@@ -62,9 +62,8 @@ def settle_killed_jobs(outcomes: list[JobOutcome], why: str) -> None:
             continue
         if o.status != Status.failed or not o.job_dir.is_dir():
             continue
-        if (o.job_dir / files.CLAIM_FILE).exists() and not files.claim_is_stale(o.job_dir):
+        if not files.remove_stale_claim(o.job_dir):
             continue  # a live process (another launch) holds it
-        (o.job_dir / files.CLAIM_FILE).unlink(missing_ok=True)
         summary_file = record.Summary(o.job_dir)
         discard_unstarted(o.job_dir)  # its stale claim was all it held besides Hydra's files
         if not o.job_dir.is_dir():

@@ -801,6 +801,57 @@ def test_a_claim_with_a_pid_that_is_no_number_is_taken_over(tmp_path):
         assert json.loads((tmp_path / ".claim").read_text())["pid"] == os.getpid()
 
 
+def test_two_processes_taking_over_one_stale_claim_leave_it_one_holder(tmp_path, monkeypatch):
+    # The worst order: both find the claim of a process that is gone, and the second goes on only
+    # once the first has made its own. Without a lock the second deletes that new claim and makes
+    # its own: two processes would write one run. (Two threads stand for the two processes: a
+    # claim made names this process, which is alive.)
+    import socket
+    import threading
+
+    gone = json.dumps({"pid": -1, "host": socket.gethostname()})
+    claim = tmp_path / ".claim"
+    claim.write_text(gone)
+    first_looked, second_looked, done = (threading.Event() for _ in range(3))
+    refuse = files._refuse_live_claim
+
+    def replaced() -> bool:
+        try:
+            return claim.read_text() != gone
+        except FileNotFoundError:  # between the first's delete and its new claim
+            return False
+
+    def looking(path, directory):
+        refuse(path, directory)  # raises for a live claim, returns for the stale one
+        if threading.current_thread().name == "first":
+            first_looked.set()
+            second_looked.wait(timeout=1)  # the second looks too, unless a lock keeps it out
+        else:
+            second_looked.set()
+            wait_for(replaced, timeout=5)
+
+    outcomes: list[str] = []
+
+    def take() -> None:
+        try:
+            with files.claimed(tmp_path):
+                outcomes.append("held")
+                done.wait(timeout=10)
+        except files.ClaimRefused:
+            outcomes.append("refused")
+
+    monkeypatch.setattr(files, "_refuse_live_claim", looking)
+    first, second = (threading.Thread(target=take, name=n) for n in ("first", "second"))
+    first.start()
+    assert first_looked.wait(timeout=10)
+    second.start()
+    wait_for(lambda: len(outcomes) == 2, timeout=10)
+    done.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert sorted(outcomes) == ["held", "refused"]
+
+
 def test_a_run_directory_that_cannot_be_made_is_one_paragraph(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="cannot be written"):
