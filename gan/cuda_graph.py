@@ -1,9 +1,9 @@
 """A training step captured once in a CUDA graph and replayed: ``trainer.cuda_graph``.
 
 A small GAN's step is many small kernels, so on a GPU the host launching them, not the math,
-sets the pace; a captured graph launches them all in one call. The step reads
-its inputs from static buffers, into which each call copies the new batch and noise, and its
-output is a static tensor, overwritten by the next call.
+sets the pace; a captured graph launches them all in one call. The step reads its inputs from
+static buffers, into which each call copies the new batch and noise, and its output is a static
+tensor, overwritten by the next call.
 
 A graph replays the addresses it captured. Every tensor the step keeps between calls (weights,
 optimizer state, BatchNorm statistics) must therefore be updated in place; whoever replaces one

@@ -407,10 +407,10 @@ class GANTrainer:
 
     def _close_window(self, step: int, sink: Sink, bar, start: float) -> TrainResult | None:
         """Logs the window's means; a TrainResult when the run diverged."""
-        # The window's only host sync: its means, which of its steps had finite losses, and
-        # whether the weights are finite.
         if self.graph is not None:
             self.graph.check()
+        # The window's only host sync: its means, which of its steps had finite losses, and
+        # whether the weights are finite.
         rows = self.rows[: self.window_steps]
         finite_losses = torch.isfinite(rows[:, LOSSES]).all(1)
         synced = torch.cat(
