@@ -128,8 +128,15 @@ def test_settling_a_stopped_sweep_discards_jobs_that_never_started(tmp_path):
     killed = job("2_seed=2", "init_report.json")
     running = job("3_seed=3")
     (running / "summary.json").write_text(json.dumps({"status": "running", "step": 4}))
+    # A failed job another launch is running again: its live claim and its files stay.
+    retried = job("4_seed=4")
+    live = {"pid": os.getpid(), "host": socket.gethostname()}
+    (retried / files.CLAIM_FILE).write_text(json.dumps(live))
+    (retried / "summary.json").write_text(json.dumps({"status": "failed", "error": "earlier"}))
     sweep_outcomes.settle_killed_jobs(sweep_outcomes.job_outcomes(tmp_path), "killed: SIGTERM")
     assert not hydra_only.exists() and not stale_claim.exists()
+    assert json.loads((retried / files.CLAIM_FILE).read_text()) == live
+    assert json.loads((retried / "summary.json").read_text())["error"] == "earlier"
     assert json.loads((killed / "summary.json").read_text()) == {
         "status": "failed",
         "error": "killed: SIGTERM",
