@@ -144,10 +144,11 @@ def _claim_lock(directory: Path) -> Iterator[None]:
 def remove_stale_claim(directory: Path) -> bool:
     """Deletes ``directory``'s claim if its process is gone (``claim_is_stale``); False if a live
     process holds it."""
-    with _claim_lock(Path(directory)):
-        if (Path(directory) / CLAIM_FILE).exists() and not claim_is_stale(directory):
+    claim = Path(directory) / CLAIM_FILE
+    with _claim_lock(claim.parent):
+        if claim.exists() and not claim_is_stale(claim.parent):
             return False
-        (Path(directory) / CLAIM_FILE).unlink(missing_ok=True)
+        claim.unlink(missing_ok=True)
         return True
 
 
