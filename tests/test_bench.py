@@ -67,5 +67,10 @@ def test_bench_times_every_loop_with_the_threads_it_is_given(capsys, tmp_path):
     with torch_threads(2):  # put back afterwards: the option sets the whole process's count
         args = ["--model", "mlp", *QUICK, "--threads", "1", "--data-dir", str(tmp_path)]
         assert bench.main([*args, "--population", "2"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
     assert result["threads"] == 1 and result["members"] == 2
+    # The draws alone take part of the step, never more than all of it.
+    assert 0 < result["draws_ms_per_step"] and "its draws alone: " in out
+    members_s = result["member_steps_per_s"]["population"]
+    assert result["draws_ms_per_step"] < 1000 * 2 / members_s

@@ -55,15 +55,22 @@ def time_single(bench: Bench) -> float:
     return time.perf_counter() - start
 
 
-def time_population(bench: Bench, members: int) -> float:
-    """Seconds for ``bench.steps`` lockstep steps of a population of ``members``."""
+def time_population(bench: Bench, members: int) -> tuple[float, float]:
+    """Seconds for ``bench.steps`` lockstep steps of a population of ``members``, and for as many
+    of its draws alone (each member's batch and noise, from its own streams: K small draws a step,
+    host work that no batching or CUDA graph removes)."""
     population = PopulationTrainer(_trainers(bench, members))
     sinks = [NoSink()] * members
     population.run(_schedule(bench, WARMUP), sinks, _NoEvents(), _NoBar())
     start = time.perf_counter()
     population.run(_schedule(bench, WARMUP + bench.steps), sinks, _NoEvents(), _NoBar())
     _sync(bench.device)
-    return time.perf_counter() - start
+    steps = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(bench.steps):
+        population._draws()
+    _sync(bench.device)
+    return steps, time.perf_counter() - start
 
 
 def _sync(device: torch.device) -> None:
@@ -73,10 +80,11 @@ def _sync(device: torch.device) -> None:
 
 def main(args: argparse.Namespace, bench: Bench) -> int:
     device = bench.device
-    single = population = float("inf")
+    single = population = draws = float("inf")
     for _ in range(args.repeats):  # interleaved; the best of each counts
         single = min(single, time_single(bench))
-        population = min(population, time_population(bench, args.population))
+        steps_s, draws_s = time_population(bench, args.population)
+        population, draws = min(population, steps_s), min(draws, draws_s)
     k = args.population
     rows = {
         "single": args.steps / single,
@@ -92,6 +100,8 @@ def main(args: argparse.Namespace, bench: Bench) -> int:
     print(f"{'single run':<26}{rows['single']:>16.1f}{1:>10.2f}")
     label = f"population of {k}"
     print(f"{label:<26}{rows['population']:>16.1f}{rows['population'] / rows['single']:>10.2f}")
+    draw_ms = 1000 * draws / args.steps
+    print(f"its draws alone: {draw_ms:.2f} ms a step ({draws / population:.0%} of its step's time)")
     g, d = models(bench, bench.seed, torch.device("cpu"))
     result = {
         "model": args.model,
@@ -107,6 +117,7 @@ def main(args: argparse.Namespace, bench: Bench) -> int:
         "cpu": cpu_features(),
         "member_steps_per_s": rows,
         "ratio": rows["population"] / rows["single"],
+        "draws_ms_per_step": draw_ms,
     }
     print(json.dumps(result))
     return 0
