@@ -43,16 +43,6 @@ def torch_threads(n: int | None = None):
         torch.set_num_threads(before)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A module's tests that use its module-scoped fixtures (a reference run, a finished run to
-    damage) form one xdist group, so one worker makes each such fixture once, not every worker."""
-    for item in items:
-        definitions = item._fixtureinfo.name2fixturedefs.values()
-        if any(d[-1].scope == "module" for d in definitions):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 DATA_DIR: Path | None = None  # one per session: the digits feature classifier trains once
 
 
