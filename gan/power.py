@@ -40,6 +40,8 @@ def power(n: int, effect: float, alpha: float = 0.05) -> float:
 
 def seeds_needed(effect: float = 1.0, alpha: float = 0.05, target: float = 0.8) -> int:
     """The fewest runs per arm whose test reaches power ``target`` for ``effect``."""
+    if effect == 0 or not alpha < target < 1:  # no n reaches it: the search would never end
+        raise ValueError(f"no seed count reaches power {target} for effect {effect} at {alpha}")
     n = 2
     while power(n, effect, alpha) < target:
         n += 1

@@ -23,3 +23,9 @@ def test_no_effect_is_found_at_the_test_level():
 def test_seeds_needed_grows_as_the_effect_shrinks():
     assert seeds_needed(1.0) == 17
     assert seeds_needed(2.0) < 17 < seeds_needed(0.5)
+
+
+@pytest.mark.parametrize(("effect", "target"), [(0.0, 0.8), (1.0, 1.0), (1.0, 0.04)])
+def test_a_power_no_seed_count_reaches_is_an_error_not_an_endless_search(effect, target):
+    with pytest.raises(ValueError, match="no seed count reaches"):
+        seeds_needed(effect, alpha=0.05, target=target)

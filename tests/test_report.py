@@ -76,6 +76,26 @@ def test_mean_ci_and_tests_match_hand_computed_values():
     assert c["hedges_g"] == pytest.approx(-10 * (1 - 3 / 15))  # d = -10, small-sample factor 0.8
 
 
+# ln 10 is a collapsed run's class_kl: two arms of 12 collapsed seeds, as in the atlas.
+@pytest.mark.parametrize(("value", "n"), [(0.1, 3), (math.log(10), 12)])
+def test_arms_without_spread_are_untested_even_where_their_variance_rounds_above_zero(value, n):
+    assert np.var([value] * n) > 0  # rounding residue: the guard must not ask the variance
+    for other in ([value * 2] * n, [value] * n):
+        c = report_stats.compare([value] * n, other)
+        assert all(math.isnan(v) for v in c.values()), c  # not a test with p or g
+
+
+def test_arms_with_equal_means_are_said_to_be_equal_not_one_lower(tmp_path):
+    for seed, v in enumerate([10, 12, 14]):
+        make_run(tmp_path, "a", seed, [30, 20, v])
+    for seed, v in enumerate([11, 12, 13]):
+        make_run(tmp_path, "b", seed, [30, 20, v])
+    runs, _ = report.load_runs([tmp_path])
+    text = report.write_report(runs, [], tmp_path, None)
+    assert "a and b have the same mean final eval/fcd, 12.00 (Welch p = 1," in text
+    assert "has the lower final eval/fcd" not in text
+
+
 def test_report_on_a_known_ablation(ablation, tmp_path):
     out = tmp_path / "out"
     assert report.main([str(ablation), "--out", str(out), "--fcd-threshold", "15"]) == 0

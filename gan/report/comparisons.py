@@ -129,6 +129,8 @@ def verdict(c: Comparison, lower_is_better: bool) -> str:
             f"Losses and accuracies do not rank GANs: add a quality metric ({PRIMARY}) to say "
             "which is better."
         )
+    if ma == mb:  # equal means (a t of 0): neither is lower
+        return f"{c.a} and {c.b} have the same mean final {c.key}, {ma:.2f} ({strength})."
     better, worse = (c.a, c.b) if ma < mb else (c.b, c.a)
     lo, hi = min(ma, mb), max(ma, mb)
     if significant:
