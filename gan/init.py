@@ -130,6 +130,7 @@ def fans(
     into each output. Exact away from borders when the stride divides the kernel (k4 s2 here).
     ``sizes`` (the spatial sizes in and out, known when the model was traced by running it) caps
     k/s per dimension at the size there: a ConvTranspose on a 1×1 input sums only in terms.
+    Border outputs, which sum fewer terms, are not counted (torch's and He et al.'s convention).
     """
     if isinstance(layer, nn.Linear):
         return float(layer.in_features), float(layer.out_features)

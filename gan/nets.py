@@ -107,7 +107,9 @@ def dcgan(
     G: Linear z → g_widths[0]×s×s (s = side / 2^len(g_widths)), BatchNorm, ReLU, then
     ConvTranspose(k4, s2, p1) stages with BatchNorm + ReLU, the last to C channels and tanh;
     ``g_norm=none`` drops every BatchNorm. A Linear projection (not a ConvTranspose on a 1×1
-    input) keeps every ConvTranspose's fan-in equal to in·k²/stride², the fan the init rule uses.
+    input) keeps every ConvTranspose's interior fan-in in·k²/stride², the fan the init rule uses
+    (on these small inputs the border outputs sum fewer terms: README, "Fans of transposed
+    convolutions").
     D: Conv(k4, s2, p1) stages with Leaky ReLU, then Flatten and a Linear to one logit;
     ``d_norm``: ``batch`` (BatchNorm on all stages but the first), ``none`` or ``spectral`` (every
     Conv and the Linear). conf/model/dcgan.yaml holds every argument's default.

@@ -133,9 +133,16 @@ def classify(op: Op) -> Feeds | str:
     if op.name in _CALL_KINDS:
         kind = _CALL_KINDS[op.name]
         return Feeds(kind, 0.0 if kind == "relu" else None, via=op.describe())
-    if op.name in _THROUGH_CALLS or (op.name in _SCALINGS and op.operands == 1):
+    if op.name in _THROUGH_CALLS or _scales_by_a_number(op):
         return "through"
     return "stop"
+
+
+def _scales_by_a_number(op: Op) -> bool:
+    """``h * 0.5``, ``0.5 * h``, ``h / 2``; not ``2 / h`` (fx records it as truediv(2, h))."""
+    if op.name not in _SCALINGS or op.operands != 1:
+        return False
+    return op.name == "mul" or not (op.args and isinstance(op.args[0], (int, float)))
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,8 @@ class Reached:
 
 def reached(graph: Graph, starts: list[int], live: set[int]) -> Reached:
     """What the results of ``starts`` reach. An op the output does not depend on (a check such
-    as ``if h.sum() > 0``) decides nothing, unless it is a nonlinearity (fx keeps an in-place
-    one whose result is not assigned, although its effect is)."""
+    as ``if h.sum() > 0``, ``self.stat = torch.tanh(h).mean()``) decides nothing, unless it is
+    an in-place nonlinearity (fx does not link the readers of its overwritten input to it)."""
     found: Reached = Reached([], [], [])
     seen, todo = set(starts), deque(starts)
     while todo:
@@ -159,9 +166,9 @@ def reached(graph: Graph, starts: list[int], live: set[int]) -> Reached:
                 continue
             seen.add(reader)
             op, kind = graph.ops[reader], classify(graph.ops[reader])
-            if isinstance(kind, Feeds):
+            if isinstance(kind, Feeds) and (reader in live or op.in_place):
                 found.nonlinearities.append(kind)
-            elif reader not in live:
+            elif reader not in live or isinstance(kind, Feeds):
                 continue
             elif kind == "through":
                 todo.append(reader)

@@ -36,7 +36,8 @@ class SoftmaxInLoss(nn.Identity):
 WEIGHTED_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 CALL_ALIASES = {"iadd": "add", "radd": "add", "isub": "sub", "rsub": "sub", "imul": "mul"}
-CALL_ALIASES |= {"rmul": "mul", "itruediv": "truediv", "rtruediv": "truediv", "concatenate": "cat"}
+# Not rtruediv: ``2 / h`` is a reciprocal, not a scaling.
+CALL_ALIASES |= {"rmul": "mul", "itruediv": "truediv", "concatenate": "cat"}
 # Results that are sizes, not data: what reads them does not receive the layer's output.
 METADATA_CALLS = frozenset({"size", "dim", "numel", "ndimension", "nelement", "stride", "getattr"})
 
@@ -59,6 +60,7 @@ class Op:
     scope: str = ""  # module path of the forward that called a function
     sizes: tuple[tuple[int, ...], tuple[int, ...]] | None = None  # spatial sizes in, out
     role: str = "call"  # call | input | output | constant
+    in_place: bool = False  # writes its input (``relu_``, ``inplace=True``): it acts if unread
 
     def describe(self) -> str:
         if self.role == "output":
@@ -66,6 +68,13 @@ class Op:
         if self.module is not None:
             return f"'{self.name}' ({type(self.module).__name__})"
         return f"{self.name}() in {repr(self.scope) if self.scope else 'the top-level forward'}"
+
+
+def writes_its_input(func: Any, kwargs: Mapping[str, Any]) -> bool:
+    """Whether a call (a function, a method's name, or a module) overwrites its input."""
+    name = func if isinstance(func, str) else getattr(func, "__name__", "")
+    named_in_place = name.endswith("_") and not name.endswith("__")  # relu_, not __iadd__
+    return named_in_place or kwargs.get("inplace") is True or getattr(func, "inplace", False)
 
 
 def call_name(func: Any) -> str:
@@ -166,15 +175,17 @@ def graph_by_fx(net: nn.Module, leaves: dict[str, nn.Module]) -> Graph:
             meta.add(node)  # a size, or arithmetic on sizes: not the data
             continue
         role = {"placeholder": "input", "get_attr": "constant", "output": "output"}
+        module = leaves.get(node.target) if node.op == "call_module" else None
         op = Op(
             name=str(name),
             inputs=[index[n] for n in sources if graph.ops[index[n]].role != "constant"],
-            module=leaves.get(node.target) if node.op == "call_module" else None,
+            module=module,
             args=tuple(node.args),
             kwargs=dict(node.kwargs),
             operands=len(sources),
             scope=next(reversed(node.meta.get("nn_module_stack") or {"": None})),
             role=role.get(node.op, "call"),
+            in_place=writes_its_input(module or node.target, node.kwargs),
         )
         index[node] = graph.add(op)
     return graph
@@ -208,7 +219,7 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         if self.depth == 0:
-            self.record(call_name(func), None, args, kwargs, result)
+            self.record(call_name(func), None, args, kwargs, result, writes_its_input(func, kwargs))
         return result
 
     def _enter_scope(self, path: str):
@@ -226,9 +237,10 @@ class _Recorder(TorchFunctionMode):
     def _leave_leaf(self, module: nn.Module, args: tuple, kwargs: dict, result: Any) -> None:
         self.depth -= 1
         if self.depth == 0:
-            self.record(self.leaf_paths[id(module)], module, args, kwargs, result)
+            in_place = writes_its_input(module, kwargs)
+            self.record(self.leaf_paths[id(module)], module, args, kwargs, result, in_place)
 
-    def record(self, name: str, module: nn.Module | None, args, kwargs, result, role="call"):
+    def record(self, name, module, args, kwargs, result, in_place=False, role="call"):
         tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         outputs = [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
         if not outputs and role == "call":
@@ -237,7 +249,8 @@ class _Recorder(TorchFunctionMode):
         sizes = None
         if module is not None and tensors:  # (N, C, *spatial): the sizes a conv's fans read
             sizes = (tuple(tensors[0].shape[2:]), tuple(outputs[0].shape[2:]))
-        op = Op(name, inputs, module, args, kwargs, len(tensors), self.scopes[-1], sizes, role)
+        scope = self.scopes[-1]
+        op = Op(name, inputs, module, args, kwargs, len(tensors), scope, sizes, role, in_place)
         index = self.graph.add(op)
         for t in outputs:  # an in-place result is its input: later readers read this op
             self.made_by[id(t)] = index

@@ -253,10 +253,11 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
 
 def test_conv_transpose_fan_in_counts_the_terms_each_output_sums():
     # ConvTranspose2d weight is (in, out, k, k); torch.nn.init's fan_in is size(1)·k² = out·16,
-    # but with stride 2 each output sums in·k²/s² = in·4 terms. He must use the latter.
-    layer = nn.ConvTranspose2d(256, 64, 4, 2, 1)
-    assert fans(layer) == (256 * 16 / 4, 64 * 16)
-    assert nn.init._calculate_fan_in_and_fan_out(layer.weight)[0] == 64 * 16  # what torch assumes
+    # but with stride 2 each output sums in·k²/s² = in·4 terms. He must use the latter. Here the
+    # two differ 16-fold (with in = 4·out they would agree, and this test could not tell them).
+    layer = nn.ConvTranspose2d(64, 256, 4, 2, 1)
+    assert fans(layer) == (64 * 16 / 4, 256 * 16)
+    assert nn.init._calculate_fan_in_and_fan_out(layer.weight)[0] == 256 * 16  # torch's
     net = nn.Sequential(layer, nn.ReLU())
     initialize(
         net,
@@ -265,10 +266,10 @@ def test_conv_transpose_fan_in_counts_the_terms_each_output_sums():
         generator=torch.Generator().manual_seed(0),
     )
     # Empirically: He with gain² = 2 turns unit-variance inputs into outputs of variance 2.
-    x = torch.randn(8, 256, 16, 16, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(8, 64, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = layer(x)[:, :, 1:-1, 1:-1]  # interior: borders sum fewer terms
-    assert y.var().item() == pytest.approx(2.0, rel=0.05)  # torch's fan would give 0.5
+    assert y.var().item() == pytest.approx(2.0, rel=0.05)  # torch's fan would give 2/16
 
 
 def test_fans_match_torch_for_linear_and_stride_one_conv():

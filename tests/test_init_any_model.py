@@ -458,6 +458,49 @@ def test_in_place_functional_activations(example):
     assert feeds == {"a": "leaky_relu(0.1)", "b": "relu", "c": "relu", "d": "tanh"}
 
 
+class Unread(nn.Module):
+    """A nonlinearity whose result nothing reads, and one in place whose result is not assigned."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 1)
+        self.act, self.sigmoid = nn.ReLU(inplace=True), SigmoidInLoss()
+
+    def forward(self, x):
+        h = self.a(x)
+        unread = torch.tanh(h)  # noqa: F841 - computed, never used: it decides nothing
+        h = F.leaky_relu(h, 0.2)
+        g = self.b(h)
+        self.act(g)  # in place: g is now its ReLU, although the result is not assigned
+        return self.sigmoid(self.out(g))
+
+
+@pytest.mark.parametrize("example", [None, torch.randn(2, 8)])
+def test_an_unread_nonlinearity_decides_nothing_unless_it_works_in_place(example):
+    feeds = {path: str(f) for path, _, f in trace_feeds(Unread(), example)}
+    assert feeds == {"a": "leaky_relu(0.2)", "b": "relu", "out": "sigmoid"}
+
+
+class Reciprocal(nn.Module):
+    def __init__(self, scaled: bool):
+        super().__init__()
+        self.a, self.out, self.sigmoid = nn.Linear(8, 8), nn.Linear(8, 1), SigmoidInLoss()
+        self.scaled = scaled
+
+    def forward(self, x):
+        h = self.a(x)
+        h = h / 2.0 if self.scaled else 2.0 / h
+        return self.sigmoid(self.out(torch.tanh(h)))
+
+
+@pytest.mark.parametrize("example", [None, torch.randn(2, 8)])
+def test_a_reciprocal_is_not_looked_past_as_a_scaling(example):
+    feeds = {path: str(f) for path, _, f in trace_feeds(Reciprocal(scaled=True), example)}
+    assert feeds == {"a": "tanh", "out": "sigmoid"}
+    with pytest.raises(UserError, match=r"layer 'a' \(Linear\) feeds (truediv|rdiv)\(\)"):
+        trace_feeds(Reciprocal(scaled=False), example)
+
+
 class TwoSlopes(nn.Module):
     def __init__(self):
         super().__init__()
