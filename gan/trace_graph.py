@@ -176,6 +176,8 @@ def graph_by_fx(net: nn.Module, leaves: dict[str, nn.Module]) -> Graph:
             continue
         role = {"placeholder": "input", "get_attr": "constant", "output": "output"}
         module = leaves.get(node.target) if node.op == "call_module" else None
+        # A module's path is no function name: "out_" is not in place, its module's flag says.
+        called = module if node.op == "call_module" else node.target
         op = Op(
             name=str(name),
             inputs=[index[n] for n in sources if graph.ops[index[n]].role != "constant"],
@@ -185,7 +187,7 @@ def graph_by_fx(net: nn.Module, leaves: dict[str, nn.Module]) -> Graph:
             operands=len(sources),
             scope=next(reversed(node.meta.get("nn_module_stack") or {"": None})),
             role=role.get(node.op, "call"),
-            in_place=writes_its_input(module or node.target, node.kwargs),
+            in_place=writes_its_input(called, node.kwargs),
         )
         index[node] = graph.add(op)
     return graph
