@@ -57,8 +57,8 @@ def time_single(bench: Bench) -> float:
 
 def time_population(bench: Bench, members: int) -> tuple[float, float]:
     """Seconds for ``bench.steps`` lockstep steps of a population of ``members``, and for as many
-    of its draws alone (each member's batch and noise, from its own streams: K small draws a step,
-    host work that no batching or CUDA graph removes)."""
+    of its draws alone (each member's batch and noise, from its own streams: two small ops per
+    member and step, host work that no batching or CUDA graph removes)."""
     population = PopulationTrainer(_trainers(bench, members))
     sinks = [NoSink()] * members
     population.run(_schedule(bench, WARMUP), sinks, _NoEvents(), _NoBar())
