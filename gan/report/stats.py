@@ -75,9 +75,7 @@ def compare(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     keys = ("t", "p_welch", "ci_low", "ci_high", "u", "p_mannwhitney", "hedges_g")
-    # No spread at all (every seed the same value): the tests are undefined. Compared as values,
-    # not variances: the variance of equal values like 0.1 is rounding residue, not zero.
-    if np.ptp(a) == 0 and np.ptp(b) == 0:
+    if no_spread(a, b):  # the tests are undefined
         return dict.fromkeys(keys, math.nan)
     with warnings.catch_warnings():  # near-identical seeds: scipy's precision note, numbers stand
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -95,6 +93,12 @@ def compare(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict
     }
 
 
+def no_spread(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether every seed of both arms gave one value. Compared as values, not variances: the
+    variance of equal values such as 0.1 is rounding residue, not zero."""
+    return bool(np.ptp(a) == 0 and np.ptp(b) == 0)
+
+
 def welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Confidence interval of mean(a) − mean(b) with Welch–Satterthwaite degrees of freedom."""
     from scipy import stats
@@ -109,10 +113,10 @@ def welch_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, 
 
 def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
     """Standardized mean difference a − b (pooled sd), corrected for small samples."""
+    if no_spread(a, b):
+        return math.copysign(math.inf, a.mean() - b.mean())
     na, nb = len(a), len(b)
     pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
-    if np.ptp(a) == 0 and np.ptp(b) == 0:
-        return math.copysign(math.inf, a.mean() - b.mean())
     correction = 1 - 3 / (4 * (na + nb) - 9)  # small-sample bias of Cohen's d
     return float((a.mean() - b.mean()) / pooled * correction)
 
