@@ -166,9 +166,10 @@ def reached(graph: Graph, starts: list[int], live: set[int]) -> Reached:
                 continue
             seen.add(reader)
             op, kind = graph.ops[reader], classify(graph.ops[reader])
-            if isinstance(kind, Feeds) and (reader in live or op.in_place):
-                found.nonlinearities.append(kind)
-            elif reader not in live or isinstance(kind, Feeds):
+            if isinstance(kind, Feeds):
+                if reader in live or op.in_place:
+                    found.nonlinearities.append(kind)
+            elif reader not in live:
                 continue
             elif kind == "through":
                 todo.append(reader)
