@@ -31,18 +31,19 @@ Step = Callable[..., torch.Tensor]  # (static inputs…) → one output tensor
 WARMUP_STEPS = 3
 
 
-def check_cuda_graph(trainer: TrainerConfig, device: torch.device) -> None:
-    """Refuses ``trainer.cuda_graph=on`` where no graph can be captured (a UserError)."""
+def check_cuda_graph(trainer: TrainerConfig, device: torch.device) -> str | None:
+    """Refuses ``trainer.cuda_graph=on`` where no graph can be captured (a UserError); returns
+    why none can be here, or None."""
     why_not = _why_not(trainer, device)
     if why_not and trainer.cuda_graph == "on":
         raise UserError(f"trainer.cuda_graph=on: {why_not}; use trainer.cuda_graph=auto or off")
+    return why_not
 
 
 def uses_cuda_graph(trainer: TrainerConfig, device: torch.device) -> bool:
     """Whether ``trainer.cuda_graph`` captures the step here: ``on`` (checked by
     ``check_cuda_graph``) and ``auto`` where it can, ``off`` never."""
-    check_cuda_graph(trainer, device)
-    return trainer.cuda_graph != "off" and _why_not(trainer, device) is None
+    return check_cuda_graph(trainer, device) is None and trainer.cuda_graph != "off"
 
 
 def _why_not(trainer: TrainerConfig, device: torch.device) -> str | None:
