@@ -146,18 +146,24 @@ def load(run_dir: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except OSError as err:
         raise UserError(f"resume={run_dir}: {path} cannot be read ({err})") from None
-    if raw.startswith(MAGIC):
-        blob = _read(run_dir, path, _verified_payload(run_dir, path, raw), legacy=False)
-    else:  # format 1 (no header, no digest): still read, but only its known plain content
-        blob = _read(run_dir, path, raw, legacy=True)
+    legacy = not raw.startswith(MAGIC)  # format 1: no header, no digest
+    payload = raw if legacy else _verified_payload(run_dir, path, raw)
+    blob = _read(run_dir, path, payload, legacy=legacy)  # a legacy one: its known content only
+    if not isinstance(blob, dict) or blob.get("format") not in (1, FORMAT):
+        raise UserError(
+            f"resume={run_dir}: {path} is not a checkpoint of this version; it was left untouched"
+        )
+    if legacy and blob["format"] != 1:  # every later format has a digest: never skip its check
+        raise UserError(
+            f"resume={run_dir}: {path} says format {blob['format']} but has lost the header "
+            "that carries its sha256 digest (damaged or altered), so its weights cannot be "
+            "trusted; it was left untouched. Resume from another run or start anew"
+        )
+    if legacy:
         log.warning(
             "warning: %s was written before checkpoints carried a digest: it is read safely, "
             "but damage to its weights cannot be detected",
             path,
-        )
-    if not isinstance(blob, dict) or blob.get("format") not in (1, FORMAT):
-        raise UserError(
-            f"resume={run_dir}: {path} is not a checkpoint of this version; it was left untouched"
         )
     return blob
 

@@ -152,6 +152,16 @@ def test_every_flipped_byte_region_is_caught(tmp_path):
             checkpoint.load(tmp_path)
 
 
+def test_a_checkpoint_stripped_of_its_digest_header_is_refused(tmp_path, caplog):
+    # Without its header a format-2 file would otherwise be read as format 1, unchecked.
+    checkpoint.save(tmp_path, {"trainer": {"step": 3, "w": torch.randn(10)}})
+    raw = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(raw[raw.index(b"\n") + 1 :])
+    with pytest.raises(UserError, match="lost the header that carries its sha256 digest"):
+        checkpoint.load(tmp_path)
+    assert "written before checkpoints carried a digest" not in caplog.text
+
+
 def test_a_checkpoint_round_trips_with_weights_only_and_its_rng_states(tmp_path):
     import random
 
