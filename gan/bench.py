@@ -56,7 +56,8 @@ from gan.config import (
 from gan.errors import UserError, exits_on_user_error
 from gan.nets import to_channels_last
 from gan.runtime import check_precision
-from gan.trainer import GANTrainer, Schedule
+from gan.schedule import Schedule
+from gan.trainer import GANTrainer
 
 
 class _PerSampleDataset(torch.utils.data.Dataset):

@@ -27,8 +27,9 @@ from gan.population import enrollment
 from gan.record import Ending, Status
 from gan.resume import check_resumable, check_threads
 from gan.runtime import check_precision, derive_seed, resolve_device, resolve_precision
+from gan.schedule import Schedule
 from gan.signals import Interrupted, Preempted, stop_on_signals
-from gan.trainer import GANTrainer, Schedule, TrainResult
+from gan.trainer import GANTrainer, TrainResult
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from gan.nets import Discriminator, Generator, generate
 from gan.optimizers import load_state, make_optimizer
 from gan.record import Ending
 from gan.runtime import derive_seed
+from gan.schedule import Schedule
 
-__all__ = ["GANTrainer", "Schedule", "TrainResult"]
+__all__ = ["GANTrainer", "TrainResult"]
 
 # Logged under train/, each the mean over the logging window. D-side values come from the D step
 # (before its update); loss_G and acc_G from the G step, against the just-updated D.
@@ -93,47 +94,6 @@ def step_metrics(
 def metric_row(metrics: dict[str, torch.Tensor], dim: int = 0) -> torch.Tensor:
     """``step_metrics``' values stacked in METRICS order along ``dim``: a window's row."""
     return torch.stack([metrics[name] for name in METRICS], dim=dim)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """When the loop does what, over steps 1..``steps``. A period of 0 turns a periodic task off."""
-
-    steps: int
-    log_every: int
-    sample_every: int
-    diag_every: int = 0
-    eval_every: int = 0
-    ckpt_every: int = 0
-
-    @classmethod
-    def of(cls, trainer: TrainerConfig) -> Schedule:
-        """A run's schedule: its trainer section's length and periods."""
-        return cls(
-            steps=trainer.steps,
-            log_every=trainer.log_every,
-            sample_every=trainer.sample_every,
-            diag_every=trainer.diag_every,
-            eval_every=trainer.eval_every,
-            ckpt_every=trainer.ckpt_every,
-        )
-
-    def due(self, every: int, step: int) -> bool:
-        """Every ``every`` steps and at the last one; never when ``every`` is 0."""
-        return every > 0 and (step % every == 0 or step == self.steps)
-
-    def checkpoint_due(self, step: int) -> bool:
-        """The last step always checkpoints, whatever the period."""
-        return step == self.steps or (self.ckpt_every > 0 and step % self.ckpt_every == 0)
-
-    def diag_due(self, step: int) -> tuple[bool, bool]:
-        """(scalars, histograms) for step ``step``. Scalars are recorded during steps 1,
-        diag_every + 1, … and the last (logged at the updates made before: 0, diag_every, …,
-        steps - 1), so a run always has its end state; histograms at the first and last step."""
-        if not self.diag_every:
-            return False, False
-        last = step == self.steps
-        return (step - 1) % self.diag_every == 0 or last, step == 1 or last
 
 
 @dataclass(frozen=True)
@@ -354,6 +314,11 @@ class GANTrainer:
     def _graph_state(self) -> list[torch.Tensor]:
         return training_state((self.g, self.d), (self.g_opt, self.d_opt))
 
+    def _window_diverged(self) -> bool:
+        """Whether the open window has a non-finite loss or the weights are not finite (a sync)."""
+        finite = torch.isfinite(self.rows[: self.window_steps, LOSSES]).all()
+        return not (finite & self._weights_finite()).item()
+
     def _weights_finite(self) -> torch.Tensor:
         return torch.stack(
             [torch.isfinite(p).all() for p in (*self.g.parameters(), *self.d.parameters())]
@@ -365,7 +330,8 @@ class GANTrainer:
         """Trains from ``self.step`` up to ``schedule.steps``.
 
         Metrics: one host sync per logging window. Divergence (a non-finite loss at any step, or
-        non-finite weights) is read at that sync and stops the run, reporting the exact step.
+        non-finite weights) is read at that sync, and before samples, evaluation or a checkpoint
+        read the weights; it stops the run, reporting the exact step.
         ``events`` evaluates, checkpoints (also when it asks to stop) and may ask to stop.
         """
         events = events or _NoEvents()
@@ -378,7 +344,11 @@ class GANTrainer:
         while self.step < schedule.steps and result is None:
             step = self.step + 1
             self._train_step(step, schedule, sink, diagnostics)
-            if schedule.due(schedule.log_every, step):
+            # A window that diverged closes early rather than let samples, evaluation or a
+            # checkpoint read non-finite weights.
+            if schedule.due(schedule.log_every, step) or (
+                schedule.weights_read(step) and self._window_diverged()
+            ):
                 result = self._close_window(step, sink, bar, start)
             if result is None:
                 result = self._after_step(step, schedule, sink, events, start)

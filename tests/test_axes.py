@@ -20,7 +20,8 @@ from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
 from gan.init import trainable_weight
 from gan.run import build_networks
-from gan.trainer import GANTrainer, Schedule
+from gan.schedule import Schedule
+from gan.trainer import GANTrainer
 
 IMAGE = (1, 8, 8)
 

@@ -26,7 +26,7 @@ from gan.config import TrainerConfig, preset
 from gan.cuda_graph import GraphedStep, uses_cuda_graph
 from gan.errors import UserError
 from gan.population.trainer import PopulationTrainer
-from gan.trainer import Schedule
+from gan.schedule import Schedule
 
 GRAPHED = ["trainer.cuda_graph=on"]
 

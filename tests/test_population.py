@@ -30,7 +30,7 @@ from gan.population import stacked as stacking
 from gan.population.stacked import StackedNet
 from gan.population.trainer import PopulationTrainer
 from gan.record import Ending
-from gan.trainer import Schedule
+from gan.schedule import Schedule
 
 ABS, REL = 0.05, 0.15
 DIAG_REL = 0.35
@@ -279,6 +279,37 @@ def test_a_diverging_member_is_recorded_at_its_solo_step_and_leaves_the_others_a
     population.run(Schedule(35, log_every=5, sample_every=100), [Sink()] * 3, NoEvents(), NoBar())
     after = parameters(population.sync_to_solo(1))
     assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(before, after))
+
+
+def test_a_member_that_diverged_mid_window_is_frozen_before_evaluation_as_its_solo_run(tmp_path):
+    # Evaluation every 3 steps, windows of 10: the solo run closes its window early to record
+    # the divergence; in the population only that member is recorded, the others' windows go on.
+    schedule = Schedule(20, log_every=10, sample_every=100, eval_every=3)
+    ((_, _, alone),) = members(tmp_path / "solo", [DIVERGING], [])
+    solo_sink = Sink()
+    solo_result = alone.run(schedule, solo_sink, progress=False)
+    assert solo_result.status == "diverged" and solo_result.step % 10
+
+    class Evaluations(NoEvents):
+        evaluated: list[list[int]] = []
+
+        def evaluate(self, step, trainer, members):
+            self.evaluated.append(list(members))
+
+    healthy = ["init=he_xavier", "seed=0"]
+    without = Sink()
+    PopulationTrainer([t for *_, t in members(tmp_path / "a", [healthy], [])]).run(
+        schedule, [without], NoEvents(), NoBar()
+    )
+    sinks = [Sink(), Sink()]
+    built = members(tmp_path / "b", [healthy, DIVERGING], [])
+    results = PopulationTrainer([t for *_, t in built]).run(schedule, sinks, Evaluations(), NoBar())
+    assert (results[1].status, results[1].step) == ("diverged", solo_result.step)
+    assert results[1].diverged_step == solo_result.diverged_step
+    assert sinks[1].rows[-1] == solo_sink.rows[-1]
+    assert all(1 not in evaluated for evaluated in Evaluations.evaluated)
+    assert [step for step, _ in sinks[0].rows] == [10, 20, 20]  # its two windows, its samples
+    assert_close_runs(sinks[0].rows, without.rows)
 
 
 def parameters(trainer) -> list[torch.Tensor]:

@@ -12,7 +12,8 @@ from gan import nets, runtime
 from gan.config import TrainerConfig, preset
 from gan.errors import UserError
 from gan.runtime import check_precision, resolve_precision
-from gan.trainer import METRICS, GANTrainer, Schedule
+from gan.schedule import Schedule
+from gan.trainer import METRICS, GANTrainer
 
 CPU = torch.device("cpu")
 
@@ -217,6 +218,36 @@ def test_the_window_finds_the_exact_first_non_finite_step():
     result = trainer.run(Schedule(steps=12, log_every=4, sample_every=100), sink, progress=False)
     assert (result.status, result.diverged_step, result.step) == ("diverged", 5, 8)
     assert sink.metrics == [4, 8]  # the first window logged, the second reported the divergence
+
+
+def test_a_window_that_diverged_closes_early_before_evaluation_reads_the_weights():
+    # Evaluation every 3 steps, windows of 10: G's weights go NaN in step 2's update.
+    trainer = _trainer()
+    sink = _Recorder()
+    original = trainer.gan_step
+
+    def poisoned(real, eager=False):
+        metrics = original(real, eager)
+        if trainer.step + 1 == 2:
+            next(trainer.g.parameters()).data.fill_(float("nan"))
+        return metrics
+
+    class Evaluations:
+        steps = []
+
+        def evaluate(self, step, generator):
+            assert all(torch.isfinite(p).all() for p in generator.parameters())
+            self.steps.append(step)
+
+        def checkpoint(self, step): ...
+        def should_stop(self):
+            return False
+
+    trainer.gan_step = poisoned
+    schedule = Schedule(steps=12, log_every=10, sample_every=100, eval_every=3)
+    result = trainer.run(schedule, sink, Evaluations(), progress=False)
+    assert (result.status, result.step, result.diverged_step) == ("diverged", 3, 3)
+    assert sink.metrics == [3] and Evaluations.steps == []  # its divergence, not its means
 
 
 def test_a_checkpoint_of_the_older_window_format_resumes_with_the_same_means():

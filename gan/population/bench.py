@@ -17,7 +17,8 @@ import torch
 from gan import nets
 from gan.bench_setup import WARMUP, Bench, NoSink, cpu_features, models, training_split
 from gan.population.trainer import PopulationTrainer
-from gan.trainer import GANTrainer, Schedule
+from gan.schedule import Schedule
+from gan.trainer import GANTrainer
 
 
 class _NoEvents:

@@ -26,7 +26,8 @@ from gan.events import Evaluation, RunEvents
 from gan.population.enrollment import Enrolled
 from gan.population.trainer import PopulationTrainer
 from gan.record import Ending, Status
-from gan.trainer import GANTrainer, Schedule, TrainResult
+from gan.schedule import Schedule
+from gan.trainer import GANTrainer, TrainResult
 
 log = logging.getLogger(__name__)
 

@@ -293,6 +293,8 @@ class PopulationTrainer:
             self.step = step
             if schedule.due(schedule.log_every, step):
                 self._close_window(step, sinks, results, start)
+            elif schedule.weights_read(step):  # as a solo run, which closes its window early
+                self._record_diverged(step, self._window_synced(), sinks, results, start)
             if self._after_step(step, schedule, sinks, events):
                 elapsed = time.perf_counter() - start
                 for k in self._active_members():
@@ -316,25 +318,37 @@ class PopulationTrainer:
         params = [*self.g_opt.params, *self.d_opt.params]
         return torch.stack([torch.isfinite(p).flatten(1).all(1) for p in params]).all(0)
 
+    def _window_synced(self) -> list[list[float]]:
+        """The window's one host sync, per member (K, METRICS + n + 1): its means, which of its n
+        steps had finite losses, whether its weights are finite."""
+        rows = self.rows[: self.window_steps]  # (n, K, METRICS)
+        finite = torch.isfinite(rows[:, :, LOSSES]).all(2)  # (n, K)
+        return torch.cat(
+            (window_means(rows), finite.T.float(), self._weights_finite()[:, None].float()), dim=1
+        ).tolist()
+
     def _close_window(self, step: int, sinks: Sequence[Sink], results: list, start: float) -> None:
         """Logs each active member's window means; records and freezes the ones that diverged."""
         if self.graph is not None:
             self.graph.check()
-        rows = self.rows[: self.window_steps]  # (n, K, METRICS)
-        finite = torch.isfinite(rows[:, :, LOSSES]).all(2)  # (n, K)
-        synced = torch.cat(
-            (window_means(rows), finite.T.float(), self._weights_finite()[:, None].float()), dim=1
-        ).tolist()  # the window's one host sync: (K, METRICS + n + 1)
+        synced = self._window_synced()
+        diverged = self._record_diverged(step, synced, sinks, results, start)
         for k in self._active_members():
-            values, ok, weights_ok = (
-                synced[k][: len(METRICS)],
-                synced[k][len(METRICS) : -1],
-                synced[k][-1],
-            )
+            if k not in diverged:
+                self.solos[k].last = dict(zip(METRIC_KEYS, synced[k][: len(METRICS)]))
+                sinks[k].log(step, self.solos[k].last)
+        self.window_steps = 0
+
+    def _record_diverged(
+        self, step: int, synced: list[list[float]], sinks: Sequence[Sink], results: list, start
+    ) -> list[int]:
+        """Records ``diverged`` and freezes each active member whose window so far (ending at
+        ``step``) diverged; returns them."""
+        diverged = []
+        for k in self._active_members():
+            ok, weights_ok = synced[k][len(METRICS) : -1], synced[k][-1]
             diverged_at = diverged_step(step, ok, weights_ok)
             if diverged_at is None:
-                self.solos[k].last = dict(zip(METRIC_KEYS, values))
-                sinks[k].log(step, self.solos[k].last)
                 continue
             sinks[k].log(step, {"diverged": True, "diverged_step": diverged_at})
             elapsed = time.perf_counter() - start
@@ -342,7 +356,8 @@ class PopulationTrainer:
                 Ending.diverged, step, elapsed, self.solos[k].last, diverged_at
             )
             self._freeze(k)
-        self.window_steps = 0
+            diverged.append(k)
+        return diverged
 
     def _freeze(self, k: int) -> None:
         self.active[k] = False
