@@ -42,3 +42,15 @@ def load_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     for group in optimizer.param_groups:
         if "capturable" in group:
             group["capturable"] = optimizer.defaults["capturable"]
+        for param in group["params"]:
+            _lay_out_like(param, optimizer.state.get(param, {}))
+
+
+def _lay_out_like(param: torch.Tensor, state: dict) -> None:
+    """The per-element state (moments, momentum) in ``param``'s memory layout. A fused step
+    pairs elements by storage order, so moments saved contiguous (a population member's) would
+    update a channels_last weight with other elements' moments, silently."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            if value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -10,6 +10,7 @@ most) within DIAG_REL.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import itertools
@@ -310,6 +311,28 @@ def test_a_member_that_diverged_mid_window_is_frozen_before_evaluation_as_its_so
     assert all(1 not in evaluated for evaluated in Evaluations.evaluated)
     assert [step for step, _ in sinks[0].rows] == [10, 20, 20]  # its two windows, its samples
     assert_close_runs(sinks[0].rows, without.rows)
+
+
+def test_a_dcgan_member_resumes_alone_with_its_moments_laid_out_as_its_weights(tmp_path):
+    # A member's moments are saved contiguous; its solo resume lays out the convolutions'
+    # weights channels_last, and a fused step pairs weights and moments by storage order
+    # (tests/test_trainer.py: test_loaded_moments_follow_their_weights_layout).
+    ((cfg, env, _),) = built = members(tmp_path / "p", [["seed=0"]], ["model=dcgan"])
+    population = PopulationTrainer([t for *_, t in built])
+    population.run(Schedule(3, log_every=3, sample_every=100), [Sink()], NoEvents(), NoBar())
+    saved = copy.deepcopy(population.sync_to_solo(0).state_dict())
+    images, _ = run.load_data(cfg, env.device, progress=False)
+    solo, _ = run.build_trainer(cfg, env, images)
+    solo.load_state_dict(copy.deepcopy(saved))
+    checked = 0
+    for opt, key in ((solo.g_opt, "g_opt"), (solo.d_opt, "d_opt")):
+        for i, param in enumerate(opt.param_groups[0]["params"]):
+            for name, moment in opt.state[param].items():
+                if moment.dim():
+                    assert moment.stride() == param.stride(), (key, i, name)
+                    assert torch.equal(moment, saved[key]["state"][i][name])
+                    checked += param.dim() == 4 and not param.is_contiguous()
+    assert checked  # channels_last weights were among them
 
 
 def parameters(trainer) -> list[torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 from gan import nets, runtime
 from gan.config import TrainerConfig, preset
 from gan.errors import UserError
+from gan.optimizers import load_state
 from gan.runtime import check_precision, resolve_precision
 from gan.schedule import Schedule
 from gan.trainer import METRICS, GANTrainer
@@ -248,6 +250,26 @@ def test_a_window_that_diverged_closes_early_before_evaluation_reads_the_weights
     result = trainer.run(schedule, sink, Evaluations(), progress=False)
     assert (result.status, result.step, result.diverged_step) == ("diverged", 3, 3)
     assert sink.metrics == [3] and Evaluations.steps == []  # its divergence, not its means
+
+
+def test_loaded_moments_follow_their_weights_layout():
+    # Adam's state saved from a contiguous weight, loaded for the same weight in channels_last
+    # (a population member resumed solo): the fused step must equal the contiguous one.
+    torch.manual_seed(0)
+    weight = torch.randn(16, 8, 3, 3)
+    grads = [torch.randn_like(weight) for _ in range(2)]
+    plain = nn.Parameter(weight.clone())
+    plain_opt = torch.optim.Adam([plain], lr=0.1, fused=True)
+    plain.grad = grads[0]
+    plain_opt.step()
+    saved = copy.deepcopy(plain_opt.state_dict())
+    laid = nn.Parameter(plain.detach().contiguous(memory_format=torch.channels_last))
+    laid_opt = torch.optim.Adam([laid], lr=0.1, fused=True)
+    load_state(laid_opt, saved)
+    plain.grad, laid.grad = grads[1], grads[1].contiguous(memory_format=torch.channels_last)
+    plain_opt.step()
+    laid_opt.step()
+    assert torch.equal(plain, laid)
 
 
 def test_a_checkpoint_of_the_older_window_format_resumes_with_the_same_means():
