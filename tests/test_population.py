@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import io
 import itertools
+import logging
 import pickle
 import signal
 from pathlib import Path
@@ -620,6 +621,48 @@ def test_a_member_whose_directory_is_not_this_process_s_is_left_out_alone(tmp_pa
     assert summaries[2]["status"] == "invalid" and "cannot be written" in summaries[2]["error"]
     assert (summaries[0]["status"], summaries[0]["population"]) == ("finished", 1)
     assert record.Summary(built[0][0].out_dir).read() == summaries[0]
+
+
+def test_a_member_refused_at_its_build_is_invalid_alone_and_keeps_its_run_unchanged(
+    tmp_path, caplog
+):
+    from gan.population.run import run_population
+
+    caplog.set_level(logging.INFO, logger="gan")  # as a worker logs
+
+    built = members(tmp_path, [["seed=0"], ["seed=1"], ["seed=2"]], TINY)
+    accepted = []
+    enrolled = [
+        enrollment.Enrolled(cfg, env, lambda name=cfg.run_name: accepted.append(name))
+        for cfg, env, _ in built
+    ]
+    # Member 1 resumes a checkpoint whose trainer state this version cannot load.
+    unloadable = dataclasses.replace(built[1][1], resumed={"trainer": {}, "rng": {}, "best": {}})
+    enrolled[1] = dataclasses.replace(enrolled[1], env=unloadable)
+    with torch_threads():
+        summaries = run_population(enrolled, progress=False)
+    refused = summaries[1]
+    assert refused["status"] == "invalid" and "does not hold the state" in refused["error"]
+    assert [(s["status"], s["population"]) for s in (summaries[0], summaries[2])] == [
+        ("finished", 2),
+        ("finished", 2),
+    ]
+    assert accepted == [built[0][0].run_name, built[2][0].run_name]  # never member 1's
+    assert "does not hold the state" in (built[1][0].out_dir / record.LOG_FILE).read_text()
+    for cfg, _, _ in (built[0], built[2]):  # each member's log ends with its result, as solo
+        assert f"done {cfg.run_name}: 4 steps" in (cfg.out_dir / record.LOG_FILE).read_text()
+
+
+def test_a_population_whose_data_cannot_load_records_every_member_invalid(tmp_path):
+    from gan.population.run import run_population
+
+    jobs = [["seed=0", "trainer.batch_size=5000"], ["seed=1", "trainer.batch_size=5000"]]
+    configs = [run_config([*TINY, *job], tmp_path / f"m{i}") for i, job in enumerate(jobs)]
+    enrolled = [enrollment.Enrolled(cfg, run.prepare(cfg), None) for cfg in configs]
+    summaries = run_population(enrolled, progress=False)
+    assert [s["status"] for s in summaries] == ["invalid", "invalid"]
+    assert all("exceeds the 1437 training images" in s["error"] for s in summaries)
+    assert all(record.Summary(cfg.out_dir).read() == s for cfg, s in zip(configs, summaries))
 
 
 def full_disk_for(monkeypatch, run_name: str, status: str | None = None) -> None:

@@ -72,6 +72,7 @@ class Member:
     summary: dict[str, Any] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=dict)
     saved: dict[str, int | None] = field(default_factory=dict)
+    on_accepted: Callable[[], None] | None = None  # as ``gan.run.run``'s, once it is built
 
 
 def run_population(
@@ -90,6 +91,9 @@ def run_population(
         if not members:
             return slots
         images = load_members(members, progress)
+        members = [m for m in members if m.trainer is not None]  # the others: invalid
+        if not members:
+            return [m.summary if isinstance(m, Member) else m for m in slots]
         for m in members:
             with member_log(m.cfg.out_dir, console=False):
                 solo.announce(m.cfg, m.env, m.trainer, m.records, len(images))
@@ -132,9 +136,7 @@ def accept(job: Enrolled, claims: ExitStack) -> Member | dict[str, Any] | None:
             return record.Summary(out_dir).read()
         claims.enter_context(held.pop_all())
     files.remove_partials(out_dir)  # left by a process killed mid-write
-    if job.on_accepted:
-        job.on_accepted()
-    return Member(job.cfg, job.env)
+    return Member(job.cfg, job.env, on_accepted=job.on_accepted)
 
 
 class PopulationPreempted(signals.Preempted):
@@ -150,29 +152,51 @@ class PopulationPreempted(signals.Preempted):
         self.signum, self.summaries = signum, summaries
 
 
-def load_members(members: list[Member], progress: bool) -> torch.Tensor:
-    """The shared training split and evaluator, and every member's trainer and evaluation."""
+def load_members(members: list[Member], progress: bool) -> torch.Tensor | None:
+    """The shared training split and evaluator, and every member's trainer and evaluation. A
+    member refused as its solo run would be (its checkpoint does not load; every member when the
+    data does not) is recorded ``invalid``, with nothing of its run changed, and gets no trainer."""
     first = members[0]
-    images, evaluation = solo.load_data(first.cfg, first.env.device, progress)
+    try:
+        images, evaluation = solo.load_data(first.cfg, first.env.device, progress)
+    except UserError as err:
+        for m in members:
+            _refuse(m, err)
+        return None
     evaluator = evaluation.evaluator if evaluation else None  # one for all: same data, classifier
     for m in members:
-        m.trainer, m.records = solo.build_trainer(m.cfg, m.env, images, allow_channels_last=False)
+        try:
+            m.trainer, m.records = solo.build_trainer(
+                m.cfg, m.env, images, allow_channels_last=False
+            )
+        except UserError as err:
+            _refuse(m, err)
+            continue
+        if m.on_accepted:
+            m.on_accepted()
         if evaluator is not None:
             noise = solo.eval_noise(m.cfg, evaluator, m.env.device)
             m.evaluation = Evaluation(evaluator, noise)
     return images
 
 
+def _refuse(m: Member, err: UserError) -> None:
+    with member_log(m.cfg.out_dir, console=True):
+        report_user_error(err)
+    m.summary = sweep_outcomes.job_failed(m.cfg.out_dir, Status.invalid, err)
+
+
 @contextmanager
 def member_log(out_dir, *, console: bool) -> Iterator[None]:
-    """Lines logged meanwhile go to the member's own train.log (and the console if ``console``)."""
-    run_log = logging.getLogger(solo.__name__)
-    propagate, run_log.propagate = run_log.propagate, console
+    """Lines the package logs meanwhile go to the member's own train.log (and the console if
+    ``console``), as a solo run's do."""
+    package_log = logging.getLogger(__name__.partition(".")[0])  # gan and all its modules
+    propagate, package_log.propagate = package_log.propagate, console
     try:
-        with train_log(out_dir, run_log):
+        with train_log(out_dir, package_log):
             yield
     finally:
-        run_log.propagate = propagate
+        package_log.propagate = propagate
 
 
 class MemberEvents:
@@ -224,7 +248,8 @@ def train_members(
             loggers = [stack.enter_context(solo.open_logger(m.cfg, m.env)) for m in members]
             events = []
             for m, logger in zip(members, loggers):
-                solo.record_start(m.env, logger, m.records, m.evaluation, m.summary)
+                with member_log(m.cfg.out_dir, console=True):
+                    solo.record_start(m.env, logger, m.records, m.evaluation, m.summary)
                 before = solo.seconds_before(m.env)
                 events.append(
                     RunEvents(
