@@ -369,8 +369,11 @@ def test_jobs_are_grouped_by_all_but_arm_and_seed_and_cut_to_size(tmp_path, monk
     # Sized to memory: room for exactly 3 members' planned tensors at memory_fraction 0.5.
     per_member = launcher.member_bytes(enrolled[0].cfg)
     monkeypatch.setattr(launcher, "free_bytes", lambda device: 2 * 3 * per_member)
-    fitted = launcher.PopulationLauncher(max_members=64)._fit(enrolled[:3] * 2)
+    fitted = launcher.PopulationLauncher(max_members=64)._fit(enrolled[:3] * 2, processes=1)
     assert [len(p) for p in fitted] == [3, 3]
+    # Three populations at once share that room: one member each.
+    fitted = launcher.PopulationLauncher(max_members=64)._fit(enrolled[:3] * 2, processes=3)
+    assert [len(p) for p in fitted] == [1] * 6
 
 
 def test_a_cpu_population_is_sized_to_available_memory_within_its_cgroups(tmp_path):

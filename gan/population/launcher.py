@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PopulationLauncherConf:  # registered, with its _target_, in hydra_plugins/
     max_members: int = 64  # the most members one population trains at once
-    memory_fraction: float = 0.5  # of the device's free memory a population's tensors may plan on
+    memory_fraction: float = 0.5  # of the free memory the populations at once may plan on
     # Populations trained at once, each in a worker process; null: one per trainer.threads CPU
     # cores on a CPU (a single group is split to keep them busy), one on a GPU.
     n_jobs: int | None = None
@@ -70,8 +70,8 @@ class PopulationLauncher(Launcher):
         self._console_logging()
         enrolled = [member for _, member in jobs if member is not None]
         groups = populations(enrolled, self.max_members)
-        sized = [part for group in groups for part in self._fit(group)]
         processes = self._processes(enrolled)
+        sized = [part for group in groups for part in self._fit(group, processes)]
         sized = spread(sized, processes)
         log.info(
             "%d jobs: %d enrolled in %d population(s), %d at a time",
@@ -111,10 +111,12 @@ class PopulationLauncher(Launcher):
             job_logging.root.handlers = [h for h in job_logging.root.handlers if h != "file"]
         return job_logging
 
-    def _fit(self, group: list) -> list[list]:
-        """``group`` cut into populations whose tensors fit the device's free memory."""
+    def _fit(self, group: list, processes: int) -> list[list]:
+        """``group`` cut into populations whose tensors fit the device's free memory, shared by
+        the ``processes`` populations that may train at once."""
         per_member = member_bytes(group[0].cfg)
-        fits = max(1, int(free_bytes(group[0].env.device) * self.memory_fraction // per_member))
+        budget = free_bytes(group[0].env.device) * self.memory_fraction / processes
+        fits = max(1, int(budget // per_member))
         size = min(fits, self.max_members)
         return [group[i : i + size] for i in range(0, len(group), size)]
 
