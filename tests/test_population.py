@@ -60,6 +60,7 @@ class Sink:
 class NoEvents:
     def evaluate(self, *args): ...
     def checkpoint(self, *args): ...
+    def diverged(self, *args): ...
     def should_stop(self):
         return False
 
@@ -365,6 +366,17 @@ def test_jobs_are_grouped_by_all_but_arm_and_seed_and_cut_to_size(tmp_path, monk
     groups = populations(enrolled, max_members=2)
     assert [[e.cfg.seed for e in g] for g in groups] == [[0, 0], [1], [0]]
     assert groups[2][0].cfg.trainer.lr == 1e-3  # another lr: a population of its own
+    # Resumed at one step: one stopped there with its window open, one that finished there.
+    stopped, finished = {"step": 20, "window_steps": 5}, {"step": 20, "window_steps": 0}
+    resumed = [
+        dataclasses.replace(e, env=dataclasses.replace(e.env, resumed={"trainer": trainer}))
+        for e, trainer in zip(enrolled, (stopped, finished))
+    ]
+    assert [len(g) for g in populations(resumed, max_members=2)] == [1, 1]
+    solos = [t for *_, t in members(tmp_path / "apart", [["seed=0"], ["seed=1"]], [])]
+    solos[1].window_steps = 1
+    with pytest.raises(ValueError, match="one open window"):
+        PopulationTrainer(solos)
 
     # Sized to memory: room for exactly 3 members' planned tensors at memory_fraction 0.5.
     per_member = launcher.member_bytes(enrolled[0].cfg)
@@ -654,6 +666,27 @@ def test_a_member_refused_at_its_build_is_invalid_alone_and_keeps_its_run_unchan
     assert "does not hold the state" in (built[1][0].out_dir / record.LOG_FILE).read_text()
     for cfg, _, _ in (built[0], built[2]):  # each member's log ends with its result, as solo
         assert f"done {cfg.run_name}: 4 steps" in (cfg.out_dir / record.LOG_FILE).read_text()
+
+
+def test_a_members_divergence_is_on_disk_before_the_population_ends(tmp_path, monkeypatch):
+    # A worker killed later must not leave it "running", to be trained again by a rerun.
+    from gan.population import run as population_run
+
+    built = members(tmp_path, [["seed=0"], DIVERGING], TINY)
+    seen = {}
+    checkpoint = population_run.MemberEvents.checkpoint
+
+    def checkpoint_and_look(self, step, active):
+        seen[step] = record.Summary(built[1][0].out_dir).read()
+        checkpoint(self, step, active)
+
+    monkeypatch.setattr(population_run.MemberEvents, "checkpoint", checkpoint_and_look)
+    with torch_threads():
+        summaries = population_run.run_population(
+            [enrollment.Enrolled(cfg, env, None) for cfg, env, _ in built], progress=False
+        )
+    assert summaries[1]["status"] == "diverged"
+    assert seen[4] == summaries[1]  # at the last step's checkpoint, the others still training
 
 
 def test_a_population_whose_data_cannot_load_records_every_member_invalid(tmp_path):

@@ -39,13 +39,20 @@ MEMBER_KEYS = ("seed", "init", "logger", "resume")
 def population_key(member: Enrolled) -> str:
     """Members with equal keys can train as one population."""
     resolved = {k: v for k, v in member.cfg.resolved.items() if k not in MEMBER_KEYS}
-    identity = [resolved, str(member.env.device), member.env.precision, start_step(member)]
+    at = [start_step(member), open_window(member)]
+    identity = [resolved, str(member.env.device), member.env.precision, *at]
     return json.dumps(identity, sort_keys=True, default=str)
 
 
 def start_step(member: Enrolled) -> int:
     """The step a member trains from: its checkpoint's when resumed, else 0."""
     return member.env.resumed["trainer"]["step"] if member.env.resumed else 0
+
+
+def open_window(member: Enrolled) -> int:
+    """The steps of the logging window a member resumes in: a run that finished at a step
+    closed its window there, one stopped there may not have."""
+    return member.env.resumed["trainer"]["window_steps"] if member.env.resumed else 0
 
 
 def populations(members: Sequence[Enrolled], max_members: int) -> list[list[Enrolled]]:
@@ -203,8 +210,10 @@ class MemberEvents:
     """The population's side of its loop (``PopulationEvents``): each member's ``RunEvents``,
     with evaluation batched: every member's images made in one stacked pass per batch."""
 
-    def __init__(self, events: list[RunEvents], asked: dict[str, int | None]):
-        self.events, self.asked = events, asked
+    def __init__(
+        self, members: list[Member], events: list[RunEvents], asked: dict[str, int | None]
+    ):
+        self.members, self.events, self.asked = members, events, asked
 
     def evaluate(self, step: int, trainer: PopulationTrainer, members: list[int]) -> None:
         evaluations = [e.evaluation for e in self.events]
@@ -223,6 +232,12 @@ class MemberEvents:
     def checkpoint(self, step: int, members: list[int]) -> None:
         for k in members:
             self.events[k].checkpoint(step)
+
+    def diverged(self, k: int, result: TrainResult) -> None:
+        """Member ``k``'s result on disk at once, as its solo run's would be: a worker killed
+        later keeps it, and a rerun of the sweep does not train it again."""
+        if _settled(self.members[k], result):
+            _write_summary(self.members[k])
 
     def should_stop(self) -> bool:
         return self.asked["signal"] is not None
@@ -257,7 +272,7 @@ def train_members(
                     )
                 )
             trainer = PopulationTrainer([m.trainer for m in members])
-            member_events = MemberEvents(events, asked)
+            member_events = MemberEvents(members, events, asked)
             results = _loop(trainer, members, loggers, member_events, progress, on_steps)
             for m, logger, result in zip(members, loggers, results):
                 finish.record_result(m.summary, result, m.best, m.env.resumed, logger)
@@ -319,12 +334,15 @@ def _record_failure(members: list[Member], trainer, err: BaseException) -> None:
                 step = trainer.step if trainer else m.trainer.step
                 error = f"{type(err).__name__}: {err}"
                 m.summary.update(status=Status.failed, steps=step, error=error)
-        try:
-            record.Summary(m.cfg.out_dir).write(m.summary)
-        except OSError as write_error:  # the population's own error is the one to raise
-            log.error(
-                "error: %s: %s not written (%s)", m.cfg.run_name, record.SUMMARY_FILE, write_error
-            )
+        _write_summary(m)  # the population's own error is the one to raise
+
+
+def _write_summary(m: Member) -> None:
+    """``m``'s summary.json, or an error line where it cannot be written."""
+    try:
+        record.Summary(m.cfg.out_dir).write(m.summary)
+    except OSError as err:
+        log.error("error: %s: %s not written (%s)", m.cfg.run_name, record.SUMMARY_FILE, err)
 
 
 def _settled(m: Member, result: TrainResult) -> bool:

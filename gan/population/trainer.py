@@ -43,6 +43,7 @@ class PopulationEvents(Protocol):
 
     def evaluate(self, step: int, trainer: PopulationTrainer, members: list[int]) -> None: ...
     def checkpoint(self, step: int, members: list[int]) -> None: ...
+    def diverged(self, k: int, result: TrainResult) -> None: ...
     def should_stop(self) -> bool: ...
 
 
@@ -138,9 +139,11 @@ class PopulationTrainer:
 
     def __init__(self, solos: Sequence[GANTrainer]):
         first = solos[0]
-        steps = {t.step for t in solos}
-        if len(steps) != 1:
-            raise ValueError(f"population members must be at one step, got {sorted(steps)}")
+        at = {(t.step, t.window_steps) for t in solos}
+        if len(at) != 1:
+            raise ValueError(
+                f"population members must be at one step with one open window, got {sorted(at)}"
+            )
         self.solos, self.k = list(solos), len(solos)
         self.device, self.batch_size, self.step = first.device, first.batch_size, first.step
         self.joint_d, self.bf16, self.precision = first.joint_d, first.bf16, first.precision
@@ -292,9 +295,9 @@ class PopulationTrainer:
             self.window_steps += 1
             self.step = step
             if schedule.due(schedule.log_every, step):
-                self._close_window(step, sinks, results, start)
+                self._close_window(step, sinks, events, start)
             elif schedule.weights_read(step):  # as a solo run, which closes its window early
-                self._record_diverged(step, self._window_synced(), sinks, results, start)
+                self._record_diverged(step, self._window_synced(), sinks, events, start)
             if self._after_step(step, schedule, sinks, events):
                 elapsed = time.perf_counter() - start
                 for k in self._active_members():
@@ -327,12 +330,14 @@ class PopulationTrainer:
             (window_means(rows), finite.T.float(), self._weights_finite()[:, None].float()), dim=1
         ).tolist()
 
-    def _close_window(self, step: int, sinks: Sequence[Sink], results: list, start: float) -> None:
+    def _close_window(
+        self, step: int, sinks: Sequence[Sink], events: PopulationEvents, start: float
+    ) -> None:
         """Logs each active member's window means; records and freezes the ones that diverged."""
         if self.graph is not None:
             self.graph.check()
         synced = self._window_synced()
-        diverged = self._record_diverged(step, synced, sinks, results, start)
+        diverged = self._record_diverged(step, synced, sinks, events, start)
         for k in self._active_members():
             if k not in diverged:
                 self.solos[k].last = dict(zip(METRIC_KEYS, synced[k][: len(METRICS)]))
@@ -340,10 +345,15 @@ class PopulationTrainer:
         self.window_steps = 0
 
     def _record_diverged(
-        self, step: int, synced: list[list[float]], sinks: Sequence[Sink], results: list, start
+        self,
+        step: int,
+        synced: list[list[float]],
+        sinks: Sequence[Sink],
+        events: PopulationEvents,
+        start: float,
     ) -> list[int]:
-        """Records ``diverged`` and freezes each active member whose window so far (ending at
-        ``step``) diverged; returns them."""
+        """Records ``diverged`` (its metrics line, its result, told to ``events``) and freezes
+        each active member whose window so far (ending at ``step``) diverged; returns them."""
         diverged = []
         for k in self._active_members():
             ok, weights_ok = synced[k][len(METRICS) : -1], synced[k][-1]
@@ -352,10 +362,11 @@ class PopulationTrainer:
                 continue
             sinks[k].log(step, {"diverged": True, "diverged_step": diverged_at})
             elapsed = time.perf_counter() - start
-            results[k] = TrainResult(
+            self.results[k] = TrainResult(
                 Ending.diverged, step, elapsed, self.solos[k].last, diverged_at
             )
             self._freeze(k)
+            events.diverged(k, self.results[k])
             diverged.append(k)
         return diverged
 
