@@ -54,7 +54,7 @@ def setup(args: argparse.Namespace) -> Bench:
         cuda_graph=args.cuda_graph,
         precision=args.precision,
     )
-    device = resolve_device(trainer.device)
+    device = resolve_device(trainer.device, key="--device")
     return Bench(
         model=preset(ModelConfig, "model", args.model),
         data=preset(DataConfig, "dataset", args.dataset, root=args.data_dir),

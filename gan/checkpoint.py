@@ -131,9 +131,8 @@ def save(run_dir: Path, blob: dict[str, Any]) -> Path:
     return path
 
 
-def load(run_dir: Path) -> dict[str, Any]:
-    """The checkpoint in ``run_dir``, its digest verified and its content read with
-    ``weights_only=True``; a UserError if missing, damaged, altered or unsafe (the file is kept)."""
+def require(run_dir: Path) -> Path:
+    """The path of ``run_dir``'s checkpoint; a UserError when there is none to resume."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not Path(run_dir).is_dir():
         raise UserError(f"resume={run_dir}: no such run directory")
@@ -142,6 +141,13 @@ def load(run_dir: Path) -> dict[str, Any]:
             f"resume={run_dir}: it holds no {CHECKPOINT_FILE}; only runs that wrote a "
             "checkpoint (trainer.ckpt_every, the end, or a preemption) can be resumed"
         )
+    return path
+
+
+def load(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint in ``run_dir``, its digest verified and its content read with
+    ``weights_only=True``; a UserError if missing, damaged, altered or unsafe (the file is kept)."""
+    path = require(run_dir)
     try:
         raw = path.read_bytes()
     except OSError as err:

@@ -75,6 +75,7 @@ def resumed_config(resume: str, hydra_cfg: DictConfig) -> tuple[DictConfig, Dict
     The library refuses overrides that would change the run's seed, model, dataset or init.
     """
     run_dir = Path(resume)
+    checkpoint.require(run_dir)  # first: a run that never started has overrides that fail
     saved = run_dir / record.OVERRIDES_FILE
     if not saved.is_file():
         raise UserError(

@@ -20,34 +20,32 @@ def derive_seed(seed: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def resolve_device(device: str) -> torch.device:
-    """``trainer.device`` as a torch device: ``auto`` is cuda when present, else cpu."""
+def resolve_device(device: str, key: str = "trainer.device") -> torch.device:
+    """``trainer.device`` (or the option ``key``) as a torch device: ``auto`` is cuda when
+    present, else cpu."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError:
         raise UserError(
-            f"trainer.device: unknown device {device!r}; use auto, cpu, cuda or cuda:N"
+            f"{key}: unknown device {device!r}; use auto, cpu, cuda or cuda:N"
         ) from None
     if resolved.type not in ("cpu", "cuda"):  # mps, xpu, meta…: paths never exercised here
         raise UserError(
-            f"trainer.device={device}: this toolkit trains on cpu or cuda only "
+            f"{key}={device}: this toolkit trains on cpu or cuda only "
             "(its loop, fused Adam and checkpoints are tested there); use auto, cpu, cuda or cuda:N"
         )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(
-            f"trainer.device={device} but CUDA is not available here; "
-            "use trainer.device=auto or cpu"
+            f"{key}={device} but CUDA is not available here; use {key}=auto or {key}=cpu"
         )
     if (
         resolved.type == "cuda"
         and resolved.index is not None
         and resolved.index >= torch.cuda.device_count()
     ):
-        raise UserError(
-            f"trainer.device={device} but only {torch.cuda.device_count()} CUDA device(s) exist"
-        )
+        raise UserError(f"{key}={device} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return resolved
 
 

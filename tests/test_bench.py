@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import torch_threads
 from gan import bench, nets
 from gan.config import ModelConfig, TrainerConfig, preset
+from gan.errors import UserError
 from gan.trainer import GANTrainer
 
 QUICK = ["--dataset", "digits", "--steps", "3", "--repeats", "1"]
@@ -42,6 +44,14 @@ def test_bench_applies_the_speed_options_to_the_project_loop(capsys, tmp_path, m
     settings = (result["precision"], result["channels_last"], result["compile"])
     assert settings == ("bf16", True, False) and result["precision_resolved"] == "bf16"
     assert {"model", "avx2", "avx512_bf16", "amx_bf16", "native_bf16"} <= set(result["cpu"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only where CUDA is missing")
+def test_a_bench_device_error_names_the_bench_s_own_option():
+    args = bench._parser().parse_args(["--device", "cuda"])
+    refused = "--device=cuda but CUDA is not available here; use --device=auto"
+    with pytest.raises(UserError, match=refused):
+        bench.setup(args)
 
 
 def test_bench_measures_auto_precision_by_default():

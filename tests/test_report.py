@@ -315,3 +315,10 @@ def test_runs_of_different_optimizers_or_resolved_precisions_are_not_averaged(tm
         "precision (resolved)=fp32, trainer.optimizer=adam",
         "precision (resolved)=fp32, trainer.optimizer=sgd",
     ]
+
+
+@pytest.mark.parametrize("threshold", ["-5", "0", "nan", "inf", "low"])
+def test_an_fcd_threshold_that_no_run_could_reach_is_refused(tmp_path, capsys, threshold):
+    with pytest.raises(SystemExit) as stopped:
+        report.main([str(tmp_path), "--fcd-threshold", threshold])
+    assert stopped.value.code == 2 and "--fcd-threshold" in capsys.readouterr().err

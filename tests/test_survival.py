@@ -342,3 +342,15 @@ def test_resume_refuses_another_resolved_precision(tmp_path):
         "resolves to bf16 here; resume it with trainer.precision=fp32",
     ):
         run(run_config(resume_in_bf16, tmp_path), progress=False)
+
+
+def test_resuming_a_run_that_never_checkpointed_says_so_before_its_overrides_are_read(tmp_path):
+    from gan.cli import resumed_config
+
+    with pytest.raises(UserError, match="no such run directory"):
+        resumed_config(str(tmp_path / "nowhere"), hydra_cfg=None)
+    # A job refused as invalid: its overrides would fail again, and are not the point.
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- trainer.steps=abc\n")
+    with pytest.raises(UserError, match="holds no checkpoint.pt"):
+        resumed_config(str(tmp_path), hydra_cfg=None)

@@ -7,6 +7,7 @@ what it writes.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -28,6 +29,17 @@ OUTPUTS = (
 )
 
 
+def positive_number(text: str) -> float:
+    """An FCD to reach: a finite number above 0 (FCD is never below it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
     installed = Path(sys.argv[0]).name == "gan-report"  # the entry point of an installed package
@@ -39,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output directory (default: <first input>/report)")
     parser.add_argument(
         "--fcd-threshold",
-        type=float,
+        type=positive_number,
         default=None,
         help=f"report the steps each run needs to reach {PRIMARY} ≤ this value",
     )
