@@ -27,6 +27,7 @@ from gan import checkpoint, console, faults, files, record, sweep_outcomes, swee
 from gan.config import CONF_DIR, RunConfig, run_config
 from gan.errors import UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
+from gan.key_hint import unknown_key_hint
 from gan.record import Status
 from gan.run import run
 from gan.signals import (
@@ -254,3 +255,8 @@ def cli() -> None:
     except KeyboardInterrupt:  # before the run's own signal handling (imports, composition)
         print(START_UP_INTERRUPTED, file=sys.stderr)
         sys.exit(130)
+    except SystemExit as stop:  # Hydra refused the command line, or a sweep had failed jobs
+        hint = unknown_key_hint(sys.argv[1:]) if stop.code == 1 else None
+        if hint:
+            print(hint, file=sys.stderr)
+        raise

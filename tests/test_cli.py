@@ -100,7 +100,11 @@ def test_parallel_launchers_run_every_job(launcher, tmp_path):
     ("args", "message", "code"),
     [
         (["init=he_xavir"], "Could not find 'init/he_xavir'\n\nAvailable options in 'init':", 1),
-        (["trainer.stpes=5"], "Key 'stpes' is not in struct", 1),
+        (
+            ["trainer.stpes=5"],
+            "hint: trainer.stpes is not a key of this configuration; did you mean trainer.steps?",
+            1,
+        ),
         (["trainer.batch_size=0"], "error: trainer.batch_size must be > 0, got 0", 2),
         (["logger.mode=online"], "error: logger.mode=online but no W&B credentials were found", 2),
         (
@@ -119,6 +123,28 @@ def test_bad_input_is_a_clear_message_and_writes_no_result(args, message, code, 
     assert not (out / "metrics.jsonl").exists() and not (out / "summary.json").exists()
     # refused before any data is prepared: no feature classifier trained for a doomed run
     assert not (data_dir / "classifiers").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (
+            ["trainer.stpes=5"],
+            "trainer.stpes is not a key of this configuration; did you mean trainer.steps?",
+        ),
+        (
+            ["-m", "init=xavier,he_xavier", "init.std=0.1"],
+            "init.std is not a key of this configuration; "
+            "this init scheme's parameters: dist, gain",
+        ),
+        (["-m", "trainer.lr=1e-3,2e-3", "seed=1"], None),  # a sweep that failed otherwise
+        (["+trainer.step=5"], None),  # an added key: train.py's own check refuses it by name
+    ],
+)
+def test_a_key_that_names_nothing_gets_a_hint_after_hydra_s_refusal(argv, hint):
+    from gan.key_hint import unknown_key_hint
+
+    assert unknown_key_hint(argv) == (hint and f"hint: {hint}")
 
 
 def test_a_log_line_during_a_progress_bar_gets_its_own_line():
