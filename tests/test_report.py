@@ -104,7 +104,7 @@ def test_report_on_a_known_ablation(ablation, tmp_path):
     assert "| he_xavier | 3 | 0 | 11.00 ± 2.48 | 11.00 ± 2.48 | 200 ± 0 (3/3 reached) |" in text
     verdict = "**he_xavier** is better than default on final eval/fcd (11.00 vs 21.00; Welch p = "
     assert verdict + "0.000255" in text
-    assert "Skipped 1 incomplete run(s)" in text
+    assert "Skipped 1 run(s), unfinished or unreadable" in text
     # acc_D is the same in every run: no test is possible
     assert "| default | he_xavier | +0.000 | – (no variance) | – | – | – | – | – |" in text
     assert "Holm p = 0.000255" in text  # one test with spread: Holm changes nothing

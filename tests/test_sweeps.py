@@ -428,7 +428,10 @@ def test_the_report_names_a_malformed_line_and_skips_that_run(tmp_path, caplog):
     assert report.main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
     assert f"{tmp_path / 'run1' / 'metrics.jsonl'} line 2 is not a valid record" in caplog.text
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "Skipped 1 incomplete run(s)" in text and "line 2 is not a valid record" in text
+    assert (
+        "Skipped 1 run(s), unfinished or unreadable" in text
+        and "line 2 is not a valid record" in text
+    )
 
 
 def test_partial_files_of_killed_writes_are_removed(tmp_path):

@@ -176,5 +176,6 @@ def skipped(incomplete: list[Skipped]) -> list[str]:
         return []
     return [
         "",
-        f"Skipped {len(incomplete)} incomplete run(s): " + ", ".join(map(str, incomplete)),
+        f"Skipped {len(incomplete)} run(s), unfinished or unreadable: "
+        + ", ".join(map(str, incomplete)),
     ]
