@@ -205,18 +205,23 @@ def test_bf16_runs_on_a_native_cpu_are_reproducible():
     assert last1 == last2
 
 
-def test_the_window_finds_the_exact_first_non_finite_step():
-    trainer = _trainer()
-    sink = _Recorder()
+def _poison(trainer: GANTrainer, step: int, poison) -> None:
+    """``poison(metrics)`` at the end of step ``step``, after its updates."""
     original = trainer.gan_step
 
     def poisoned(real, eager=False):
         metrics = original(real, eager)
-        if trainer.step + 1 == 5:  # the 5th step's G loss is not finite
-            metrics["loss_G"] = torch.tensor(float("inf"))
+        if trainer.step + 1 == step:
+            poison(metrics)
         return metrics
 
     trainer.gan_step = poisoned
+
+
+def test_the_window_finds_the_exact_first_non_finite_step():
+    trainer = _trainer()
+    sink = _Recorder()
+    _poison(trainer, 5, lambda metrics: metrics.update(loss_G=torch.tensor(float("inf"))))
     result = trainer.run(Schedule(steps=12, log_every=4, sample_every=100), sink, progress=False)
     assert (result.status, result.diverged_step, result.step) == ("diverged", 5, 8)
     assert sink.metrics == [4, 8]  # the first window logged, the second reported the divergence
@@ -226,13 +231,7 @@ def test_a_window_that_diverged_closes_early_before_evaluation_reads_the_weights
     # Evaluation every 3 steps, windows of 10: G's weights go NaN in step 2's update.
     trainer = _trainer()
     sink = _Recorder()
-    original = trainer.gan_step
-
-    def poisoned(real, eager=False):
-        metrics = original(real, eager)
-        if trainer.step + 1 == 2:
-            next(trainer.g.parameters()).data.fill_(float("nan"))
-        return metrics
+    _poison(trainer, 2, lambda _: next(trainer.g.parameters()).data.fill_(float("nan")))
 
     class Evaluations:
         steps = []
@@ -245,7 +244,6 @@ def test_a_window_that_diverged_closes_early_before_evaluation_reads_the_weights
         def should_stop(self):
             return False
 
-    trainer.gan_step = poisoned
     schedule = Schedule(steps=12, log_every=10, sample_every=100, eval_every=3)
     result = trainer.run(schedule, sink, Evaluations(), progress=False)
     assert (result.status, result.step, result.diverged_step) == ("diverged", 3, 3)
