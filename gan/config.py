@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from gan.errors import UserError
 from gan.init import Scheme
-from gan.init_options import load_init_file, resolve_scheme
+from gan.init_options import NETWORKS, check_parameters, resolve_scheme
 from gan.typed import build, coerce
 
 
@@ -50,7 +50,6 @@ def _hydra_run_dir(resume: str | None, new_run: str, stamp: str) -> str:
 if not OmegaConf.has_resolver("gan_run_dir"):  # conf/config.yaml: hydra.run.dir
     OmegaConf.register_new_resolver("gan_run_dir", _hydra_run_dir)
 
-NETWORKS = ("generator", "discriminator")
 LOGGER_MODES = ("auto", "online", "offline", "disabled")
 WANDB_TAG_LENGTH = 64  # W&B's limit: a longer tag fails the run when W&B starts
 SWEEP_TAG_PREFIX = "sweep:"  # the W&B tag every job of one sweep shares: sweep:<sweep id>
@@ -374,20 +373,6 @@ def arm_name(init_choice: str, init_overrides: list[str]) -> str:
     return ",".join([init_choice, *extras])
 
 
-def _check_init_parameters(init_cfg: Mapping[str, Any], choice: str, scheme_dir: Path) -> None:
-    """Refuses a scalar under init that the chosen option does not declare (``+init.std=0.1`` on
-    a scheme without ``std``): it would change nothing, yet the run would look like another arm."""
-    declared = {k for k in load_init_file(choice, scheme_dir) if k not in NETWORKS}
-    unknown = sorted(k for k in init_cfg if k not in NETWORKS and k not in declared)
-    if unknown:
-        takes = ", ".join(sorted(declared)) or "none"
-        raise UserError(
-            f"init={choice} has no parameter {', '.join(unknown)} (its parameters: {takes}); "
-            "choose a scheme that has it, or override a rule directly, e.g. "
-            "init.generator.weights.tanh.gain=1.5"
-        )
-
-
 def _check_finite(tree: Any, key: str) -> None:
     """Refuses an infinite or NaN number under ``key`` (``init.std=inf``): the run would only
     diverge, and look like a result of the arm."""
@@ -426,7 +411,7 @@ def run_config(
     stray = [k for k, v in init_cfg.items() if k not in NETWORKS and isinstance(v, (Mapping, list))]
     if stray:
         raise UserError(f"unknown section(s) in init: {stray}; valid: {list(NETWORKS)}")
-    _check_init_parameters(init_cfg, init_choice, scheme_dir)
+    check_parameters(init_cfg, init_choice, scheme_dir)
     _check_finite(init_cfg, "init")
     schemes = {
         net: resolve_scheme(init_cfg.get(net, init_choice), net, scheme_dir, init_choice)

@@ -15,7 +15,7 @@ from torch import nn
 from gan import config
 from gan.errors import UserError
 from gan.init import InitRecord, Scheme, initialize_network
-from gan.init_options import resolve_scheme
+from gan.init_options import NETWORKS, resolve_scheme
 from gan.runtime import derive_seed
 
 
@@ -111,13 +111,13 @@ def _resolve(spec: str | Scheme, network: str | None) -> Scheme:
     if not isinstance(spec, str):
         raise UserError(f"initialize: a scheme is a name or a Scheme, got {spec!r}")
     scheme_dir = config.CONF_DIR / "init"
-    if network in config.NETWORKS:
+    if network in NETWORKS:
         return resolve_scheme(spec, network, scheme_dir, spec)
-    sections = [resolve_scheme(spec, n, scheme_dir, spec) for n in config.NETWORKS]
+    sections = [resolve_scheme(spec, n, scheme_dir, spec) for n in NETWORKS]
     if any(s != sections[0] for s in sections):
         raise UserError(
-            f"init option '{spec}' differs between {' and '.join(config.NETWORKS)}; say which "
-            f"to use: initialize(..., network='{config.NETWORKS[0]}')"
+            f"init option '{spec}' differs between {' and '.join(NETWORKS)}; say which "
+            f"to use: initialize(..., network='{NETWORKS[0]}')"
         )
     return sections[0]
 

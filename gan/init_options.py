@@ -3,6 +3,7 @@ each network's ``Scheme``; a section may name another option, and names may chai
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gan.errors import UserError
-from gan.init import Scheme
+from gan.init import DISTRIBUTIONS, Scheme
+
+NETWORKS = ("generator", "discriminator")  # the sections of an init option, one per network
 
 
 def scheme_names(scheme_dir: Path) -> list[str]:
@@ -31,6 +34,25 @@ def load_init_file(name: str, scheme_dir: Path) -> dict[str, Any]:
         return OmegaConf.to_container(scheme, resolve=True)["init"]
     except OmegaConfBaseException as err:
         raise UserError(f"cannot read init option {name!r} ({path}): {err}") from None
+
+
+def check_parameters(init_cfg: Mapping[str, Any], choice: str, scheme_dir: Path) -> None:
+    """Refuses a scalar under init that the chosen option does not declare (``+init.std=0.1`` on
+    a scheme without ``std``): it would change nothing, yet the run would look like another arm.
+    A ``dist`` must name a distribution (else it surfaces as an unknown rule it is part of)."""
+    declared = {k for k in load_init_file(choice, scheme_dir) if k not in NETWORKS}
+    unknown = sorted(k for k in init_cfg if k not in NETWORKS and k not in declared)
+    if unknown:
+        takes = ", ".join(sorted(declared)) or "none"
+        raise UserError(
+            f"init={choice} has no parameter {', '.join(unknown)} (its parameters: {takes}); "
+            "choose a scheme that has it, or override a rule directly, e.g. "
+            "init.generator.weights.tanh.gain=1.5"
+        )
+    if "dist" in init_cfg and init_cfg["dist"] not in DISTRIBUTIONS:
+        raise UserError(
+            f"init.dist must be one of {', '.join(DISTRIBUTIONS)}, got {init_cfg['dist']!r}"
+        )
 
 
 def resolve_scheme(spec: Any, network: str, scheme_dir: Path, name: str) -> Scheme:

@@ -8,7 +8,8 @@ import difflib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gan.config import CONF_DIR, NETWORKS
+from gan.config import CONF_DIR
+from gan.init_options import NETWORKS
 
 
 def unknown_key_hint(argv: Sequence[str]) -> str | None:

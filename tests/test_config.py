@@ -85,6 +85,12 @@ def test_bad_values_are_errors_naming_the_key(override, message, tmp_path):
         run_config(["init=he_xavier", override], tmp_path)
 
 
+def test_a_scheme_s_dist_is_refused_by_its_own_name(tmp_path):
+    # Not as the unknown rule 'xavier_gaussian' it would otherwise make.
+    with pytest.raises(UserError, match="init.dist must be one of normal, uniform, trunc_normal"):
+        run_config(["init=xavier", "init.dist=gaussian"], tmp_path)
+
+
 def test_dcgan_refuses_an_image_side_its_stages_cannot_halve():
     with pytest.raises(UserError, match="side is divisible by 8; got 28×28"):
         nets.build(ModelConfig("dcgan", 8, 0.2, (8, 8, 8), (8,), "batch", "batch"), (1, 28, 28))
