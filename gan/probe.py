@@ -29,6 +29,7 @@ from gan.figures import pyplot
 from gan.init import Scheme, SoftmaxInLoss
 from gan.init_call import initialize
 from gan.init_options import resolve_scheme
+from gan.runtime import derive_seed
 
 SCHEME_DIR = CONF_DIR / "init"  # the init options, wherever the configs are installed
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
@@ -64,7 +65,10 @@ def probe_activations(
     inits: tuple[str, ...] = PROBE_INITS,
 ) -> tuple[list[dict], dict[tuple[str, str], list[torch.Tensor]]]:
     """Records of each layer's activation statistics, and the activations themselves."""
-    x = torch.randn(samples, width, generator=torch.Generator().manual_seed(seed))
+    # Inputs and weights from streams of their own: from one seed, the first layer's weights
+    # would be a scaled copy of the first inputs.
+    inputs = torch.Generator().manual_seed(derive_seed(seed, "probe/inputs"))
+    x = torch.randn(samples, width, generator=inputs)
     records, outputs = [], {}
     for activation in activations:
         for init in inits:
@@ -123,7 +127,9 @@ def plot_activations(outputs: dict[tuple[str, str], list[torch.Tensor]], path: P
                 ax.set_ylabel(
                     f"{activation}\n{init}", fontsize=8, rotation=0, ha="right", va="center"
                 )
-    fig.suptitle("Activations per layer: 5 layers × 100 units, 1000 N(0, 1) inputs", fontsize=10)
+    samples, width = outputs[rows[0]][0].shape
+    title = f"Activations per layer: {depth} layers × {width} units, {samples} N(0, 1) inputs"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -170,7 +176,8 @@ def train_classifiers(
             generator=torch.Generator().manual_seed(seed),
         )
         opt = torch.optim.SGD(net.parameters(), lr=lr)
-        rng = torch.Generator().manual_seed(seed)  # the same batches for every init
+        # The same batches for every init, from a stream apart from the weights'.
+        rng = torch.Generator().manual_seed(derive_seed(seed, "probe/batches"))
         losses = torch.empty(steps)
         for step in tqdm(range(steps), desc=f"probe {init}", disable=not progress, leave=False):
             idx = torch.randint(len(x), (batch_size,), generator=rng)
@@ -183,7 +190,7 @@ def train_classifiers(
     return curves
 
 
-def plot_training(curves: dict[str, list[float]], dataset: str, path: Path) -> None:
+def plot_training(curves: dict[str, list[float]], dataset: str, depth: int, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for init, losses in curves.items():
@@ -193,7 +200,7 @@ def plot_training(curves: dict[str, list[float]], dataset: str, path: Path) -> N
     ax.set(
         xlabel="step",
         ylabel="training loss (50-step mean)",
-        title=f"5-layer ReLU MLP on {dataset}: plain SGD under each init",
+        title=f"{depth}-layer ReLU MLP on {dataset}: plain SGD under each init",
     )
     ax.legend()
     fig.tight_layout()
@@ -226,7 +233,7 @@ def _training_mode(args: argparse.Namespace) -> None:
         args.train, args.data_dir, args.depth, args.width, args.steps, seed=args.seed
     )
     (args.out / "probe_train.json").write_text(json.dumps(curves))
-    plot_training(curves, args.train, args.out / "probe_train.png")
+    plot_training(curves, args.train, args.depth, args.out / "probe_train.png")
     for init, losses in curves.items():
         last = losses[-50:]
         print(f"{init:>13}: loss {losses[0]:.3f} → {sum(last) / len(last):.3f}")

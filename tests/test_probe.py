@@ -64,3 +64,10 @@ def test_cli_writes_the_figure_and_json(tmp_path):
     assert len(json.loads((tmp_path / "probe.json").read_text())) == 3 * 4 * 3
     with pytest.raises(SystemExit):
         probe.main(["--depth", "0"])
+
+
+def test_the_first_layer_s_weights_are_not_a_copy_of_the_inputs():
+    # Drawn from one stream, W1 = σ·x[:width], and input i meets its own copy in unit i:
+    # a pre-activation of σ·‖x_i‖² ≈ 14 under He, where N(0, 2) over 10^4 values stays below 8.
+    _, outputs = probe.probe_activations(depth=1, samples=100, activations=("relu",), inits=("he",))
+    assert outputs[("relu", "he")][0].max() < 8
