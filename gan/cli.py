@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gan import checkpoint, console, faults, files, record, sweep_outcomes, sweeps, tracking
 from gan.config import CONF_DIR, RunConfig, run_config
-from gan.errors import UserError, exits_on_user_error, report_user_error
+from gan.errors import RunFailed, UserError, exits_on_user_error, report_user_error
 from gan.files import atomic_file
 from gan.key_hint import unknown_key_hint
 from gan.record import Status
@@ -208,6 +208,9 @@ def sweep_job(cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> dict | N
     except files.ClaimRefused as err:  # the directory and its summary are another process's
         report_user_error(err)
         return None
+    except RunFailed as err:  # its run recorded it failed
+        report_user_error(err)
+        return previous_summary(out_dir)
     except UserError as err:
         report_user_error(err)
         return sweep_outcomes.job_failed(out_dir, Status.invalid, err)

@@ -22,6 +22,11 @@ class UserError(Exception):
     """
 
 
+class RunFailed(UserError):
+    """A UserError once a run had started training (a full disk, a failed compile): its
+    summary.json already says ``failed``, which a sweep keeps (it is no ``invalid`` job)."""
+
+
 def report_user_error(err: UserError) -> None:
     """One paragraph on stderr (and in the run's train.log, where Hydra's logging is set up)."""
     if logging.getLogger().handlers:

@@ -18,7 +18,7 @@ import torch
 from gan import checkpoint, data, faults, files, nets, quality, record, tracking
 from gan.config import RunConfig
 from gan.cuda_graph import check_cuda_graph
-from gan.errors import UserError
+from gan.errors import RunFailed, UserError
 from gan.events import Evaluation, RunEvents
 from gan.finish import log_result, record_artifacts, record_result
 from gan.init import InitRecord
@@ -333,6 +333,8 @@ def train(
             summary_file.write(summary)
         except OSError as write_error:  # a full disk: the error being raised says more
             log.error("error: %s not updated (%s)", record.SUMMARY_FILE, write_error)
+        if isinstance(err, UserError):
+            raise RunFailed(str(err)) from None
         raise
     faults.point("summary")
     # Still inside the signal guard: a signal now cannot leave summary.json saying "running".

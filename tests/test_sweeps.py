@@ -87,6 +87,36 @@ def test_one_invalid_value_does_not_abort_the_multirun(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+DISK_FILLS_AT_STEP_5 = """
+import gan.tracking
+from gan.errors import UserError
+
+log = gan.tracking.RunLogger.log
+
+
+def full_disk(self, step, metrics):  # as RunLogger.log says a full disk
+    if step >= 5:
+        raise UserError(f"{self.out_dir}/metrics.jsonl cannot be written (the disk is full)")
+    return log(self, step, metrics)
+
+
+gan.tracking.RunLogger.log = full_disk
+"""
+
+
+def test_a_job_that_fails_once_training_started_is_failed_not_invalid(tmp_path):
+    # Its run records "failed", which the sweep keeps: "invalid" is for input refused before.
+    (tmp_path / "patch" / "sitecustomize.py").parent.mkdir()
+    (tmp_path / "patch" / "sitecustomize.py").write_text(DISK_FILLS_AT_STEP_5)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "patch")}
+    args = ["-m", "seed=0", "trainer.steps=10", "logger.mode=disabled", *QUICK]
+    proc = train(*args, f"hydra.sweep.dir={sweep}", env=env)
+    assert statuses(sweep)["0"]["status"] == "failed"
+    assert "the disk is full" in proc.stderr and "sweep: 1 jobs: 1 failed" in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
 def test_the_sweep_summary_lists_every_job_that_did_not_finish(tmp_path):
     def job(name: str, summary: dict | None) -> None:
         (tmp_path / name / ".hydra").mkdir(parents=True)
