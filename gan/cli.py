@@ -146,6 +146,7 @@ def record_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
     ):
         with atomic_file(run_dir / name) as f:
             f.write(OmegaConf.to_yaml(content).encode())
+    files.keep_current(run_dir)  # what a process refused meanwhile would put back
 
 
 # An absolute path: the configs of a checkout or of the installed package (gan.config.CONF_DIR).

@@ -152,6 +152,18 @@ def remove_stale_claim(directory: Path) -> bool:
         return True
 
 
+def keep_current(directory: Path) -> None:
+    """This process's claim on ``directory`` keeps the KEPT files as they are now (after this
+    process rewrote them, as a resume does): a process refused meanwhile puts these back, not
+    the ones from before."""
+    path = Path(directory) / CLAIM_FILE
+    holder = json.loads(path.read_text())
+    if holder.get("pid") != os.getpid() or holder.get("host") != socket.gethostname():
+        raise RuntimeError(f"{path} is not this process's claim")
+    with atomic_file(path) as f:
+        f.write(json.dumps({**holder, "kept": _kept(directory)}).encode())
+
+
 def _kept(directory: Path) -> dict[str, str]:
     kept = {}
     for name in KEPT:

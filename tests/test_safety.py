@@ -645,6 +645,20 @@ def test_a_process_refused_by_a_claim_leaves_the_runs_hydra_files(run_copy):
     assert snapshot(run_copy) == before
 
 
+def test_a_refused_process_puts_back_the_hydra_files_the_holder_wrote_last(tmp_path):
+    # The holder, a resume, rewrote .hydra after claiming (the run's new length): a process
+    # refused meanwhile must put back that, not the files from before the claim.
+    overrides = tmp_path / ".hydra" / "overrides.yaml"
+    overrides.parent.mkdir()
+    overrides.write_text("- seed=0\n")
+    with files.claimed(tmp_path):
+        overrides.write_text("- seed=0\n- trainer.steps=400\n")  # record_resumed_config
+        files.keep_current(tmp_path)
+        with pytest.raises(files.ClaimRefused), files.claimed(tmp_path):
+            pass
+        assert overrides.read_text() == "- seed=0\n- trainer.steps=400\n"
+
+
 @pytest.mark.slow
 def test_a_refused_sweep_job_leaves_the_running_jobs_summary(tmp_path):
     sweep = tmp_path / "sweep"
