@@ -313,8 +313,10 @@ class RunLogger:
             )
 
     def metrics_offset(self) -> int:
-        """Bytes of metrics.jsonl written so far (stored in checkpoints)."""
+        """Bytes of metrics.jsonl written so far (stored in checkpoints), on disk: the checkpoint
+        is fsynced, and after a machine crash its offset must not point past the file's end."""
         self._metrics.flush()
+        os.fsync(self._metrics.fileno())
         return self._metrics.tell()
 
     def mark_preempted(self, exit_code: int = 1) -> None:

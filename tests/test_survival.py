@@ -314,6 +314,21 @@ def test_resuming_cuts_metrics_back_and_reports_the_cut_length(tmp_path):
     assert lines == [{"step": 10, "a": 1.0}, {"step": 20, "a": 3.0}]
 
 
+def test_the_offset_a_checkpoint_stores_is_on_disk(tmp_path, monkeypatch):
+    # The checkpoint is fsynced; after a machine crash its offset must not exceed metrics.jsonl.
+    from gan import tracking
+    from gan.config import LoggerConfig, preset
+
+    run = tracking.RunIdentity(out_dir=tmp_path, name="n", group="g", tags=(), config={})
+    with tracking.RunLogger(preset(LoggerConfig, "logger"), run, mode="disabled") as logger:
+        logger.log(10, {"a": 1.0})
+        synced = []
+        monkeypatch.setattr(tracking.os, "fsync", lambda fd: synced.append(os.fstat(fd).st_size))
+        offset = logger.metrics_offset()
+        monkeypatch.undo()
+    assert synced == [offset]  # metrics.jsonl itself, with every byte the offset counts
+
+
 def test_resume_on_another_device_type_is_refused(tmp_path):
     import dataclasses
 
