@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from typing import Any, BinaryIO
 from gan.errors import UserError
 
 CLAIM_FILE = ".claim"
+ANY_FILE = 0o666  # a new file's mode before the umask: readable by others as any file the run makes
 # Hydra writes these before a process can claim the directory: the claim keeps the holder's own,
 # and a process refused by it puts them back, so that it changes nothing it does not own.
 KEPT = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
@@ -37,7 +37,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     new one, never a part, even after a crash of the process or the machine.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -54,14 +54,20 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             os.unlink(tmp)
 
 
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new file beside ``path`` (an open descriptor and its name), whose name a claim's holder
+    removes if a kill left it (``remove_partials``)."""
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.partial")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, ANY_FILE), tmp
+
+
 def create_whole(path: Path, text: str) -> bool:
     """Creates ``path`` holding ``text``, exclusively: False if it exists. Readers never see it
     empty or cut: the text goes to a temporary name first, then is hard-linked into place."""
     path = Path(path)
-    # Named as atomic_file's temporary files, which a claim's holder removes if a kill left one.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.partial"
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
-        f.write(text)  # readable by others as any file of the run (the umask applies)
+    fd, tmp = _temporary(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
     try:
         os.link(tmp, path)
         return True
@@ -69,7 +75,7 @@ def create_whole(path: Path, text: str) -> bool:
         return False
     except OSError:  # a filesystem without hard links: exclusive create, then write
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, ANY_FILE)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as f:

@@ -369,3 +369,17 @@ def test_resuming_a_run_that_never_checkpointed_says_so_before_its_overrides_are
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- trainer.steps=abc\n")
     with pytest.raises(UserError, match="holds no checkpoint.pt"):
         resumed_config(str(tmp_path), hydra_cfg=None)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_files_written_whole_follow_the_umask_as_any_file_of_the_run(tmp_path, umask):
+    # A shared project folder: summary.json, checkpoints and claims readable as metrics.jsonl is.
+    before = os.umask(umask)
+    try:
+        with files.atomic_file(tmp_path / "summary.json") as f:
+            f.write(b"{}")
+        assert files.create_whole(tmp_path / ".claim", "{}")
+    finally:
+        os.umask(before)
+    for name in ("summary.json", ".claim"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
