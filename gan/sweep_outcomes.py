@@ -79,6 +79,9 @@ def settle_killed_jobs(outcomes: list[JobOutcome], why: str) -> None:
             summary_file.write({**summary, "status": Status.failed, "error": why})
 
 
+UNNUMBERED = 1 << 30  # the number of a job directory whose name does not start with one
+
+
 @dataclass(frozen=True)
 class JobOutcome:
     job_dir: Path
@@ -104,8 +107,11 @@ def job_outcomes(sweep_dir: Path, planned: list[str] | None = None) -> list[JobO
             continue
         outcomes.append(JobOutcome(job_dir, overrides, *_status(job_dir)))
     seen = {_job_number(o.job_dir)[0] for o in outcomes}
+    # A job directory named otherwise (hydra.sweep.subdir without the job's number) is matched
+    # to its planned job by its overrides.
+    named = {o.overrides for o in outcomes if _job_number(o.job_dir)[0] == UNNUMBERED}
     for number, overrides in enumerate(planned or []):
-        if number not in seen:
+        if number not in seen and overrides not in named:
             not_started = JobOutcome(
                 Path(sweep_dir) / f"{number}_", overrides, record.NOT_STARTED, ""
             )
@@ -139,7 +145,7 @@ def _status(job_dir: Path) -> tuple[str, str]:
 
 def _job_number(job_dir: Path) -> tuple[int, str]:
     head = job_dir.name.split("_", 1)[0]
-    return (int(head), job_dir.name) if head.isdigit() else (1 << 30, job_dir.name)
+    return (int(head), job_dir.name) if head.isdigit() else (UNNUMBERED, job_dir.name)
 
 
 def summarize(outcomes: list[JobOutcome]) -> tuple[list[str], bool]:

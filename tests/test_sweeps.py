@@ -143,6 +143,18 @@ def test_the_sweep_summary_lists_every_job_that_did_not_finish(tmp_path):
     assert not failed  # divergence alone is a result, not a failed sweep
 
 
+def test_jobs_in_directories_named_without_their_number_are_counted_once(tmp_path):
+    # hydra.sweep.subdir=${hydra.job.override_dirname}: matched to the plan by their overrides.
+    for seed in (0, 1):
+        (tmp_path / f"seed={seed}" / ".hydra").mkdir(parents=True)
+        (tmp_path / f"seed={seed}" / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+        (tmp_path / f"seed={seed}" / "summary.json").write_text('{"status": "finished"}')
+    outcomes = sweep_outcomes.job_outcomes(tmp_path, planned=["seed=0", "seed=1", "seed=2"])
+    lines, failed = sweep_outcomes.summarize(outcomes)
+    assert lines[0] == "sweep: 3 jobs: 1 not started, 2 finished" and failed
+    assert lines[1] == "  not started 2_ (seed=2)"
+
+
 def test_settling_a_stopped_sweep_discards_jobs_that_never_started(tmp_path):
     def job(name: str, *extra: str) -> Path:
         (tmp_path / name / ".hydra").mkdir(parents=True)
