@@ -7,7 +7,7 @@ hooking that activation module: ``diag/G/fc1/act_std`` is the spread of fc1's ac
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,7 +24,7 @@ HISTOGRAM_SAMPLES = 10_000  # activations kept per layer for a histogram
 ACT_MEAN, ACT_STD = "act_mean", "act_std"  # of the activation the layer feeds
 SATURATED_FRAC = "saturated_frac"  # into tanh / sigmoid: the share at its flat ends
 DEAD_FRAC = "dead_frac"  # into (Leaky) ReLU: the share on its negative side
-WEIGHT_STD = "weight_std"  # of the weights this step's forward passes use
+WEIGHT_STD = "weight_std"  # of the trained weights the step starts from (spectral norm: original)
 GRAD_NORM = "grad_norm"  # of the weights' gradient, after this step's backward pass
 # Those whose values under different inits differ by orders of magnitude: plotted on a log scale.
 LOG_SCALE = (ACT_STD, GRAD_NORM, WEIGHT_STD)
@@ -61,6 +61,7 @@ class _Target:
     activation: nn.Module
     kind: str  # relu | leaky_relu | tanh | sigmoid
     logits: bool  # a SigmoidInLoss marker: its output is a logit, the sigmoid is applied here
+    passes: int  # the passes one forward call holds: 2 for D on reals and fakes at once
 
 
 def histogram_key(prefix: str) -> str:
@@ -86,6 +87,11 @@ def activation_stats(y: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
     return stats
 
 
+def _spread(values: torch.Tensor) -> torch.Tensor:
+    """At most HISTOGRAM_SAMPLES of ``values`` (1-D), evenly strided over all of them."""
+    return values[:: -(-len(values) // HISTOGRAM_SAMPLES)]
+
+
 class LayerDiagnostics:
     """Records diagnostics of G and D while its ``recording()`` context is open.
 
@@ -95,7 +101,9 @@ class LayerDiagnostics:
     Outside the context no hook is registered: ordinary steps pay nothing.
     """
 
-    def __init__(self, networks: Mapping[str, nn.Module]):
+    def __init__(self, networks: Mapping[str, nn.Module], joined: Collection[str] = ()):
+        """``joined``: the networks whose one forward call holds two passes' batches, reals then
+        fakes (D without batch statistics), each recorded as its own pass, as when run apart."""
         self.targets: list[_Target] = []
         for short, net in networks.items():
             modules = dict(net.named_modules())
@@ -109,6 +117,7 @@ class LayerDiagnostics:
                             act,
                             feeds.kind,
                             isinstance(act, SigmoidInLoss),
+                            2 if short in joined else 1,
                         )
                     )
         self._sums: dict[str, torch.Tensor] = {}
@@ -117,20 +126,24 @@ class LayerDiagnostics:
 
     @contextmanager
     def recording(self, keep_samples: bool = False) -> Iterator[None]:
-        self._sums, self._calls, self.samples = {}, {}, {}
-        handles = [
-            t.activation.register_forward_hook(self._hook(t, keep_samples)) for t in self.targets
-        ]
-        # The weights this step's forward passes use, before the optimizer steps.
+        self._sums, self._calls, self._kept, self.samples = {}, {}, {}, {}
+        # The weights this step's forward passes use, before the optimizer steps (read before
+        # any hook exists: nothing can fail between registering them and the try below).
         weight_stds = {
             t.prefix: trainable_weight(t.layer).detach().float().std(correction=0)
             for t in self.targets
         }
+        handles = [
+            t.activation.register_forward_hook(self._hook(t, keep_samples)) for t in self.targets
+        ]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
+        self.samples = {
+            prefix: _spread(torch.cat(parts)).float().cpu() for prefix, parts in self._kept.items()
+        }
         for t in self.targets:
             self._add(t.prefix, WEIGHT_STD, weight_stds[t.prefix])
         for t in self.targets:
@@ -151,12 +164,12 @@ class LayerDiagnostics:
             if not trainable_weight(target.layer).requires_grad:
                 return  # D's pass inside the G step (its weights frozen) runs the updated D
             y = torch.sigmoid(output) if target.logits else output
-            for statistic, value in activation_stats(y, target.kind).items():
-                self._add(target.prefix, statistic, value)
-            self._calls[target.prefix] = self._calls.get(target.prefix, 0) + 1
-            if keep_samples and target.prefix not in self.samples:
-                kept = y.detach().flatten()[:HISTOGRAM_SAMPLES]
-                self.samples[target.prefix] = kept.float().cpu()
+            for part in y.chunk(target.passes):  # (B, …) each
+                for statistic, value in activation_stats(part, target.kind).items():
+                    self._add(target.prefix, statistic, value)
+                self._calls[target.prefix] = self._calls.get(target.prefix, 0) + 1
+            if keep_samples:  # every pass's share, spread over its samples and units
+                self._kept.setdefault(target.prefix, []).append(_spread(y.detach().flatten()))
 
         return hook
 

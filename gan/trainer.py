@@ -314,6 +314,10 @@ class GANTrainer:
     def _graph_state(self) -> list[torch.Tensor]:
         return training_state((self.g, self.d), (self.g_opt, self.d_opt))
 
+    def layer_diagnostics(self) -> LayerDiagnostics:
+        """Diagnostics of G and D; D's joint pass on reals and fakes recorded as two passes."""
+        return LayerDiagnostics({"G": self.g, "D": self.d}, joined=("D",) if self.joint_d else ())
+
     def _window_diverged(self) -> bool:
         """Whether the open window has a non-finite loss or the weights are not finite (a sync)."""
         finite = torch.isfinite(self.rows[: self.window_steps, LOSSES]).all()
@@ -337,7 +341,7 @@ class GANTrainer:
         events = events or _NoEvents()
         # A window never outlasts the run: a "never" period (bench) must not size the buffer.
         self._reserve_rows(min(schedule.log_every, schedule.steps))
-        diagnostics = LayerDiagnostics({"G": self.g, "D": self.d}) if schedule.diag_every else None
+        diagnostics = self.layer_diagnostics() if schedule.diag_every else None
         bar = progress_bar(schedule.steps, self.step, desc="train", enabled=progress)
         start = time.perf_counter()
         result = None

@@ -16,7 +16,6 @@ from torch import nn
 from conftest import CONF_DIR, run_config
 from gan import nets
 from gan.config import D_NORMS, G_NORMS, OPTIMIZERS, ModelConfig, TrainerConfig, preset
-from gan.diagnostics import LayerDiagnostics
 from gan.errors import UserError
 from gan.init import trainable_weight
 from gan.run import build_networks
@@ -193,7 +192,7 @@ def test_diagnostics_do_not_move_spectral_norms_power_iteration(tmp_path):
     # original instead, so that a diagnosed run trains exactly as an undiagnosed one.
     overrides = ["model.d_norm=spectral", "model.g_norm=none", *SMALL]
     plain, watched = _trainer(overrides, tmp_path), _trainer(overrides, tmp_path)
-    diagnostics = LayerDiagnostics({"G": watched.g, "D": watched.d})
+    diagnostics = watched.layer_diagnostics()
     for _ in range(3):
         plain._step(plain._next_batch())
         with diagnostics.recording():

@@ -13,6 +13,7 @@ import conftest
 from conftest import data_source, run_config
 from gan import diagnostics
 from gan.diagnostics import AGGREGATION, MEAN_OVER_PASSES, LayerDiagnostics, activation_stats
+from gan.init import SigmoidInLoss
 from gan.run import run
 
 
@@ -50,6 +51,36 @@ def test_statistics_are_averaged_over_passes_or_read_once_as_declared():
     assert values[f"{prefix}/weight_std"] == pytest.approx(layer.weight.std(correction=0).item())
     assert values[f"{prefix}/grad_norm"] == pytest.approx(layer.weight.grad.norm().item())
     assert AGGREGATION["act_mean"] == MEAN_OVER_PASSES
+
+
+def test_a_joint_pass_on_reals_and_fakes_is_recorded_as_the_two_passes_it_holds():
+    # D without batch statistics runs reals and fakes in one call; with BatchNorm, in two. Its
+    # act_std must not depend on which: a pooled std would also count the gap between them.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(0.2), nn.Linear(4, 1), SigmoidInLoss())
+    real, fake = torch.randn(8, 3), torch.randn(8, 3) + 3
+    apart, joint = LayerDiagnostics({"D": net}), LayerDiagnostics({"D": net}, joined=("D",))
+    with apart.recording():
+        net(real), net(fake)
+    with joint.recording():
+        net(torch.cat((real, fake)))
+    assert joint._calls == apart._calls == {"diag/D/0": 2, "diag/D/2": 2}
+    expected = apart.results()
+    assert joint.results() == pytest.approx(expected, rel=1e-6)
+
+
+def test_histogram_samples_come_from_every_pass_and_all_of_each():
+    # Kept whole they were the first 10,000 values of the first pass: D's reals only, and the
+    # first few samples of a wide layer.
+    net = nn.Sequential(nn.Linear(1, 4000, bias=False), nn.ReLU())
+    nn.init.ones_(net[0].weight)
+    recorder = LayerDiagnostics({"D": net})
+    with recorder.recording(keep_samples=True):
+        for value in (1.0, 2.0, 3.0):  # three passes of 5 × 4,000 activations, each one value
+            net(torch.full((5, 1), value))
+    (kept,) = recorder.samples.values()
+    assert len(kept) <= diagnostics.HISTOGRAM_SAMPLES
+    assert set(kept.tolist()) == {1.0, 2.0, 3.0}
 
 
 def test_a_statistic_without_a_declared_aggregation_fails_loudly(monkeypatch):

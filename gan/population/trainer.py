@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from gan.cuda_graph import GraphedStep, training_state
-from gan.diagnostics import LayerDiagnostics
 from gan.losses import discriminator_loss, generator_loss
 from gan.population.stacked import StackedNet
 from gan.record import Ending
@@ -279,10 +278,7 @@ class PopulationTrainer:
         went non-finite is recorded ``diverged`` at its exact step and frozen; the others go on.
         """
         self._reserve(min(schedule.log_every, schedule.steps))
-        diagnostics = [
-            LayerDiagnostics({"G": t.g, "D": t.d}) if schedule.diag_every else None
-            for t in self.solos
-        ]
+        diagnostics = [t.layer_diagnostics() if schedule.diag_every else None for t in self.solos]
         start = time.perf_counter()
         results = self.results = [None] * self.k
         while self.step < schedule.steps and any(self.active):
