@@ -8,8 +8,8 @@ that one noisy window does not decide and an early crisis the run recovered from
   window holds a non-finite value.
 - ``stuck``: nothing learns: over the final stretch the discriminator gives every sample the same
   answer: it calls (nearly) all of them real, or all fake, or ties them all at 0.5 (``acc_D_real``
-  and ``acc_D_fake`` each within ``STUCK_ALIKE`` of 0 or 1, not both near 1), which leaves it no
-  better than a coin. Its answers then carry nothing for the generator to learn from.
+  and ``acc_D_fake`` each within ``STUCK_ALIKE`` of 0 or 1, not both near 1; both near 0 only with
+  ``D_x`` and ``D_G_z`` alike), which leaves it no better than a coin. Its answers then carry nothing for the generator to learn from.
   ``init=zeros`` is the pure case: every weight 0, every gradient symmetric, D says 0.5 to
   everything and the losses stay at ln 2; SGD at Adam's learning rate moves so little that D ends
   up calling every sample real. A generator merely ahead for a while (D worse than a coin, but
@@ -61,13 +61,23 @@ def outcome(windows: Sequence[Mapping[str, float]], status: str = Ending.finishe
     if not all(math.isfinite(w[k]) for w in final for k in KEYS):
         return Outcome.diverged
     mean = {k: sum(w[k] for w in final) / len(final) for k in KEYS}
-    real, fake = mean[ACC_D_REAL], mean[ACC_D_FAKE]
-    # One answer for every sample: all called real (1, 0), all fake (0, 1), or all tied (0, 0).
-    if all(min(x, 1 - x) <= STUCK_ALIKE for x in (real, fake)) and min(real, fake) <= STUCK_ALIKE:
+    if _one_answer(mean):
         return Outcome.stuck
     if mean[ACC_G] <= COLLAPSED_ACC_G and mean[ACC_D_FAKE] >= COLLAPSED_ACC_D_FAKE:
         return Outcome.collapsed
     return Outcome.trained
+
+
+def _one_answer(mean: Mapping[str, float]) -> bool:
+    """D gives every sample the same answer: all called real (accuracies on reals and fakes
+    1, 0), all fake (0, 1), or all tied at 0.5 (0, 0, with D(x) and D(G(z)) alike: at (0, 0)
+    a D that calls the reals fake and the fakes real answers them differently)."""
+    real, fake = mean[ACC_D_REAL], mean[ACC_D_FAKE]
+    if not all(min(x, 1 - x) <= STUCK_ALIKE for x in (real, fake)):
+        return False
+    if max(real, fake) <= STUCK_ALIKE:  # (0, 0)
+        return abs(mean[D_X] - mean[D_G_Z]) <= STUCK_ALIKE
+    return min(real, fake) <= STUCK_ALIKE
 
 
 def read_windows(metrics_file: Path) -> list[dict[str, float]]:

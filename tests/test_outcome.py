@@ -182,3 +182,12 @@ def test_without_batchnorm_in_g_the_default_init_collapses_and_he_xavier_trains(
 
 def test_the_outcomes_are_the_documented_four():
     assert tuple(Outcome) == ("trained", "collapsed", "stuck", "diverged")
+
+
+def test_a_d_that_calls_reals_fake_and_fakes_real_answers_them_differently_not_stuck():
+    # Accuracies (0, 0) are a tie only where D(x) and D(G(z)) are alike: here G is ahead.
+    inverted = window(**{"train/acc_D_real": 0.02, "train/acc_D_fake": 0.03, "train/acc_G": 0.97})
+    inverted.update({"train/D_x": 0.1, "train/D_G_z": 0.9})
+    assert outcome([inverted] * 10) == Outcome.trained
+    tied = {**inverted, "train/D_x": 0.5, "train/D_G_z": 0.5}
+    assert outcome([tied] * 10) == Outcome.stuck
