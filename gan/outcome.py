@@ -9,7 +9,8 @@ that one noisy window does not decide and an early crisis the run recovered from
 - ``stuck``: nothing learns: over the final stretch the discriminator gives every sample the same
   answer: it calls (nearly) all of them real, or all fake, or ties them all at 0.5 (``acc_D_real``
   and ``acc_D_fake`` each within ``STUCK_ALIKE`` of 0 or 1, not both near 1; both near 0 only with
-  ``D_x`` and ``D_G_z`` alike), which leaves it no better than a coin. Its answers then carry nothing for the generator to learn from.
+  ``D_x`` and ``D_G_z`` alike), which leaves it no better than a coin. Its answers then carry
+  nothing for the generator to learn from.
   ``init=zeros`` is the pure case: every weight 0, every gradient symmetric, D says 0.5 to
   everything and the losses stay at ln 2; SGD at Adam's learning rate moves so little that D ends
   up calling every sample real. A generator merely ahead for a while (D worse than a coin, but
