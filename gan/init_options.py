@@ -49,10 +49,19 @@ def check_parameters(init_cfg: Mapping[str, Any], choice: str, scheme_dir: Path)
             "choose a scheme that has it, or override a rule directly, e.g. "
             "init.generator.weights.tanh.gain=1.5"
         )
+    # Refused by the names given, not by the rules they reach (init.generator.weights…).
     if "dist" in init_cfg and init_cfg["dist"] not in DISTRIBUTIONS:
         raise UserError(
             f"init.dist must be one of {', '.join(DISTRIBUTIONS)}, got {init_cfg['dist']!r}"
         )
+    if "std" in init_cfg and not _positive(init_cfg["std"]):
+        raise UserError(f"init.std must be a number > 0, got {init_cfg['std']!r}")
+    if "gain" in init_cfg and not (init_cfg["gain"] == "auto" or _positive(init_cfg["gain"])):
+        raise UserError(f"init.gain must be a number > 0 or 'auto', got {init_cfg['gain']!r}")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def resolve_scheme(spec: Any, network: str, scheme_dir: Path, name: str) -> Scheme:
