@@ -235,17 +235,31 @@ class RunConfig:
 
     @property
     def wandb_group(self) -> str:
-        """``logger.group``, else the arm, after the named setting when there is one: W&B
+        """``logger.group``, else the arm after what makes its setting: the named setting and the
+        overrides that make one (``mlp_g_none/he_xavier``, ``model=dcgan/he_xavier``). W&B
         averages the runs of a group, and runs of different settings must never be pooled."""
         if self.logger.group:
             return self.logger.group
-        return f"{self.setting}/{self.init.arm}" if self.setting else self.init.arm
+        label = ",".join([*filter(None, [self.setting]), *setting_overrides(self.overrides)])
+        return f"{label}/{self.init.arm}" if label else self.init.arm
 
 
 def setting_name(overrides: Sequence[str]) -> str | None:
     """The named setting (``setting=NAME``, conf/setting/) among a run's overrides, if any."""
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("setting=")]
     return names[-1] if names else None
+
+
+def setting_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides besides ``setting=`` and ``experiment=`` (a sweep's preset) that change a
+    run's setting (``model=dcgan``, ``trainer.lr=0.001``; not ``seed=3`` or ``init=…``)."""
+    quiet = (*not_setting(), "setting", "experiment")
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    return [
+        o
+        for o, k in zip(overrides, keys)
+        if not any(k == q or k.startswith(f"{q}.") for q in quiet)
+    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """`python -m gan.dashboard`: a saved W&B workspace that compares init arms.
 
-Runs are grouped by arm (their W&B group: ``<setting>/<arm>`` for runs of a named setting, so an
-atlas's settings stay apart) and, with ``--sweep ID``, limited to one sweep (the tag
-``sweep:ID`` every job of a sweep carries). Sections: the training metrics, the evaluation, and
-the per-layer diagnostics (one panel per network and statistic, a line per layer). The x-axis is
-W&B's Step, which is the trainer step in these runs. ``--dry-run`` prints the layout and uses no
-network. Needs the ``dashboard`` extra: ``pip install 'gan-init[dashboard]'`` (wandb-workspaces).
+Runs are grouped by arm (their W&B group: ``<setting>/<arm>`` for runs of a named setting or of
+setting-changing overrides, so that settings stay apart) and, with ``--sweep ID``, limited to one
+sweep (the tag ``sweep:ID`` every job of a sweep carries). Sections: the training metrics, the
+evaluation, and the per-layer diagnostics (one panel per network and statistic, a line per layer).
+The x-axis is W&B's Step, which is the trainer step in these runs. ``--dry-run`` prints the layout
+and uses no network. Needs the ``dashboard`` extra: ``pip install 'gan-init[dashboard]'``
+(wandb-workspaces).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def build_workspace(entity: str, project: str, sweep: str | None = None) -> Any:
     """The workspace (not saved): runs grouped by arm, filtered to ``sweep`` when given."""
     workspaces, reports, expr = _libraries()
     runs = workspaces.RunsetSettings(
-        groupby=[expr.Metric("Group")],  # the W&B group: the init arm, after its named setting
+        groupby=[expr.Metric("Group")],  # the W&B group: the init arm, after its setting
         filters=[expr.Tags().isin([f"{SWEEP_TAG_PREFIX}{sweep}"])] if sweep else "",
         pinned_columns=list(PINNED_COLUMNS),
     )
@@ -120,7 +121,7 @@ def layout(workspace: Any) -> str:
     lines = [
         f"workspace {workspace.name!r} in {workspace.entity}/{workspace.project}",
         f"runs: grouped by {', '.join(g.name for g in runs.groupby)} "
-        "(the init arm, after its setting if named); "
+        "(the init arm, after what makes its setting); "
         f"filter: {runs.filters or 'none (every run of the project)'}",
         f"columns: {', '.join(runs.pinned_columns)}",
     ]

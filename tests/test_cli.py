@@ -61,7 +61,7 @@ def test_ablation_preset_makes_one_finished_wandb_run_per_job_and_a_report(tmp_p
         records = wandb_records(wandb_dir / "wandb" / summary["wandb"]["dir"].rsplit("/", 1)[-1])
         assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [0]
         (run,) = [r["run"] for r in records if r["type"] == "run"]
-        assert run["run_group"] == summary["arm"]
+        assert run["run_group"] == f"trainer.steps=20/{summary['arm']}"  # its setting, its arm
         assert "init_ablation" in run["tags"]
         sweep_tags |= {t for t in run["tags"] if t.startswith("sweep:")}
     assert len(sweep_tags) == 1  # one dashboard filter shows the whole ablation

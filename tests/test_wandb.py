@@ -105,6 +105,24 @@ def test_runs_of_a_named_setting_are_grouped_under_it(tmp_path):
     assert own.wandb_group == "mine"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "group"),
+    [
+        (["model=dcgan", "seed=2", "trainer.threads=1"], "model=dcgan/he_xavier"),
+        (["trainer.optimizer=sgd", "logger.mode=disabled"], "trainer.optimizer=sgd/he_xavier"),
+        (["setting=mlp_g_none", "trainer.lr=0.001"], "mlp_g_none,trainer.lr=0.001/he_xavier"),
+        (
+            ["init.discriminator=default", "trainer.eval_every=0"],
+            "trainer.eval_every=0/he_xavier,discriminator=default",
+        ),
+    ],
+)
+def test_runs_of_other_settings_never_share_a_group(tmp_path, overrides, group):
+    # One sweep over models (or optimizers, lrs…) without a named setting: its arms' groups
+    # must not pool them. Seeds, threads, logging and init.* (part of the arm) make no setting.
+    assert run_config(["init=he_xavier", *overrides], tmp_path).wandb_group == group
+
+
 def test_program_args_are_replaced_only_during_the_call():
     before = list(sys.argv)
     with pytest.raises(RuntimeError), tracking._program_args(["seed=1"]):
