@@ -322,3 +322,43 @@ def test_an_fcd_threshold_that_no_run_could_reach_is_refused(tmp_path, capsys, t
     with pytest.raises(SystemExit) as stopped:
         report.main([str(tmp_path), "--fcd-threshold", threshold])
     assert stopped.value.code == 2 and "--fcd-threshold" in capsys.readouterr().err
+
+
+def test_a_whole_number_read_as_int_or_float_is_one_setting(tmp_path):
+    # trainer.momentum=0 on the command line is saved as 0; its default as 0.0.
+    for seed, momentum in enumerate(["0", "0.0", "0", "0.0"]):
+        with_config(
+            make_run(tmp_path, "default", seed, [1.0]), f"trainer: {{momentum: {momentum}}}\n"
+        )
+    runs, _ = report.load_runs([tmp_path])
+    assert [len(group) for group in report.by_setting(runs).values()] == [4]
+
+
+def test_one_interpolation_that_cannot_resolve_leaves_the_others_resolved(tmp_path):
+    # ${hydra:…} has no meaning outside its run: data_dir (no setting) stays as written.
+    for seed, lr in enumerate(["'${trainer.default_lr}'", "0.0002"]):
+        config = f"trainer: {{default_lr: 0.0002, lr: {lr}}}\n"
+        with_config(
+            make_run(tmp_path, "default", seed, [1.0]),
+            "data_dir: ${hydra:runtime.cwd}/data\n" + config,
+        )
+    runs, _ = report.load_runs([tmp_path])
+    assert runs[0].setting["trainer.lr"] == runs[1].setting["trainer.lr"] == "0.0002"
+    assert [len(group) for group in report.by_setting(runs).values()] == [2]
+
+
+def test_settings_that_read_alike_keep_labels_of_their_own(tmp_path):
+    # steps "100" (a string) and 100: two settings, never pooled under one label.
+    for seed, steps in enumerate(["'100'", "100"]):
+        with_config(make_run(tmp_path, "default", seed, [1.0]), f"trainer: {{steps: {steps}}}\n")
+    runs, _ = report.load_runs([tmp_path])
+    assert list(report.by_setting(runs)) == ['trainer.steps="100"', "trainer.steps=100"]
+
+
+def test_a_copy_of_a_run_counts_once(tmp_path):
+    import shutil
+
+    make_run(tmp_path / "sweep", "default", 0, [1.0])
+    shutil.copytree(tmp_path / "sweep", tmp_path / "backup")
+    runs, skipped = report.load_runs([tmp_path / "sweep", tmp_path / "backup"])
+    assert len(runs) == 1 and "same setting, arm and seed as" in skipped[0].reason

@@ -19,20 +19,24 @@ def by_setting(runs: Sequence[Run]) -> dict[str, list[Run]]:
     named = all(len(n) == 1 and None not in n for n in names)
     named = named and len({next(iter(n)) for n in names}) == len(names)
     labels = [next(iter(n)) for n in names] if named else differences(list(groups))
+    if len(set(labels)) < len(labels):  # "100" and 100 read alike: say them as JSON
+        labels = differences(list(groups), plain=False)
     return dict(sorted(zip(labels, groups.values()), key=lambda kv: kv[0]))
 
 
-def differences(settings: list[tuple]) -> list[str]:
+def differences(settings: list[tuple], plain: bool = True) -> list[str]:
     """Each setting as the keys whose values differ between ``settings`` ("k=v, …")."""
-    return [", ".join(f"{k}={v}" for k, v in d.items()) for d in varying_values(settings)]
+    return [", ".join(f"{k}={v}" for k, v in d.items()) for d in varying_values(settings, plain)]
 
 
-def varying_values(settings: list[tuple]) -> list[dict[str, str]]:
-    """Each setting's values, as written in an override, of the keys that differ between them."""
+def varying_values(settings: list[tuple], plain: bool = True) -> list[dict[str, str]]:
+    """Each setting's values of the keys that differ between them: as written in an override,
+    or (``plain=False``) as JSON."""
     dicts = [dict(s) for s in settings]
     keys = sorted({k for d in dicts for k in d})
     varying = [k for k in keys if len({d.get(k) for d in dicts}) > 1]
-    return [{k: _plain(d.get(k)) for k in varying} for d in dicts]
+    say = _plain if plain else (lambda value: "–" if value is None else value)
+    return [{k: say(d.get(k)) for k in varying} for d in dicts]
 
 
 def _plain(value: str | None) -> str:

@@ -90,12 +90,27 @@ def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Skipped]]:
                 incomplete.append(Skipped(metrics.parent, "no finished summary"))
             else:
                 runs.append(run)
+    runs = _each_seed_once(runs, incomplete)
     if not runs:
         raise UserError(
             f"no finished runs (directories with {SUMMARY_FILE} and {METRICS_FILE}) under "
             + ", ".join(map(str, inputs))
         )
     return runs, incomplete
+
+
+def _each_seed_once(runs: list[Run], skipped: list[Skipped]) -> list[Run]:
+    """One run per setting, arm and seed: a copy of a run (a backup beside the sweep) would count
+    twice, narrowing its arm's interval on no new evidence. The others are listed as skipped."""
+    first: dict[tuple, Run] = {}
+    for run in runs:
+        key = (tuple(run.setting.items()), run.arm, run.seed)
+        if key in first:
+            log.warning("warning: skipping %s: the same run as %s", run.path, first[key].path)
+            skipped.append(Skipped(run.path, f"same setting, arm and seed as {first[key].path}"))
+        else:
+            first[key] = run
+    return list(first.values())
 
 
 class UnreadableRun(Exception):
@@ -192,10 +207,19 @@ def read_setting(run_dir: Path, summary: dict) -> dict[str, str]:
     if path.is_file():
         setting.update(_flat(_resolved_config(path)))
     return {
-        key: json.dumps(value, sort_keys=True)
+        key: json.dumps(_one_spelling(value), sort_keys=True)
         for key, value in sorted(setting.items())
         if not any(key == k or key.startswith(k + ".") for k in NOT_SETTING)
     }
+
+
+def _one_spelling(value: object) -> object:
+    """A whole number one way, whether YAML read it as ``0`` or ``0.0``: one setting, not two."""
+    if isinstance(value, list):
+        return [_one_spelling(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _resolved_config(path: Path) -> dict:
@@ -210,8 +234,21 @@ def _resolved_config(path: Path) -> dict:
         raise UnreadableRun(f"{path} is not a readable config ({err})") from None
     try:
         return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # each key on its own: one must not keep the others as written
+        written = _flat(OmegaConf.to_container(cfg, resolve=False))
+        return {key: _resolved(cfg, key, value) for key, value in written.items()}
+
+
+def _resolved(cfg: object, key: str, written: object) -> object:
+    """``key``'s value in ``cfg`` resolved, or as ``written`` if it cannot be."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        value = OmegaConf.select(cfg, key)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     except OmegaConfBaseException:
-        return OmegaConf.to_container(cfg, resolve=False)
+        return written
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
