@@ -362,3 +362,13 @@ def test_a_copy_of_a_run_counts_once(tmp_path):
     shutil.copytree(tmp_path / "sweep", tmp_path / "backup")
     runs, skipped = report.load_runs([tmp_path / "sweep", tmp_path / "backup"])
     assert len(runs) == 1 and "same setting, arm and seed as" in skipped[0].reason
+
+
+def test_the_report_names_the_files_it_wrote_not_an_earlier_report_s(tmp_path, capsys):
+    make_run(tmp_path / "sweep", "default", 0, [1.0])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "atlas.csv").write_text("an earlier atlas's\n")
+    assert report.main([str(tmp_path / "sweep"), "--out", str(out)]) == 0
+    (wrote,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert "report.md" in wrote and "atlas.csv" not in wrote

@@ -40,6 +40,10 @@ def positive_number(text: str) -> float:
     return value
 
 
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
 @exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
     installed = Path(sys.argv[0]).name == "gan-report"  # the entry point of an installed package
@@ -59,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     console.setup()
     runs, incomplete = load_runs(args.inputs)
     out = args.out or args.inputs[0] / "report"
+    before = {name: _mtime(out / name) for name in OUTPUTS}
     try:
         out.mkdir(parents=True, exist_ok=True)
         text = write_reports(runs, incomplete, out, args.fcd_threshold)
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             "writable directory"
         ) from None
     print(text)
-    written = [str(out / name) for name in OUTPUTS if (out / name).is_file()]
+    # This call's files only: an earlier report into the same folder leaves its own.
+    written = [str(out / n) for n in OUTPUTS if _mtime(out / n) not in (None, before[n])]
     print("wrote " + ", ".join(written))
     return 0
