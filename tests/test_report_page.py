@@ -264,3 +264,18 @@ def test_a_real_multirun_ends_with_its_report(tmp_path):
         assert (sweep / "report" / name).stat().st_size > 1000
     records = [json.loads(x) for x in next(sweep.glob("0_*/metrics.jsonl")).open()]
     assert any("eval/kcd" in r and "eval/kcd_std" in r for r in records)  # runs log KCD as is
+
+
+def test_a_page_inlines_only_its_own_figures(tmp_path):
+    # A crafted arm name can put an image line on the page: a file elsewhere is never embedded.
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"SECRET")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "curves.png").write_bytes(b"FIGURE")
+    for src in (str(secret), "../secret.png"):
+        assert "base64" not in html_page.image("x", src, tmp_path / "out")
+    assert "base64" in html_page.image("x", "curves.png", tmp_path / "out")
+
+
+def test_a_setting_named_dot_dot_gets_a_folder_inside_the_report():
+    assert page._folders({"..": [], ".": [], "x": []}) == ["0_setting", "1_setting", "x"]

@@ -37,9 +37,10 @@ def inline(text: str) -> str:
 
 
 def image(alt: str, src: str, base: Path) -> str:
-    """An <img> whose PNG is inlined; a note when the file is missing."""
-    path = base / src
-    if not path.is_file():
+    """An <img> whose PNG (a figure of this report, under ``base``) is inlined; a note when the
+    file is missing, or lies elsewhere (a run's name can put any Markdown line on the page)."""
+    path = (base / src).resolve()
+    if not path.is_file() or not path.is_relative_to(Path(base).resolve()):
         return f"<p><em>(missing figure {html.escape(src)})</em></p>"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>'

@@ -53,7 +53,8 @@ def write_reports(
 
 def _folders(settings: dict[str, list[Run]]) -> list[str]:
     """A folder name per setting label: its characters safe in a path, numbered when needed."""
-    names = [re.sub(r"[^A-Za-z0-9_.=,-]+", "_", label)[:80] or "setting" for label in settings]
+    names = [re.sub(r"[^A-Za-z0-9_.=,-]+", "_", label)[:80] for label in settings]
+    names = [n if n.strip(".") else "setting" for n in names]  # "." or "..": not a folder
     repeated = {n for n in names if names.count(n) > 1}
     return [f"{i}_{n}" if n in repeated else n for i, n in enumerate(names)]
 
