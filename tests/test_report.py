@@ -372,3 +372,11 @@ def test_the_report_names_the_files_it_wrote_not_an_earlier_report_s(tmp_path, c
     assert report.main([str(tmp_path / "sweep"), "--out", str(out)]) == 0
     (wrote,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
     assert "report.md" in wrote and "atlas.csv" not in wrote
+
+
+def test_a_value_that_some_runs_lack_says_how_many_it_comes_from(tmp_path):
+    for seed, final in enumerate([10.0, 12.0, float("nan")]):
+        make_run(tmp_path / "sweep", "default", seed, [30.0, final])
+    assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| default | 3 | 0 | 11.00 [0.00, 23.71] (2 of 3) | 17.33 [0.00, 44.70] |" in text

@@ -33,13 +33,15 @@ def _cell(values: Sequence[float | None], key: str, digits: int | None = None) -
     """Mean ± the t half-width; where that interval reaches past what ``key`` can take (few
     seeds), the mean and the interval clipped to the metric's range, as ``mean [low, high]``."""
     digits = _digits(key) if digits is None else digits
-    mean, half, _ = mean_ci(values)
+    mean, half, used = mean_ci(values)
+    # The runs a value comes from, where some have none (no evaluation, NaN): n says all.
+    of = f" ({used} of {len(values)})" if 0 < used < len(values) else ""
     if math.isnan(mean) or math.isnan(half):
-        return _fmt(mean, half, digits)
+        return _fmt(mean, half, digits) + of
     low, high = clip_interval(mean - half, mean + half, key)
     if (low, high) == (mean - half, mean + half):
-        return _fmt(mean, half, digits)
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return _fmt(mean, half, digits) + of
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]{of}"
 
 
 def few_seeds_warning(arms: dict[str, list[Run]], console: bool = True) -> list[str]:
