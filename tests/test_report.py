@@ -380,3 +380,10 @@ def test_a_value_that_some_runs_lack_says_how_many_it_comes_from(tmp_path):
     assert report.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| default | 3 | 0 | 11.00 [0.00, 23.71] (2 of 3) | 17.33 [0.00, 44.70] |" in text
+
+
+def test_a_run_without_its_metrics_is_listed_as_skipped(tmp_path):
+    make_run(tmp_path, "default", 0, [1.0])
+    (make_run(tmp_path, "default", 1, [1.0]) / "metrics.jsonl").unlink()
+    runs, skipped = report.load_runs([tmp_path])
+    assert len(runs) == 1 and [s.reason for s in skipped] == ["no metrics.jsonl"]

@@ -90,6 +90,10 @@ def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Skipped]]:
                 incomplete.append(Skipped(metrics.parent, "no finished summary"))
             else:
                 runs.append(run)
+        for summary in sorted(Path(root).rglob(SUMMARY_FILE)):  # a run that lost its metrics
+            if summary.parent.resolve() not in seen:
+                seen.add(summary.parent.resolve())
+                incomplete.append(Skipped(summary.parent, f"no {METRICS_FILE}"))
     runs = _each_seed_once(runs, incomplete)
     if not runs:
         raise UserError(
