@@ -707,6 +707,8 @@ def test_the_report_counts_each_run_once_however_its_inputs_overlap(finished_run
     runs = tmp_path / "runs"
     for name in ("a", "b"):
         shutil.copytree(finished_run, runs / name)
+    summary = json.loads((runs / "b" / "summary.json").read_text())  # b: another seed's run
+    (runs / "b" / "summary.json").write_text(json.dumps({**summary, "seed": 1}))
     (tmp_path / "link").symlink_to(runs / "a")
     for inputs in ([runs], [runs, runs], [runs, runs / "a"], [runs / "a", tmp_path / "link"]):
         found, _ = report.load_runs(inputs)

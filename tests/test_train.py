@@ -45,7 +45,9 @@ def test_short_run_logs_the_public_metrics_to_wandb_and_files(tmp_path, monkeypa
     assert {"samples", "init/report"} <= media
     (run_record,) = [r["run"] for r in records if r["type"] == "run"]
     assert run_record["display_name"] == "he_xavier-mlp-digits-s0"
-    assert run_record["run_group"] == "he_xavier" and run_record["job_type"] == "train"
+    # The group: its setting's overrides, then its arm.
+    assert run_record["run_group"] == "dataset=digits,trainer.steps=60/he_xavier"
+    assert run_record["job_type"] == "train"
     assert run_record["config"]["update"]["trainer"]["steps"] == 60  # the full resolved config
     assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [0]
 
