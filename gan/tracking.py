@@ -10,6 +10,7 @@ made) and carries it as ``trainer/step``, the declared x-axis of the run's metri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -141,6 +142,18 @@ class RunIdentity:
     args: Sequence[str] | None = None  # the arguments W&B records (None: this process's)
 
 
+WANDB_GROUP_LENGTH = 128  # the longest run group W&B takes
+
+
+def within_wandb_limit(group: str) -> str:
+    """``group``, or where longer than W&B takes (many setting overrides), its start and a
+    digest of the whole: groups that differ stay apart."""
+    if len(group) <= WANDB_GROUP_LENGTH:
+        return group
+    digest = hashlib.sha256(group.encode()).hexdigest()[:8]
+    return f"{group[: WANDB_GROUP_LENGTH - 9]}~{digest}"
+
+
 class RunLogger:
     """Logs one run to metrics.jsonl, PNGs and (unless disabled) one W&B run; use as a context.
 
@@ -162,7 +175,7 @@ class RunLogger:
                 project=section.project,
                 entity=section.entity,
                 name=run.name,
-                group=run.group,
+                group=within_wandb_limit(run.group),
                 job_type=section.job_type,
                 tags=list(run.tags),
                 config=dict(run.config),

@@ -339,3 +339,10 @@ def test_an_artifact_that_cannot_be_logged_is_a_warning_not_a_failed_run(
         ("classifier-digits", {"digits-v1-abc", "latest"})
     ]
     assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [0]
+
+
+def test_a_group_longer_than_w_and_b_takes_is_cut_to_it_and_kept_apart():
+    long = "model.generator_widths=[1024,1024,1024],trainer.lr=0.0001," * 3
+    cut = [tracking.within_wandb_limit(f"{long}/{arm}") for arm in ("default", "he_xavier")]
+    assert all(len(c) == tracking.WANDB_GROUP_LENGTH for c in cut) and cut[0] != cut[1]
+    assert tracking.within_wandb_limit("mlp_g_none/he_xavier") == "mlp_g_none/he_xavier"
