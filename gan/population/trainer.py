@@ -333,11 +333,10 @@ class PopulationTrainer:
         if self.graph is not None:
             self.graph.check()
         synced = self._window_synced()
-        diverged = self._record_diverged(step, synced, sinks, events, start)
-        for k in self._active_members():
-            if k not in diverged:
-                self.solos[k].last = dict(zip(METRIC_KEYS, synced[k][: len(METRICS)]))
-                sinks[k].log(step, self.solos[k].last)
+        self._record_diverged(step, synced, sinks, events, start)
+        for k in self._active_members():  # the others, now frozen, are no longer active
+            self.solos[k].last = dict(zip(METRIC_KEYS, synced[k][: len(METRICS)]))
+            sinks[k].log(step, self.solos[k].last)
         self.window_steps = 0
 
     def _record_diverged(
@@ -347,10 +346,9 @@ class PopulationTrainer:
         sinks: Sequence[Sink],
         events: PopulationEvents,
         start: float,
-    ) -> list[int]:
+    ) -> None:
         """Records ``diverged`` (its metrics line, its result, told to ``events``) and freezes
-        each active member whose window so far (ending at ``step``) diverged; returns them."""
-        diverged = []
+        each active member whose window so far (ending at ``step``) diverged."""
         for k in self._active_members():
             ok, weights_ok = synced[k][len(METRICS) : -1], synced[k][-1]
             diverged_at = diverged_step(step, ok, weights_ok)
@@ -363,8 +361,6 @@ class PopulationTrainer:
             )
             self._freeze(k)
             events.diverged(k, self.results[k])
-            diverged.append(k)
-        return diverged
 
     def _freeze(self, k: int) -> None:
         self.active[k] = False
