@@ -386,4 +386,4 @@ def test_a_run_without_its_metrics_is_listed_as_skipped(tmp_path):
     make_run(tmp_path, "default", 0, [1.0])
     (make_run(tmp_path, "default", 1, [1.0]) / "metrics.jsonl").unlink()
     runs, skipped = report.load_runs([tmp_path])
-    assert len(runs) == 1 and [s.reason for s in skipped] == ["no metrics.jsonl"]
+    assert len(runs) == 1 and [s.reason for s in skipped] == ["finished, no metrics.jsonl"]

@@ -90,10 +90,11 @@ def load_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Skipped]]:
                 incomplete.append(Skipped(metrics.parent, "no finished summary"))
             else:
                 runs.append(run)
-        for summary in sorted(Path(root).rglob(SUMMARY_FILE)):  # a run that lost its metrics
+        for summary in sorted(Path(root).rglob(SUMMARY_FILE)):  # invalid, or lost its metrics
             if summary.parent.resolve() not in seen:
                 seen.add(summary.parent.resolve())
-                incomplete.append(Skipped(summary.parent, f"no {METRICS_FILE}"))
+                status = Summary(summary.parent).read().get("status", "unreadable")
+                incomplete.append(Skipped(summary.parent, f"{status}, no {METRICS_FILE}"))
     runs = _each_seed_once(runs, incomplete)
     if not runs:
         raise UserError(
