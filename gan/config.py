@@ -254,12 +254,12 @@ def setting_overrides(overrides: Sequence[str]) -> list[str]:
     """The overrides besides ``setting=`` and ``experiment=`` (a sweep's preset) that change a
     run's setting (``model=dcgan``, ``trainer.lr=0.001``; not ``seed=3`` or ``init=…``)."""
     quiet = (*not_setting(), "setting", "experiment")
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
-    return [
-        o
-        for o, k in zip(overrides, keys)
-        if not any(k == q or k.startswith(f"{q}.") for q in quiet)
-    ]
+    return [o for o in overrides if not among(o.lstrip("+~").split("=", 1)[0], quiet)]
+
+
+def among(key: str, keys: Sequence[str]) -> bool:
+    """Whether the dotted ``key`` is one of ``keys`` or lies inside one (a section's key)."""
+    return any(key == k or key.startswith(f"{k}.") for k in keys)
 
 
 # --------------------------------------------------------------------------------------------

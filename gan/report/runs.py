@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gan.config import not_setting, setting_name
+from gan.config import among, not_setting, setting_name
 from gan.diagnostics import DIAG_PREFIX
 from gan.errors import UserError
 from gan.quality import EVAL_PREFIX
@@ -214,7 +214,7 @@ def read_setting(run_dir: Path, summary: dict) -> dict[str, str]:
     return {
         key: json.dumps(_one_spelling(value), sort_keys=True)
         for key, value in sorted(setting.items())
-        if not any(key == k or key.startswith(k + ".") for k in NOT_SETTING)
+        if not among(key, NOT_SETTING)
     }
 
 
