@@ -10,6 +10,7 @@ from typing import Any
 
 from gan.config import CONF_DIR
 from gan.init_options import NETWORKS
+from gan.sweep_plan import values_of
 
 
 def unknown_key_hint(argv: Sequence[str]) -> str | None:
@@ -24,7 +25,7 @@ def unknown_key_hint(argv: Sequence[str]) -> str | None:
             [a for a in argv if "=" in a and not a.startswith("-")]
         )
         choices = [
-            f"{o.key_or_group}={_first_value(o)}"
+            f"{o.key_or_group}={values_of(o)[0]}"
             for o in parsed
             if _is_choice(o) and not o.key_or_group.startswith("hydra")
         ]
@@ -57,12 +58,6 @@ def _nearest(key: str, keys: list[str]) -> str:
 def _is_choice(override: Any) -> bool:
     """A config group's option (``init=he_xavier``, ``hydra/launcher=population``)."""
     return "/" in override.key_or_group or (CONF_DIR / override.key_or_group).is_dir()
-
-
-def _first_value(override: Any) -> str:
-    if override.is_discrete_sweep():
-        return next(iter(override.sweep_string_iterator()))
-    return override.get_value_element_as_str()
 
 
 def _paths(tree: Any, prefix: str = "") -> Iterator[str]:

@@ -4,6 +4,8 @@ job directory name too long for the file system)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,12 +35,7 @@ def check_sweep(config: DictConfig) -> None:
         group = override.key_or_group
         if group.startswith("hydra") or not (CONF_DIR / group).is_dir():
             continue
-        values = (
-            list(override.sweep_string_iterator())
-            if override.is_discrete_sweep()
-            else [override.get_value_element_as_str()]
-        )
-        for value in values:
+        for value in values_of(override):
             if value not in ("null", "None") and not (CONF_DIR / group / f"{value}.yaml").is_file():
                 options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
                 raise UserError(
@@ -47,6 +44,13 @@ def check_sweep(config: DictConfig) -> None:
                     "no job was started"
                 )
     _check_job_dir_names(config, parsed)
+
+
+def values_of(override: Any) -> list[str]:
+    """A parsed override's values as written: each of a sweep list's, or its one."""
+    if override.is_discrete_sweep():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
 
 
 def _check_job_dir_names(config: DictConfig, parsed: list) -> None:
