@@ -100,7 +100,7 @@ def run_population(
         images = load_members(members, progress)
         members = [m for m in members if m.trainer is not None]  # the others: invalid
         if not members:
-            return [m.summary if isinstance(m, Member) else m for m in slots]
+            return _summaries(slots)
         for m in members:
             with member_log(m.cfg.out_dir, console=False):
                 solo.announce(m.cfg, m.env, m.trainer, m.records, len(images))
@@ -112,13 +112,18 @@ def run_population(
             ", ".join(m.cfg.run_name for m in members),
         )
         results = train_members(members, asked, progress, on_steps)
-    summaries = [m.summary if isinstance(m, Member) else m for m in slots]
+    summaries = _summaries(slots)
     if any(r.status == Ending.stopped for r in results):
         raise PopulationPreempted(asked["signal"], max(r.step for r in results), summaries)
     for m, result in zip(members, results):
         with member_log(m.cfg.out_dir, console=True):
             finish.log_result(m.cfg, m.summary, result)
     return summaries
+
+
+def _summaries(slots: list) -> list[dict[str, Any] | None]:
+    """Each job's result in order: a member's summary, or the result its refusal left."""
+    return [m.summary if isinstance(m, Member) else m for m in slots]
 
 
 def accept(job: Enrolled, claims: ExitStack) -> Member | dict[str, Any] | None:
